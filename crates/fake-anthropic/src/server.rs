@@ -1,0 +1,398 @@
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::{Body, Bytes};
+use axum::extract::{Request, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{any, get, post};
+use axum::{Json, Router};
+use serde_json::{json, Value};
+use tokio::sync::{mpsc, oneshot};
+use tokio_stream::wrappers::ReceiverStream;
+
+use crate::accounts::{self, Accounts};
+use crate::record::{RecordedRequest, Recorder};
+use crate::script::{self, Plan, Script, Turn};
+
+#[derive(Clone, Default)]
+struct AppState {
+    recorder: Recorder,
+    accounts: Arc<Accounts>,
+}
+
+/// The fake upstream's routes, recording into `recorder`.
+pub fn router(recorder: Recorder) -> Router {
+    let state = AppState {
+        recorder,
+        accounts: Arc::default(),
+    };
+    Router::new()
+        .route("/", any(|| async { "fake-anthropic" }))
+        .route("/v1/messages", post(messages))
+        .route("/v1/messages/count_tokens", post(count_tokens))
+        .route("/api/oauth/profile", get(profile))
+        .route("/v1/oauth/token", post(refresh))
+        .route("/_fake/requests", get(list_requests).delete(clear_requests))
+        .fallback(any(not_found))
+        .layer(axum::middleware::from_fn_with_state(state.clone(), record))
+        .with_state(state)
+}
+
+/// A running fake upstream.
+pub struct FakeAnthropic;
+
+pub struct FakeHandle {
+    pub addr: SocketAddr,
+    pub recorder: Recorder,
+    shutdown: Option<oneshot::Sender<()>>,
+}
+
+impl FakeHandle {
+    pub fn base_url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+}
+
+impl Drop for FakeHandle {
+    fn drop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
+impl FakeAnthropic {
+    /// Serves on `addr` (port 0 picks a free one) until the handle is dropped.
+    pub async fn start(addr: SocketAddr) -> std::io::Result<FakeHandle> {
+        let listener = tokio::net::TcpListener::bind(addr).await?;
+        let addr = listener.local_addr()?;
+        let recorder = Recorder::default();
+        let app = router(recorder.clone());
+        let (tx, rx) = oneshot::channel::<()>();
+        tokio::spawn(async move {
+            let _ = axum::serve(listener, app)
+                .with_graceful_shutdown(async {
+                    let _ = rx.await;
+                })
+                .await;
+        });
+        Ok(FakeHandle {
+            addr,
+            recorder,
+            shutdown: Some(tx),
+        })
+    }
+}
+
+async fn record(
+    State(state): State<AppState>,
+    request: Request,
+    next: axum::middleware::Next,
+) -> Response {
+    if request.uri().path().starts_with("/_fake/") {
+        return next.run(request).await;
+    }
+    let (parts, body) = request.into_parts();
+    let bytes = axum::body::to_bytes(body, 64 * 1024 * 1024)
+        .await
+        .unwrap_or_default();
+    let mut headers = std::collections::BTreeMap::<String, String>::new();
+    for (name, value) in &parts.headers {
+        let value = String::from_utf8_lossy(value.as_bytes()).into_owned();
+        headers
+            .entry(name.as_str().to_owned())
+            .and_modify(|v| {
+                v.push_str(", ");
+                v.push_str(&value);
+            })
+            .or_insert(value);
+    }
+    let body_json = serde_json::from_slice(&bytes)
+        .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned()));
+    state.recorder.push(RecordedRequest {
+        method: parts.method.to_string(),
+        path: parts.uri.path().to_owned(),
+        query: parts.uri.query().map(str::to_owned),
+        headers,
+        body: body_json,
+    });
+    next.run(Request::from_parts(parts, Body::from(bytes)))
+        .await
+}
+
+async fn list_requests(State(state): State<AppState>) -> Json<Vec<RecordedRequest>> {
+    Json(state.recorder.all())
+}
+
+async fn clear_requests(State(state): State<AppState>) -> StatusCode {
+    state.recorder.clear();
+    StatusCode::NO_CONTENT
+}
+
+async fn not_found() -> Response {
+    error_response(
+        StatusCode::NOT_FOUND,
+        "not_found_error",
+        "no such route",
+        None,
+    )
+}
+
+fn credential(headers: &HeaderMap) -> Option<String> {
+    headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .or_else(|| headers.get("x-api-key").and_then(|v| v.to_str().ok()))
+        .map(str::to_owned)
+}
+
+fn error_response(
+    status: StatusCode,
+    kind: &str,
+    message: &str,
+    retry_after: Option<u64>,
+) -> Response {
+    let body = json!({"type":"error","error":{"type":kind,"message":message}});
+    let mut response = (status, Json(body)).into_response();
+    if let Some(secs) = retry_after {
+        if let Ok(v) = secs.to_string().parse() {
+            response.headers_mut().insert("retry-after", v);
+        }
+    }
+    response
+}
+
+fn unauthorized() -> Response {
+    error_response(
+        StatusCode::UNAUTHORIZED,
+        "authentication_error",
+        "invalid x-api-key or bearer token",
+        None,
+    )
+}
+
+/// Rejects a request without a credential or with one the fake treats as dead.
+fn check_auth(headers: &HeaderMap) -> Option<String> {
+    credential(headers).filter(|token| !accounts::is_rejected(token))
+}
+
+async fn profile(headers: HeaderMap) -> Response {
+    let Some(token) = check_auth(&headers) else {
+        return unauthorized();
+    };
+    let name = accounts::account_name(&token);
+    Json(json!({
+        "account": {
+            "uuid": accounts::account_uuid(&token),
+            "email_address": format!("{name}@example.test"),
+            "display_name": name,
+        },
+        "organization": {
+            "uuid": accounts::account_uuid(&format!("org-{name}")),
+            "organization_type": "claude_max",
+            "rate_limit_tier": "default_claude_max_20x",
+        }
+    }))
+    .into_response()
+}
+
+async fn refresh(State(state): State<AppState>, body: Bytes) -> Response {
+    let body: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+    if body.get("grant_type").and_then(Value::as_str) != Some("refresh_token") {
+        return (
+            StatusCode::BAD_REQUEST,
+            Json(json!({"error":"unsupported_grant_type"})),
+        )
+            .into_response();
+    }
+    let token = body
+        .get("refresh_token")
+        .and_then(Value::as_str)
+        .unwrap_or_default();
+    match state.accounts.refresh(token) {
+        Ok(r) => Json(json!({
+            "token_type": "Bearer",
+            "access_token": r.access_token,
+            "refresh_token": r.refresh_token,
+            "expires_in": 28800,
+            "scope": "user:inference user:profile",
+        }))
+        .into_response(),
+        Err(_) => (
+            StatusCode::BAD_REQUEST,
+            Json(json!({"error":"invalid_grant","error_description":"refresh token is invalid or already used"})),
+        )
+            .into_response(),
+    }
+}
+
+async fn count_tokens(headers: HeaderMap, body: Bytes) -> Response {
+    if check_auth(&headers).is_none() {
+        return unauthorized();
+    }
+    Json(json!({"input_tokens": estimate_tokens(body.len())})).into_response()
+}
+
+fn estimate_tokens(bytes: usize) -> u64 {
+    (bytes as u64 / 4).max(1)
+}
+
+async fn messages(headers: HeaderMap, body: Bytes) -> Response {
+    if check_auth(&headers).is_none() {
+        return unauthorized();
+    }
+    let request: Value = match serde_json::from_slice(&body) {
+        Ok(v) => v,
+        Err(e) => {
+            return error_response(
+                StatusCode::BAD_REQUEST,
+                "invalid_request_error",
+                &format!("body is not JSON: {e}"),
+                None,
+            )
+        }
+    };
+    let model = request
+        .get("model")
+        .and_then(Value::as_str)
+        .unwrap_or("claude-fake")
+        .to_owned();
+    let stream = request
+        .get("stream")
+        .and_then(Value::as_bool)
+        .unwrap_or(false);
+    let Plan { turn, script } = script::plan(&request);
+    if script.first_byte_delay_ms > 0 {
+        tokio::time::sleep(Duration::from_millis(script.first_byte_delay_ms)).await;
+    }
+    if let Turn::Error(e) = &turn {
+        let status = StatusCode::from_u16(e.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        let message = e
+            .message
+            .clone()
+            .unwrap_or_else(|| format!("scripted upstream error {}", e.status));
+        return error_response(status, e.error_type(), &message, e.retry_after);
+    }
+    let input_tokens = estimate_tokens(body.len());
+    if stream {
+        stream_response(model, turn, script, input_tokens)
+    } else {
+        Json(message_json(&model, &turn, input_tokens)).into_response()
+    }
+}
+
+fn message_id() -> String {
+    format!("msg_fake_{}", uuid::Uuid::new_v4().simple())
+}
+
+fn tool_id() -> String {
+    format!("toolu_fake_{}", uuid::Uuid::new_v4().simple())
+}
+
+fn message_json(model: &str, turn: &Turn, input_tokens: u64) -> Value {
+    let (content, stop_reason, output_tokens) = match turn {
+        Turn::Text(text) => (
+            json!([{"type":"text","text":text}]),
+            "end_turn",
+            estimate_tokens(text.len()),
+        ),
+        Turn::ToolUse(call) => (
+            json!([{"type":"tool_use","id":tool_id(),"name":call.name,"input":call.input}]),
+            "tool_use",
+            10,
+        ),
+        Turn::Error(_) => (json!([]), "end_turn", 0),
+    };
+    json!({
+        "id": message_id(),
+        "type": "message",
+        "role": "assistant",
+        "model": model,
+        "content": content,
+        "stop_reason": stop_reason,
+        "stop_sequence": null,
+        "usage": {"input_tokens": input_tokens, "output_tokens": output_tokens,
+                  "cache_creation_input_tokens": 0, "cache_read_input_tokens": 0}
+    })
+}
+
+fn split_chunks(text: &str, chunks: usize) -> Vec<String> {
+    let chars: Vec<char> = text.chars().collect();
+    let size = chars.len().div_ceil(chunks.max(1)).max(1);
+    chars.chunks(size).map(|c| c.iter().collect()).collect()
+}
+
+fn sse(event: &str, data: &Value) -> Bytes {
+    Bytes::from(format!("event: {event}\ndata: {data}\n\n"))
+}
+
+fn stream_response(model: String, turn: Turn, script: Script, input_tokens: u64) -> Response {
+    let (tx, rx) = mpsc::channel::<Result<Bytes, std::io::Error>>(16);
+    tokio::spawn(async move {
+        let delay = Duration::from_millis(script.chunk_delay_ms);
+        let send = |event: &str, data: Value| {
+            let tx = tx.clone();
+            let bytes = sse(event, &data);
+            async move { tx.send(Ok(bytes)).await.is_ok() }
+        };
+        let mut start = message_json(&model, &Turn::Text(String::new()), input_tokens);
+        start["content"] = json!([]);
+        start["stop_reason"] = Value::Null;
+        start["usage"]["output_tokens"] = json!(1);
+        if !send(
+            "message_start",
+            json!({"type":"message_start","message":start}),
+        )
+        .await
+        {
+            return;
+        }
+        let (stop_reason, output_tokens) = match &turn {
+            Turn::Text(text) => {
+                send("content_block_start", json!({"type":"content_block_start","index":0,"content_block":{"type":"text","text":""}})).await;
+                send("ping", json!({"type":"ping"})).await;
+                let pieces = split_chunks(text, script.chunks.unwrap_or(3));
+                for (i, piece) in pieces.iter().enumerate() {
+                    if script.fail_after_chunks == Some(i) {
+                        send("error", json!({"type":"error","error":{"type":"overloaded_error","message":"scripted mid-stream failure"}})).await;
+                        return;
+                    }
+                    if !delay.is_zero() {
+                        tokio::time::sleep(delay).await;
+                    }
+                    if !send("content_block_delta", json!({"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":piece}})).await {
+                        return;
+                    }
+                }
+                ("end_turn", estimate_tokens(text.len()))
+            }
+            Turn::ToolUse(call) => {
+                send("content_block_start", json!({"type":"content_block_start","index":0,"content_block":{"type":"tool_use","id":tool_id(),"name":call.name,"input":{}}})).await;
+                let input = call.input.to_string();
+                for piece in split_chunks(&input, 2) {
+                    if !delay.is_zero() {
+                        tokio::time::sleep(delay).await;
+                    }
+                    send("content_block_delta", json!({"type":"content_block_delta","index":0,"delta":{"type":"input_json_delta","partial_json":piece}})).await;
+                }
+                ("tool_use", 10)
+            }
+            Turn::Error(_) => return,
+        };
+        send(
+            "content_block_stop",
+            json!({"type":"content_block_stop","index":0}),
+        )
+        .await;
+        send("message_delta", json!({"type":"message_delta","delta":{"stop_reason":stop_reason,"stop_sequence":null},"usage":{"output_tokens":output_tokens}})).await;
+        send("message_stop", json!({"type":"message_stop"})).await;
+    });
+    Response::builder()
+        .header("content-type", "text/event-stream")
+        .header("cache-control", "no-cache")
+        .body(Body::from_stream(ReceiverStream::new(rx)))
+        .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response())
+}

@@ -1,0 +1,255 @@
+//! `POST /v1/messages`.
+
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::State;
+use axum::http::HeaderMap;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde_json::Value;
+use tokio::sync::mpsc;
+
+use super::sse;
+use super::types::{MessagesRequest, Role, ToolActivity};
+use crate::app::SharedState;
+use crate::error::ApiError;
+use crate::runner::protocol::UserInput;
+use crate::runner::{RunSpec, ToolPolicy};
+use crate::tenant::credential::Credential;
+use crate::tenant::identity::TenantId;
+use crate::turn::assemble::{message_start, Event};
+use crate::turn::message::MessageBuilder;
+use crate::turn::{self, Item};
+
+/// Model names are passed to the CLI; keep them to the characters real ids and aliases use.
+fn validate_model(model: &str) -> Result<(), ApiError> {
+    let ok = !model.is_empty()
+        && model.len() <= 128
+        && model.bytes().all(|b| {
+            b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':' | b'[' | b']')
+        });
+    if ok {
+        Ok(())
+    } else {
+        Err(ApiError::InvalidRequest(
+            "model: expected a model alias (opus, sonnet, haiku) or a model id such as claude-sonnet-4-5".into(),
+        ))
+    }
+}
+
+fn parse_body(body: Result<Bytes, BytesRejection>) -> Result<MessagesRequest, ApiError> {
+    let body = body.map_err(|e| {
+        if e.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::TooLarge("request body too large".into())
+        } else {
+            ApiError::InvalidRequest(format!("could not read the request body: {e}"))
+        }
+    })?;
+    serde_json::from_slice(&body)
+        .map_err(|e| ApiError::InvalidRequest(format!("invalid request body: {e}")))
+}
+
+/// The content sent to the CLI as this request's user turn.
+///
+/// Earlier turns are replayed as a labelled transcript ahead of the last user message until
+/// stateless history goes through the CLI's own transcripts (the sessions work).
+fn user_turn(req: &MessagesRequest) -> Result<Value, ApiError> {
+    let (last, earlier) = req.messages.split_last().ok_or_else(|| {
+        ApiError::InvalidRequest("messages: at least one message is required".into())
+    })?;
+    if last.role != Role::User {
+        return Err(ApiError::InvalidRequest(
+            "messages: the last message must have role \"user\"".into(),
+        ));
+    }
+    if earlier.is_empty() {
+        return Ok(last.content.to_value());
+    }
+    let history: Vec<String> = earlier
+        .iter()
+        .map(|m| {
+            let who = match m.role {
+                Role::User => "User",
+                Role::Assistant => "Assistant",
+            };
+            format!("{who}: {}", m.content.to_text())
+        })
+        .collect();
+    let preface = format!(
+        "<conversation_history>\n{}\n</conversation_history>",
+        history.join("\n\n")
+    );
+    let mut blocks = vec![serde_json::json!({"type":"text","text":preface})];
+    match last.content.to_value() {
+        Value::String(text) => blocks.push(serde_json::json!({"type":"text","text":text})),
+        Value::Array(more) => blocks.extend(more),
+        _ => {}
+    }
+    Ok(Value::Array(blocks))
+}
+
+pub async fn create(
+    State(state): State<SharedState>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let header_credential = Credential::from_request(&headers, None);
+    let req = match parse_body(body) {
+        Ok(req) => req,
+        // Without a credential the answer is 401 whatever the body holds.
+        Err(e) => return Err(header_credential.err().map(ApiError::from).unwrap_or(e)),
+    };
+    let credential = match req.oauth_credentials.as_ref() {
+        Some(oauth) if oauth.access_token.is_some() => {
+            Credential::from_request(&headers, Some(oauth))?
+        }
+        _ => header_credential?,
+    };
+    validate_model(&req.model)?;
+    if req.tools.as_ref().is_some_and(|t| !t.is_empty()) {
+        return Err(ApiError::InvalidRequest(
+            "tools: client-defined tools are not supported; the model uses the Claude Code CLI's own tools".into(),
+        ));
+    }
+    let content = user_turn(&req)?;
+
+    let tenant = TenantId::from_credential(&state.install_key, &credential);
+    let workspace = state
+        .workspace(&tenant)
+        .map_err(|e| ApiError::Internal(format!("cannot prepare the tenant workspace: {e}")))?;
+    if state.claude.version.is_err() {
+        return Err(ApiError::BadGateway(
+            "the Claude Code CLI is not installed on this gateway".into(),
+        ));
+    }
+    let config = &state.config;
+    let system_prompt = req
+        .system
+        .as_ref()
+        .map(|s| s.text())
+        .filter(|s| !s.is_empty())
+        .map(|s| {
+            (
+                s,
+                req.system_prompt_mode.unwrap_or(config.system_prompt_mode),
+            )
+        });
+    let spec = RunSpec {
+        credential,
+        model: req.model.clone(),
+        system_prompt,
+        workspace,
+        resume: None,
+        max_output_tokens: req.max_tokens,
+        tools: ToolPolicy {
+            allowed: config.allowed_tools.clone(),
+            disallowed: config.disallowed_tools.clone(),
+        },
+    };
+    tracing::info!(tenant = tenant.fingerprint(), model = %req.model, stream = req.stream, "starting CLI run");
+    let process = state.runner.start(&spec)?;
+    let show_tools = req.tool_activity.unwrap_or_default() == ToolActivity::Blocks;
+    let rx = turn::start(process, UserInput::new(content), show_tools);
+    let id = format!("msg_{}", uuid::Uuid::new_v4().simple());
+    if req.stream {
+        stream(&state, rx, &id, &req.model).await
+    } else {
+        collect(rx, &id, &req.model).await
+    }
+}
+
+/// Waits for the whole run and answers with the complete message.
+async fn collect(
+    mut rx: mpsc::Receiver<Item>,
+    id: &str,
+    model: &str,
+) -> Result<Response, ApiError> {
+    let mut events = Vec::new();
+    let mut started: Option<(String, Option<Value>)> = None;
+    loop {
+        match rx.recv().await {
+            Some(Item::Started { model, usage }) => started = Some((model, usage)),
+            Some(Item::Events(e)) => events.extend(e),
+            Some(Item::Done(e, _)) => {
+                events.extend(e);
+                break;
+            }
+            Some(Item::Failed(e)) => return Err(e.into()),
+            None => {
+                return Err(ApiError::BadGateway(
+                    "the run ended without a result".into(),
+                ))
+            }
+        }
+    }
+    let (model, usage) = started.unwrap_or_else(|| (model.to_owned(), None));
+    let mut builder = MessageBuilder::default();
+    builder.apply(&message_start(id, &model, usage.as_ref()));
+    for e in &events {
+        builder.apply(e);
+    }
+    Ok(Json(builder.finish()).into_response())
+}
+
+/// Holds the headers until the model's first output (or the configured bound), so that a
+/// failure before it still gets its real status; then relays the rest as SSE.
+async fn stream(
+    state: &SharedState,
+    mut rx: mpsc::Receiver<Item>,
+    id: &str,
+    model: &str,
+) -> Result<Response, ApiError> {
+    let deadline = tokio::time::Instant::now() + state.config.first_output_timeout();
+    let mut buffered: Vec<Event> = Vec::new();
+    let mut started: Option<(String, Option<Value>)> = None;
+    let mut finished = false;
+    loop {
+        let item = match tokio::time::timeout_at(deadline, rx.recv()).await {
+            Err(_) => break,
+            Ok(item) => item,
+        };
+        match item {
+            Some(Item::Started { model, usage }) => started = Some((model, usage)),
+            Some(Item::Events(events)) => {
+                let output = events.iter().any(Event::is_output);
+                buffered.extend(events);
+                if output {
+                    break;
+                }
+            }
+            Some(Item::Done(events, _)) => {
+                buffered.extend(events);
+                finished = true;
+                break;
+            }
+            Some(Item::Failed(e)) => return Err(e.into()),
+            None => {
+                return Err(ApiError::BadGateway(
+                    "the run ended without a result".into(),
+                ))
+            }
+        }
+    }
+    let (model, usage) = started.unwrap_or_else(|| (model.to_owned(), None));
+    let mut first = vec![message_start(id, &model, usage.as_ref())];
+    first.extend(buffered);
+    Ok(sse::response(
+        first,
+        (!finished).then_some(rx),
+        state.config.ping_interval(),
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn model_names_are_restricted_to_id_characters() {
+        assert!(validate_model("claude-sonnet-4-5-20250929").is_ok());
+        assert!(validate_model("sonnet[1m]").is_ok());
+        assert!(validate_model("").is_err());
+        assert!(validate_model("sonnet --dangerously-skip-permissions").is_err());
+        assert!(validate_model("a/b").is_err());
+    }
+}

@@ -1,0 +1,32 @@
+//! Liveness and readiness.
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use axum::Json;
+use serde_json::json;
+
+use crate::app::SharedState;
+
+/// Liveness: the process serves HTTP.
+pub async fn health() -> impl IntoResponse {
+    Json(json!({"status": "ok", "version": env!("CARGO_PKG_VERSION")}))
+}
+
+/// Readiness: the CLI is present and answers `--version`.
+pub async fn ready(State(state): State<SharedState>) -> impl IntoResponse {
+    match &state.claude.version {
+        Ok(version) => (
+            StatusCode::OK,
+            Json(json!({
+                "status": "ready",
+                "version": env!("CARGO_PKG_VERSION"),
+                "claude_code_version": version,
+            })),
+        ),
+        Err(reason) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({"status": "not_ready", "reasons": [reason]})),
+        ),
+    }
+}

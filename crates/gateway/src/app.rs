@@ -1,0 +1,179 @@
+//! The gateway's shared state, its routes and its server loop.
+
+use std::os::unix::fs::DirBuilderExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use axum::extract::DefaultBodyLimit;
+use axum::routing::{get, post};
+use axum::Router;
+use tower_http::trace::TraceLayer;
+
+use crate::api;
+use crate::config::Config;
+use crate::runner::{locate, rundir, Runner, RunnerSettings};
+use crate::tenant::identity::{InstallKey, TenantId};
+
+/// What the gateway knows about its CLI.
+#[derive(Debug, Clone)]
+pub struct ClaudeInfo {
+    pub bin: Option<PathBuf>,
+    /// The CLI's version, or why it cannot be used.
+    pub version: Result<String, String>,
+}
+
+pub struct AppState {
+    pub config: Config,
+    pub runner: Runner,
+    pub install_key: InstallKey,
+    pub claude: ClaudeInfo,
+    tenants_dir: PathBuf,
+}
+
+pub type SharedState = Arc<AppState>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartupError {
+    #[error("cannot prepare the data directory {0}: {1}")]
+    DataDir(PathBuf, std::io::Error),
+    #[error("cannot bind {0}: {1}")]
+    Bind(std::net::SocketAddr, std::io::Error),
+    #[error("cannot start the demo upstream: {0}")]
+    Demo(std::io::Error),
+    #[error("server error: {0}")]
+    Serve(std::io::Error),
+}
+
+fn private_dir(path: &Path) -> Result<(), StartupError> {
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(path)
+        .map_err(|e| StartupError::DataDir(path.to_path_buf(), e))
+}
+
+impl AppState {
+    /// Prepares the data directory (removing what a crash left behind) and finds the CLI.
+    pub async fn new(config: Config) -> Result<Self, StartupError> {
+        let data_dir = &config.data_dir;
+        let runs_dir = data_dir.join("runs");
+        let tenants_dir = data_dir.join("tenants");
+        for dir in [data_dir, &runs_dir, &tenants_dir] {
+            private_dir(dir)?;
+        }
+        let swept =
+            rundir::sweep(&runs_dir).map_err(|e| StartupError::DataDir(runs_dir.clone(), e))?;
+        if swept > 0 {
+            tracing::warn!(
+                count = swept,
+                "removed run dirs left behind by an earlier process"
+            );
+        }
+        let install_key = InstallKey::load_or_create(&data_dir.join("install.key"))
+            .map_err(|e| StartupError::DataDir(data_dir.clone(), e))?;
+
+        let bin = locate::find_claude(config.claude_bin.as_deref());
+        let version = match &bin {
+            Some(bin) => locate::version(bin).await,
+            None => Err("the Claude Code CLI was not found: run `npm ci` in the project root, pass --claude-bin, or put `claude` on PATH".into()),
+        };
+        match &version {
+            Ok(v) => tracing::info!(claude_version = %v, "found the Claude Code CLI"),
+            Err(reason) => tracing::error!(%reason, "the Claude Code CLI is not usable"),
+        }
+        let runner = Runner {
+            settings: RunnerSettings {
+                claude_bin: bin.clone().unwrap_or_else(|| PathBuf::from("claude")),
+                base_url: config.anthropic_base_url.clone(),
+                upstream_max_retries: config.upstream_max_retries,
+            },
+            runs_dir,
+            run_timeout: config.run_timeout(),
+            max_line_bytes: config.max_cli_line_bytes,
+        };
+        Ok(Self {
+            config,
+            runner,
+            install_key,
+            claude: ClaudeInfo { bin, version },
+            tenants_dir,
+        })
+    }
+
+    /// The tenant's workspace, created (0700) on first use.
+    pub fn workspace(&self, tenant: &TenantId) -> std::io::Result<PathBuf> {
+        let path = self
+            .tenants_dir
+            .join(tenant.as_dir_name())
+            .join("workspace");
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&path)?;
+        Ok(path)
+    }
+}
+
+pub fn router(state: SharedState) -> Router {
+    let body_limit = state.config.max_body_bytes;
+    Router::new()
+        .route("/health", get(api::health::health))
+        .route("/ready", get(api::health::ready))
+        .route("/v1/models", get(api::models::list))
+        .route("/v1/models/{id}", get(api::models::get))
+        .route("/v1/messages", post(api::anthropic::messages::create))
+        .fallback(api::not_found)
+        .layer(DefaultBodyLimit::max(body_limit))
+        .layer(TraceLayer::new_for_http())
+        .with_state(state)
+}
+
+/// Runs the gateway until SIGTERM or Ctrl-C.
+pub async fn serve(mut config: Config) -> Result<(), StartupError> {
+    // Kept alive for the server's lifetime.
+    let _demo = if config.demo {
+        let fake = fake_anthropic::FakeAnthropic::start(([127, 0, 0, 1], 0).into())
+            .await
+            .map_err(StartupError::Demo)?;
+        tracing::warn!(upstream = %fake.base_url(), "demo mode: using the built-in fake Anthropic upstream");
+        config.anthropic_base_url = fake.base_url();
+        Some(fake)
+    } else {
+        None
+    };
+    let addr = config.listen_addr();
+    let state = Arc::new(AppState::new(config).await?);
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|e| StartupError::Bind(addr, e))?;
+    let local = listener.local_addr().map_err(StartupError::Serve)?;
+    tracing::info!(addr = %local, "claude-gateway listening");
+    // Scripts and tests that start the binary read the address from this line.
+    println!("claude-gateway listening on http://{local}");
+    axum::serve(
+        listener,
+        router(state).into_make_service_with_connect_info::<std::net::SocketAddr>(),
+    )
+    .with_graceful_shutdown(shutdown_signal())
+    .await
+    .map_err(StartupError::Serve)
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+    tracing::info!("shutting down");
+}

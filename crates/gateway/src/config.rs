@@ -1,0 +1,192 @@
+//! Every setting, once: its flag, its `CLAUDE_GATEWAY_*` variable, its default and its meaning.
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::runner::SystemPromptMode;
+use crate::telemetry::logging::LogFormat;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "claude-gateway",
+    version,
+    about = "Anthropic-compatible multi-tenant gateway over the Claude Code CLI"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Serve the HTTP API.
+    Serve(Box<Config>),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct Config {
+    /// Address to listen on. Without it: 0.0.0.0:$PORT when PORT is set (Cloud Run), else
+    /// 127.0.0.1:8080.
+    #[arg(long, env = "CLAUDE_GATEWAY_LISTEN")]
+    pub listen: Option<SocketAddr>,
+
+    /// Where tenants' workspaces, per-run private directories and the install key live.
+    #[arg(long, env = "CLAUDE_GATEWAY_DATA_DIR", default_value = "./data")]
+    pub data_dir: PathBuf,
+
+    /// The Claude Code CLI to run. Default: the project's node_modules/.bin/claude, else
+    /// `claude` on PATH.
+    #[arg(long, env = "CLAUDE_GATEWAY_CLAUDE_BIN")]
+    pub claude_bin: Option<PathBuf>,
+
+    /// The Anthropic API base URL, passed to the CLI.
+    #[arg(
+        long,
+        env = "ANTHROPIC_BASE_URL",
+        default_value = "https://api.anthropic.com"
+    )]
+    pub anthropic_base_url: String,
+
+    /// Models listed by GET /v1/models (aliases or full ids, comma-separated). Requests may
+    /// name any model; this list is what clients discover.
+    #[arg(
+        long,
+        env = "CLAUDE_GATEWAY_MODELS",
+        value_delimiter = ',',
+        default_value = "opus,sonnet,haiku"
+    )]
+    pub models: Vec<String>,
+
+    /// How a request's `system` combines with the CLI's own system prompt, unless the request
+    /// says otherwise (`system_prompt_mode`).
+    #[arg(
+        long,
+        env = "CLAUDE_GATEWAY_SYSTEM_PROMPT_MODE",
+        value_enum,
+        default_value = "append"
+    )]
+    pub system_prompt_mode: SystemPromptMode,
+
+    /// Tools the CLI may use without asking (its `--allowedTools`).
+    #[arg(
+        long,
+        env = "CLAUDE_GATEWAY_ALLOWED_TOOLS",
+        value_delimiter = ',',
+        default_value = "Bash,Read,Write,Edit,Glob,Grep"
+    )]
+    pub allowed_tools: Vec<String>,
+
+    /// Tools the CLI must never use (its `--disallowedTools`).
+    #[arg(long, env = "CLAUDE_GATEWAY_DISALLOWED_TOOLS", value_delimiter = ',')]
+    pub disallowed_tools: Vec<String>,
+
+    /// Longest a request's CLI run may take, in seconds.
+    #[arg(long, env = "CLAUDE_GATEWAY_RUN_TIMEOUT_SECS", default_value_t = 600)]
+    pub run_timeout_secs: u64,
+
+    /// How long a streaming response holds its headers waiting for the model's first output,
+    /// so that early failures keep their real HTTP status; pings follow after that.
+    #[arg(
+        long,
+        env = "CLAUDE_GATEWAY_FIRST_OUTPUT_TIMEOUT_SECS",
+        default_value_t = 10
+    )]
+    pub first_output_timeout_secs: u64,
+
+    /// Seconds between `ping` events on a quiet stream.
+    #[arg(long, env = "CLAUDE_GATEWAY_PING_INTERVAL_SECS", default_value_t = 10)]
+    pub ping_interval_secs: u64,
+
+    /// How often the CLI retries a failed upstream call itself (auth failures are never retried).
+    #[arg(long, env = "CLAUDE_GATEWAY_UPSTREAM_MAX_RETRIES", default_value_t = 2)]
+    pub upstream_max_retries: u32,
+
+    /// Longest CLI output line accepted (a tool result can make a line of several MB).
+    #[arg(long, env = "CLAUDE_GATEWAY_MAX_CLI_LINE_BYTES", default_value_t = 256 * 1024 * 1024)]
+    pub max_cli_line_bytes: usize,
+
+    /// Largest request body accepted (images and documents arrive base64-encoded).
+    #[arg(long, env = "CLAUDE_GATEWAY_MAX_BODY_BYTES", default_value_t = 32 * 1024 * 1024)]
+    pub max_body_bytes: usize,
+
+    /// Log format.
+    #[arg(
+        long,
+        env = "CLAUDE_GATEWAY_LOG_FORMAT",
+        value_enum,
+        default_value = "json"
+    )]
+    pub log_format: LogFormat,
+
+    /// Start a built-in fake Anthropic upstream and use it, so the gateway can be tried with
+    /// no subscription: any `sk-ant-oat01-…` token works. Overrides the base URL.
+    #[arg(long, env = "CLAUDE_GATEWAY_DEMO")]
+    pub demo: bool,
+}
+
+impl Config {
+    /// The address to bind, applying the PORT convention.
+    pub fn listen_addr(&self) -> SocketAddr {
+        if let Some(addr) = self.listen {
+            return addr;
+        }
+        match std::env::var("PORT")
+            .ok()
+            .and_then(|p| p.parse::<u16>().ok())
+        {
+            Some(port) => SocketAddr::from((Ipv4Addr::UNSPECIFIED, port)),
+            None => SocketAddr::from((Ipv4Addr::LOCALHOST, 8080)),
+        }
+    }
+
+    pub fn run_timeout(&self) -> Duration {
+        Duration::from_secs(self.run_timeout_secs)
+    }
+
+    pub fn first_output_timeout(&self) -> Duration {
+        Duration::from_secs(self.first_output_timeout_secs)
+    }
+
+    pub fn ping_interval(&self) -> Duration {
+        Duration::from_secs(self.ping_interval_secs.max(1))
+    }
+
+    /// Parses a `serve` command line (for tests and embedding).
+    pub fn from_args<I, T>(args: I) -> Result<Self, clap::Error>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<std::ffi::OsString> + Clone,
+    {
+        let args = std::iter::once("claude-gateway".into())
+            .chain(std::iter::once("serve".into()))
+            .chain(args.into_iter().map(Into::into));
+        match Cli::try_parse_from(args)?.command {
+            Command::Serve(config) => Ok(*config),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_parse_and_lists_split_on_commas() {
+        let c = Config::from_args(["--models", "sonnet,claude-opus-4-5"]).expect("parses");
+        assert_eq!(c.models, ["sonnet", "claude-opus-4-5"]);
+        assert_eq!(c.system_prompt_mode, SystemPromptMode::Append);
+        assert_eq!(c.allowed_tools.len(), 6);
+    }
+
+    #[test]
+    fn explicit_listen_wins() {
+        let c = Config::from_args(["--listen", "127.0.0.1:9"]).expect("parses");
+        assert_eq!(
+            c.listen_addr(),
+            "127.0.0.1:9".parse::<SocketAddr>().expect("addr")
+        );
+    }
+}

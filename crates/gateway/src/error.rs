@@ -1,0 +1,199 @@
+//! The one place where failures become HTTP responses in Anthropic's error shape
+//! (`{"type":"error","error":{"type":…,"message":…}}`).
+
+use axum::http::{HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde_json::{json, Value};
+
+use crate::runner::RunError;
+use crate::telemetry::redact;
+use crate::tenant::credential::CredentialError;
+use crate::turn::TurnError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("{0}")]
+    InvalidRequest(String),
+    #[error("{0}")]
+    Authentication(String),
+    #[error("{0}")]
+    Permission(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    TooLarge(String),
+    #[error("{message}")]
+    RateLimited {
+        message: String,
+        retry_after: Option<u64>,
+    },
+    #[error("{0}")]
+    Overloaded(String),
+    /// The CLI is missing, crashed, or the upstream failed in a way the client cannot fix.
+    #[error("{0}")]
+    BadGateway(String),
+    #[error("{0}")]
+    Timeout(String),
+    #[error("{0}")]
+    Unavailable(String),
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl ApiError {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ApiError::InvalidRequest(_) => StatusCode::BAD_REQUEST,
+            ApiError::Authentication(_) => StatusCode::UNAUTHORIZED,
+            ApiError::Permission(_) => StatusCode::FORBIDDEN,
+            ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::Overloaded(_) => {
+                StatusCode::from_u16(529).unwrap_or(StatusCode::SERVICE_UNAVAILABLE)
+            }
+            ApiError::BadGateway(_) => StatusCode::BAD_GATEWAY,
+            ApiError::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
+            ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// Anthropic's error `type` for this error.
+    pub fn error_type(&self) -> &'static str {
+        match self {
+            ApiError::InvalidRequest(_) => "invalid_request_error",
+            ApiError::Authentication(_) => "authentication_error",
+            ApiError::Permission(_) => "permission_error",
+            ApiError::NotFound(_) => "not_found_error",
+            ApiError::TooLarge(_) => "request_too_large",
+            ApiError::RateLimited { .. } => "rate_limit_error",
+            ApiError::Overloaded(_) | ApiError::Unavailable(_) => "overloaded_error",
+            ApiError::Timeout(_) => "timeout_error",
+            ApiError::BadGateway(_) | ApiError::Internal(_) => "api_error",
+        }
+    }
+
+    /// The error body; also the data of a mid-stream SSE `error` event.
+    pub fn body(&self) -> Value {
+        json!({"type":"error","error":{"type":self.error_type(),"message":redact(&self.to_string())}})
+    }
+
+    /// Maps an upstream status, as the CLI reported it, to what the client should see.
+    pub fn from_upstream(status: u16, message: &str) -> Self {
+        let message = redact(message);
+        match status {
+            400 => ApiError::InvalidRequest(message),
+            401 => ApiError::Authentication(message),
+            403 => ApiError::Permission(message),
+            404 => ApiError::NotFound(message),
+            413 => ApiError::TooLarge(message),
+            429 => ApiError::RateLimited {
+                message,
+                retry_after: None,
+            },
+            529 => ApiError::Overloaded(message),
+            _ => ApiError::BadGateway(format!("upstream error {status}: {message}")),
+        }
+    }
+}
+
+impl From<CredentialError> for ApiError {
+    fn from(e: CredentialError) -> Self {
+        ApiError::Authentication(e.to_string())
+    }
+}
+
+impl From<RunError> for ApiError {
+    fn from(e: RunError) -> Self {
+        match e {
+            RunError::Timeout => {
+                ApiError::Timeout("the request exceeded the gateway's run time limit".into())
+            }
+            other => ApiError::BadGateway(other.to_string()),
+        }
+    }
+}
+
+impl From<TurnError> for ApiError {
+    fn from(e: TurnError) -> Self {
+        match e {
+            TurnError::Upstream { status, message } => ApiError::from_upstream(status, &message),
+            TurnError::Cli(message) => ApiError::BadGateway(format!(
+                "the Claude Code CLI reported an error: {}",
+                redact(&message)
+            )),
+            TurnError::Run(e) => e.into(),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = self.status();
+        if status.is_server_error() {
+            tracing::warn!(status = status.as_u16(), error = %redact(&self.to_string()), "request failed");
+        } else {
+            tracing::info!(status = status.as_u16(), error = %redact(&self.to_string()), "request refused");
+        }
+        let mut response = (status, Json(self.body())).into_response();
+        if let ApiError::RateLimited {
+            retry_after: Some(secs),
+            ..
+        } = self
+        {
+            if let Ok(v) = HeaderValue::from_str(&secs.to_string()) {
+                response.headers_mut().insert("retry-after", v);
+            }
+        }
+        response
+    }
+}
+
+/// A malformed JSON body, in Anthropic's error shape rather than axum's plain-text rejection.
+impl From<axum::extract::rejection::JsonRejection> for ApiError {
+    fn from(e: axum::extract::rejection::JsonRejection) -> Self {
+        use axum::extract::rejection::JsonRejection as J;
+        match e {
+            J::BytesRejection(b) if b.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+                ApiError::TooLarge("request body too large".into())
+            }
+            other => {
+                ApiError::InvalidRequest(format!("invalid request body: {}", other.body_text()))
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn upstream_statuses_map_to_anthropic_error_types() {
+        let cases = [
+            (401, 401, "authentication_error"),
+            (429, 429, "rate_limit_error"),
+            (529, 529, "overloaded_error"),
+            (500, 502, "api_error"),
+            (403, 403, "permission_error"),
+        ];
+        for (upstream, status, kind) in cases {
+            let e = ApiError::from_upstream(upstream, "x");
+            assert_eq!(e.status().as_u16(), status);
+            assert_eq!(e.error_type(), kind);
+        }
+    }
+
+    #[test]
+    fn error_bodies_never_carry_credentials() {
+        let e = ApiError::from_upstream(401, "bad token sk-ant-oat01-secret");
+        assert!(!e.body().to_string().contains("secret"));
+    }
+
+    #[test]
+    fn timeouts_are_504() {
+        assert_eq!(ApiError::from(RunError::Timeout).status().as_u16(), 504);
+    }
+}

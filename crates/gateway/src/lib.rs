@@ -1,0 +1,17 @@
+//! claude-gateway: a multi-tenant, Anthropic-compatible HTTP API in front of the Claude Code CLI.
+//!
+//! One request flows one way: HTTP ([`api`]) → credential and tenant ([`tenant`]) → a CLI run
+//! ([`runner`]) → its output assembled into Anthropic message events ([`turn`]) → the HTTP
+//! response. [`error`] maps every failure to Anthropic's error shape in one place.
+
+pub mod api;
+pub mod app;
+pub mod config;
+pub mod error;
+pub mod runner;
+pub mod telemetry;
+pub mod tenant;
+pub mod turn;
+
+pub use app::serve;
+pub use config::Config;

@@ -1,0 +1,206 @@
+//! The argv and environment of one CLI run.
+//!
+//! Every value goes into argv in `--flag=value` form so no request-supplied text can be read as
+//! a flag, and nothing a tenant wrote (prompt, system prompt) goes into argv at all: the prompt
+//! goes over stdin and the system prompt through a file in the run's private directory. The
+//! child's environment is built from nothing: it inherits none of the gateway's variables.
+
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+
+use secrecy::ExposeSecret;
+
+use crate::tenant::credential::{Credential, CredentialKind};
+
+/// How a request's `system` combines with the CLI's own system prompt.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, serde::Serialize, clap::ValueEnum,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum SystemPromptMode {
+    /// Added after the CLI's agent prompt: the model keeps its tool instructions.
+    Append,
+    /// Replaces the CLI's agent prompt: the model sees only the request's system text.
+    Replace,
+}
+
+/// The CLI's permission posture for a run.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ToolPolicy {
+    /// `--allowedTools`: run without asking.
+    pub allowed: Vec<String>,
+    /// `--disallowedTools`: never offered to the model.
+    pub disallowed: Vec<String>,
+}
+
+/// Everything that varies between runs.
+#[derive(Debug)]
+pub struct RunSpec {
+    pub credential: Credential,
+    pub model: String,
+    pub system_prompt: Option<(String, SystemPromptMode)>,
+    pub workspace: PathBuf,
+    pub resume: Option<uuid::Uuid>,
+    pub max_output_tokens: Option<u32>,
+    pub tools: ToolPolicy,
+}
+
+/// What is fixed for the gateway's lifetime.
+#[derive(Debug, Clone)]
+pub struct RunnerSettings {
+    pub claude_bin: PathBuf,
+    pub base_url: String,
+    /// How often the CLI itself retries a failed upstream call.
+    pub upstream_max_retries: u32,
+}
+
+/// The files of the run's private directory that the command refers to.
+pub struct RunPaths<'a> {
+    pub home: &'a Path,
+    pub tmp: &'a Path,
+    pub system_prompt_file: Option<&'a Path>,
+}
+
+pub struct CommandLine {
+    pub program: PathBuf,
+    pub args: Vec<OsString>,
+    pub env: Vec<(&'static str, OsString)>,
+    pub cwd: PathBuf,
+}
+
+pub fn build(settings: &RunnerSettings, spec: &RunSpec, paths: &RunPaths<'_>) -> CommandLine {
+    let mut args: Vec<OsString> = [
+        "-p",
+        "--output-format=stream-json",
+        "--input-format=stream-json",
+        "--verbose",
+        "--include-partial-messages",
+    ]
+    .iter()
+    .map(OsString::from)
+    .collect();
+    args.push(format!("--model={}", spec.model).into());
+    if let (Some((_, mode)), Some(file)) = (&spec.system_prompt, paths.system_prompt_file) {
+        let flag = match mode {
+            SystemPromptMode::Append => "--append-system-prompt-file=",
+            SystemPromptMode::Replace => "--system-prompt-file=",
+        };
+        let mut arg = OsString::from(flag);
+        arg.push(file);
+        args.push(arg);
+    }
+    if !spec.tools.allowed.is_empty() {
+        args.push(format!("--allowedTools={}", spec.tools.allowed.join(",")).into());
+    }
+    if !spec.tools.disallowed.is_empty() {
+        args.push(format!("--disallowedTools={}", spec.tools.disallowed.join(",")).into());
+    }
+    if let Some(id) = spec.resume {
+        args.push(format!("--resume={id}").into());
+    }
+
+    let mut env: Vec<(&'static str, OsString)> = vec![
+        ("PATH", "/usr/local/bin:/usr/bin:/bin".into()),
+        ("HOME", paths.home.into()),
+        ("TMPDIR", paths.tmp.into()),
+        ("SHELL", "/bin/bash".into()),
+        ("LANG", "C.UTF-8".into()),
+        ("ANTHROPIC_BASE_URL", settings.base_url.clone().into()),
+        ("CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC", "1".into()),
+        ("DISABLE_AUTOUPDATER", "1".into()),
+        ("DISABLE_TELEMETRY", "1".into()),
+        ("DISABLE_ERROR_REPORTING", "1".into()),
+        (
+            "CLAUDE_CODE_MAX_RETRIES",
+            settings.upstream_max_retries.to_string().into(),
+        ),
+    ];
+    if let Some(n) = spec.max_output_tokens {
+        env.push(("CLAUDE_CODE_MAX_OUTPUT_TOKENS", n.to_string().into()));
+    }
+    let secret_var = match spec.credential.kind() {
+        CredentialKind::OAuthToken => "CLAUDE_CODE_OAUTH_TOKEN",
+        CredentialKind::ApiKey => "ANTHROPIC_API_KEY",
+    };
+    env.push((secret_var, spec.credential.secret().expose_secret().into()));
+
+    CommandLine {
+        program: settings.claude_bin.clone(),
+        args,
+        env,
+        cwd: spec.workspace.clone(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tenant::credential::Credential;
+
+    fn spec(token: &str) -> RunSpec {
+        RunSpec {
+            credential: Credential::parse(token).expect("valid"),
+            model: "--dangerously-skip-permissions".into(),
+            system_prompt: Some(("be brief".into(), SystemPromptMode::Append)),
+            workspace: "/ws".into(),
+            resume: Some(uuid::Uuid::nil()),
+            max_output_tokens: Some(100),
+            tools: ToolPolicy::default(),
+        }
+    }
+
+    fn settings() -> RunnerSettings {
+        RunnerSettings {
+            claude_bin: "/bin/claude".into(),
+            base_url: "http://127.0.0.1:1".into(),
+            upstream_max_retries: 0,
+        }
+    }
+
+    fn paths() -> RunPaths<'static> {
+        RunPaths {
+            home: Path::new("/run/x/home"),
+            tmp: Path::new("/run/x/tmp"),
+            system_prompt_file: Some(Path::new("/run/x/system.txt")),
+        }
+    }
+
+    #[test]
+    fn request_values_cannot_become_flags() {
+        let cmd = build(&settings(), &spec("sk-ant-oat01-abc"), &paths());
+        assert!(cmd
+            .args
+            .iter()
+            .any(|a| a == "--model=--dangerously-skip-permissions"));
+        assert!(!cmd
+            .args
+            .iter()
+            .any(|a| a == "--dangerously-skip-permissions"));
+        assert!(cmd
+            .args
+            .iter()
+            .any(|a| a == "--resume=00000000-0000-0000-0000-000000000000"));
+    }
+
+    #[test]
+    fn secrets_and_prompts_stay_out_of_argv() {
+        let cmd = build(&settings(), &spec("sk-ant-oat01-secret-value"), &paths());
+        let argv = format!("{:?}", cmd.args);
+        assert!(!argv.contains("secret-value"));
+        assert!(!argv.contains("be brief"));
+        assert!(argv.contains("--append-system-prompt-file=/run/x/system.txt"));
+    }
+
+    #[test]
+    fn oauth_tokens_and_api_keys_use_their_own_variables() {
+        let oauth = build(&settings(), &spec("sk-ant-oat01-a"), &paths());
+        assert!(oauth
+            .env
+            .iter()
+            .any(|(k, _)| *k == "CLAUDE_CODE_OAUTH_TOKEN"));
+        assert!(!oauth.env.iter().any(|(k, _)| *k == "ANTHROPIC_API_KEY"));
+        let key = build(&settings(), &spec("sk-ant-api03-a"), &paths());
+        assert!(key.env.iter().any(|(k, _)| *k == "ANTHROPIC_API_KEY"));
+        assert!(!key.env.iter().any(|(k, _)| *k == "CLAUDE_CODE_OAUTH_TOKEN"));
+    }
+}

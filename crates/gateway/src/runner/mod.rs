@@ -1,0 +1,66 @@
+//! Running the Claude Code CLI: the command line of a run, its private directory, the process
+//! and the stream-json protocol it speaks. Knows nothing of HTTP.
+
+pub mod command;
+pub mod locate;
+pub mod process;
+pub mod protocol;
+pub mod rundir;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+pub use command::{RunSpec, RunnerSettings, SystemPromptMode, ToolPolicy};
+pub use process::CliProcess;
+use rundir::RunDir;
+
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error("the Claude Code CLI could not be started: {0}")]
+    Spawn(std::io::Error),
+    #[error("the run's private directory could not be prepared: {0}")]
+    RunDir(std::io::Error),
+    #[error("I/O with the Claude Code CLI failed: {0}")]
+    Io(String),
+    #[error("the run exceeded its time limit")]
+    Timeout,
+    #[error("the CLI printed a line longer than {0} bytes")]
+    LineTooLong(usize),
+    #[error("the CLI's input is already closed")]
+    InputClosed,
+    #[error("the Claude Code CLI ended without a result ({0})")]
+    Exited(String),
+}
+
+/// Starts CLI runs. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Runner {
+    pub settings: RunnerSettings,
+    pub runs_dir: PathBuf,
+    pub run_timeout: Duration,
+    pub max_line_bytes: usize,
+}
+
+impl Runner {
+    /// Starts the CLI for `spec`; the returned process waits for user turns on stdin.
+    pub fn start(&self, spec: &RunSpec) -> Result<CliProcess, RunError> {
+        let dir = RunDir::create(&self.runs_dir).map_err(RunError::RunDir)?;
+        let system_file = match &spec.system_prompt {
+            Some((text, _)) => Some(
+                dir.write_file("system-prompt.txt", text.as_bytes())
+                    .map_err(RunError::RunDir)?,
+            ),
+            None => None,
+        };
+        let home = dir.home();
+        let tmp = dir.tmp();
+        let paths = command::RunPaths {
+            home: &home,
+            tmp: &tmp,
+            system_prompt_file: system_file.as_deref(),
+        };
+        let cmd = command::build(&self.settings, spec, &paths);
+        let deadline = tokio::time::Instant::now() + self.run_timeout;
+        CliProcess::spawn(cmd, dir, deadline, self.max_line_bytes)
+    }
+}

@@ -1,0 +1,243 @@
+//! One supervised CLI process: spawned in its own process group, fed user turns on stdin, read
+//! line by line from stdout, and killed with its whole group and reaped when dropped.
+
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+
+use nix::sys::signal::{killpg, Signal};
+use nix::unistd::Pid;
+use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::process::{Child, ChildStdin, ChildStdout, Command};
+use tokio::time::Instant;
+
+use super::command::CommandLine;
+use super::protocol::{CliLine, UserInput};
+use super::rundir::RunDir;
+use super::RunError;
+
+/// How much of the CLI's stderr is kept for error messages.
+const STDERR_TAIL: usize = 4096;
+
+pub struct CliProcess {
+    child: Child,
+    pgid: Option<Pid>,
+    stdin: Option<ChildStdin>,
+    stdout: BufReader<ChildStdout>,
+    stderr_tail: Arc<Mutex<Vec<u8>>>,
+    deadline: Instant,
+    max_line_bytes: usize,
+    line: Vec<u8>,
+    // Dropped after the process group is killed (see Drop), so nothing still writes into it.
+    _dir: RunDir,
+}
+
+impl CliProcess {
+    pub(super) fn spawn(
+        cmd: CommandLine,
+        dir: RunDir,
+        deadline: Instant,
+        max_line_bytes: usize,
+    ) -> Result<Self, RunError> {
+        let mut command = Command::new(&cmd.program);
+        command
+            .args(&cmd.args)
+            .env_clear()
+            .envs(cmd.env.iter().map(|(k, v)| (k, v)))
+            .current_dir(&cmd.cwd)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .process_group(0)
+            .kill_on_drop(true);
+        let mut child = command.spawn().map_err(RunError::Spawn)?;
+        let pgid = child
+            .id()
+            .and_then(|id| i32::try_from(id).ok())
+            .map(Pid::from_raw);
+        let (Some(stdin), Some(stdout), Some(stderr)) =
+            (child.stdin.take(), child.stdout.take(), child.stderr.take())
+        else {
+            return Err(RunError::Spawn(std::io::Error::other(
+                "child pipes missing",
+            )));
+        };
+        let stderr_tail = Arc::new(Mutex::new(Vec::new()));
+        tokio::spawn(drain_stderr(stderr, stderr_tail.clone()));
+        Ok(Self {
+            child,
+            pgid,
+            stdin: Some(stdin),
+            stdout: BufReader::with_capacity(64 * 1024, stdout),
+            stderr_tail,
+            deadline,
+            max_line_bytes,
+            line: Vec::new(),
+            _dir: dir,
+        })
+    }
+
+    /// Sends one user turn.
+    pub async fn send(&mut self, input: &UserInput) -> Result<(), RunError> {
+        let stdin = self.stdin.as_mut().ok_or(RunError::InputClosed)?;
+        let line = input.to_line();
+        tokio::time::timeout_at(self.deadline, async {
+            stdin.write_all(&line).await?;
+            stdin.flush().await
+        })
+        .await
+        .map_err(|_| RunError::Timeout)?
+        .map_err(|e| RunError::Io(e.to_string()))
+    }
+
+    /// Closes stdin: the CLI finishes the turn in progress and exits.
+    pub fn close_input(&mut self) {
+        self.stdin = None;
+    }
+
+    /// The next output line; `None` once the CLI closed its stdout.
+    pub async fn next_line(&mut self) -> Result<Option<CliLine>, RunError> {
+        loop {
+            self.line.clear();
+            let read = tokio::time::timeout_at(
+                self.deadline,
+                read_line_capped(&mut self.stdout, &mut self.line, self.max_line_bytes),
+            )
+            .await
+            .map_err(|_| RunError::Timeout)??;
+            if read == 0 {
+                return Ok(None);
+            }
+            let trimmed = self.line.trim_ascii();
+            if trimmed.is_empty() {
+                continue;
+            }
+            match CliLine::parse(trimmed) {
+                Ok(line) => {
+                    if let CliLine::Other(v) = &line {
+                        tracing::debug!(line_type = %v.get("type").and_then(|t| t.as_str()).unwrap_or("?"), "unhandled CLI line");
+                    }
+                    return Ok(Some(line));
+                }
+                Err(e) => {
+                    tracing::debug!(error = %e, bytes = trimmed.len(), "CLI printed a non-JSON line");
+                }
+            }
+        }
+    }
+
+    /// Waits for the process to exit after its output ended and describes how it ended.
+    pub async fn exit_description(&mut self) -> String {
+        let status =
+            tokio::time::timeout(std::time::Duration::from_secs(2), self.child.wait()).await;
+        let code = match status {
+            Ok(Ok(s)) => s
+                .code()
+                .map(|c| format!("exit code {c}"))
+                .unwrap_or_else(|| "killed by a signal".into()),
+            _ => "did not exit".into(),
+        };
+        let tail = self.stderr_tail();
+        if tail.is_empty() {
+            code
+        } else {
+            format!("{code}; stderr: {tail}")
+        }
+    }
+
+    fn stderr_tail(&self) -> String {
+        let tail = self.stderr_tail.lock().unwrap_or_else(|e| e.into_inner());
+        crate::telemetry::redact(String::from_utf8_lossy(&tail).trim())
+    }
+}
+
+impl Drop for CliProcess {
+    fn drop(&mut self) {
+        // The tool processes the CLI started share its group; they must not outlive the request.
+        if let Some(pgid) = self.pgid {
+            let _ = killpg(pgid, Signal::SIGKILL);
+        }
+        // kill_on_drop reaps the direct child through tokio's orphan queue.
+        let _ = self.child.start_kill();
+    }
+}
+
+async fn drain_stderr(stderr: tokio::process::ChildStderr, tail: Arc<Mutex<Vec<u8>>>) {
+    let mut reader = BufReader::new(stderr);
+    let mut line = Vec::new();
+    loop {
+        line.clear();
+        match read_line_capped(&mut reader, &mut line, 64 * 1024).await {
+            Ok(0) | Err(_) => return,
+            Ok(_) => {
+                let text = String::from_utf8_lossy(&line);
+                tracing::debug!(stderr = %crate::telemetry::redact(text.trim_end()), "CLI stderr");
+                let mut tail = tail.lock().unwrap_or_else(|e| e.into_inner());
+                tail.extend_from_slice(&line);
+                let excess = tail.len().saturating_sub(STDERR_TAIL);
+                tail.drain(..excess);
+            }
+        }
+    }
+}
+
+/// Reads through the next newline into `buf`; fails if the line grows past `max` bytes.
+async fn read_line_capped<R: AsyncBufRead + Unpin>(
+    reader: &mut R,
+    buf: &mut Vec<u8>,
+    max: usize,
+) -> Result<usize, RunError> {
+    let mut total = 0;
+    loop {
+        let available = reader
+            .fill_buf()
+            .await
+            .map_err(|e| RunError::Io(e.to_string()))?;
+        if available.is_empty() {
+            return Ok(total);
+        }
+        let (used, done) = match available.iter().position(|b| *b == b'\n') {
+            Some(i) => (i + 1, true),
+            None => (available.len(), false),
+        };
+        if buf.len() + used > max {
+            return Err(RunError::LineTooLong(max));
+        }
+        buf.extend_from_slice(&available[..used]);
+        reader.consume(used);
+        total += used;
+        if done {
+            return Ok(total);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn reads_lines_longer_than_the_buffer_and_enforces_the_cap() {
+        let data = format!("{}\nshort\n", "a".repeat(300_000));
+        let mut reader = BufReader::with_capacity(1024, data.as_bytes());
+        let mut buf = Vec::new();
+        assert_eq!(
+            read_line_capped(&mut reader, &mut buf, 1 << 20)
+                .await
+                .expect("line"),
+            300_001
+        );
+        buf.clear();
+        assert_eq!(
+            read_line_capped(&mut reader, &mut buf, 1 << 20)
+                .await
+                .expect("line"),
+            6
+        );
+        let mut small = BufReader::new(data.as_bytes());
+        let mut buf = Vec::new();
+        assert!(matches!(
+            read_line_capped(&mut small, &mut buf, 1000).await,
+            Err(RunError::LineTooLong(1000))
+        ));
+    }
+}

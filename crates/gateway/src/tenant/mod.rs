@@ -1,0 +1,4 @@
+//! Tenants: their credentials and their identity.
+
+pub mod credential;
+pub mod identity;

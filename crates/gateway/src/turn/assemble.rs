@@ -1,0 +1,397 @@
+//! Turns the CLI's output lines into one Anthropic message's stream events.
+//!
+//! Inside one request the CLI may call the model several times (each tool call is a model turn
+//! of its own). The client asked for one message, so the assembler merges them: one
+//! `message_start`, the content blocks of every turn re-indexed in order, and one closing
+//! `message_delta` / `message_stop` carrying the last turn's stop reason and the run's total
+//! usage. Tool activity (`tool_use` blocks and the CLI's `tool_result`s) is hidden unless asked
+//! for; sub-agent events (inside a tool call) are always hidden.
+
+use std::collections::HashMap;
+
+use serde_json::{json, Value};
+
+use super::TurnError;
+use crate::runner::protocol::{CliLine, ResultLine};
+
+/// One Anthropic stream event: its SSE event name and its JSON data.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Event {
+    pub name: &'static str,
+    pub data: Value,
+}
+
+impl Event {
+    fn new(name: &'static str, data: Value) -> Self {
+        Self { name, data }
+    }
+
+    /// Whether this event carries model output (the point where response headers are sent).
+    pub fn is_output(&self) -> bool {
+        self.name == "content_block_start"
+    }
+}
+
+/// What a line meant for the response.
+#[derive(Debug)]
+pub enum Step {
+    Continue(Vec<Event>),
+    /// The run finished; the closing events follow.
+    Finished(Vec<Event>, Box<ResultLine>),
+    Failed(TurnError),
+}
+
+#[derive(Debug, Default)]
+pub struct Assembler {
+    show_tools: bool,
+    next_index: usize,
+    /// This model turn's upstream block index → the client's index, or `None` when hidden.
+    turn_blocks: HashMap<u64, Option<usize>>,
+    /// The model id the upstream reported, e.g. `claude-sonnet-5` for the alias `sonnet`.
+    pub model: Option<String>,
+    /// The first turn's input usage, for `message_start`.
+    pub start_usage: Option<Value>,
+    stop_reason: Option<String>,
+    output_seen: bool,
+}
+
+impl Assembler {
+    pub fn new(show_tools: bool) -> Self {
+        Self {
+            show_tools,
+            ..Self::default()
+        }
+    }
+
+    pub fn on_line(&mut self, line: CliLine) -> Step {
+        match line {
+            CliLine::StreamEvent(e) if e.parent_tool_use_id.is_none() => {
+                Step::Continue(self.on_event(&e.event))
+            }
+            CliLine::User(m) if self.show_tools && m.parent_tool_use_id.is_none() => {
+                Step::Continue(self.tool_results(&m.message))
+            }
+            CliLine::System(s) if s.subtype == "api_retry" && !self.output_seen => {
+                match s.error_status {
+                    // Retrying a refused credential cannot help: answer now, not after backoff.
+                    Some(status @ (401 | 403)) => Step::Failed(TurnError::Upstream {
+                        status,
+                        message: s.error.unwrap_or_else(|| "authentication failed".into()),
+                    }),
+                    _ => Step::Continue(Vec::new()),
+                }
+            }
+            CliLine::Result(result) => self.on_result(result),
+            _ => Step::Continue(Vec::new()),
+        }
+    }
+
+    fn on_event(&mut self, event: &Value) -> Vec<Event> {
+        let kind = event
+            .get("type")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
+        let upstream_index = event.get("index").and_then(Value::as_u64);
+        match (kind, upstream_index) {
+            ("message_start", _) => {
+                self.turn_blocks.clear();
+                let message = event.get("message");
+                if self.model.is_none() {
+                    self.model = message
+                        .and_then(|m| m.get("model"))
+                        .and_then(Value::as_str)
+                        .map(str::to_owned);
+                }
+                if self.start_usage.is_none() {
+                    self.start_usage = message.and_then(|m| m.get("usage")).cloned();
+                }
+                Vec::new()
+            }
+            ("content_block_start", Some(i)) => {
+                let block = event.get("content_block").cloned().unwrap_or(Value::Null);
+                let block_type = block
+                    .get("type")
+                    .and_then(Value::as_str)
+                    .unwrap_or_default();
+                let visible = self.show_tools || !is_tool_block(block_type);
+                let index = visible.then(|| self.take_index());
+                self.turn_blocks.insert(i, index);
+                index
+                    .map(|index| {
+                        self.output_seen = true;
+                        vec![Event::new(
+                            "content_block_start",
+                            json!({"type":"content_block_start","index":index,"content_block":block}),
+                        )]
+                    })
+                    .unwrap_or_default()
+            }
+            ("content_block_delta", Some(i)) => match self.turn_blocks.get(&i) {
+                Some(Some(index)) => vec![Event::new(
+                    "content_block_delta",
+                    json!({"type":"content_block_delta","index":index,"delta":event.get("delta").cloned().unwrap_or(Value::Null)}),
+                )],
+                _ => Vec::new(),
+            },
+            ("content_block_stop", Some(i)) => match self.turn_blocks.get(&i) {
+                Some(Some(index)) => vec![Event::new(
+                    "content_block_stop",
+                    json!({"type":"content_block_stop","index":index}),
+                )],
+                _ => Vec::new(),
+            },
+            ("message_delta", _) => {
+                if let Some(reason) = event
+                    .get("delta")
+                    .and_then(|d| d.get("stop_reason"))
+                    .and_then(Value::as_str)
+                {
+                    self.stop_reason = Some(reason.to_owned());
+                }
+                Vec::new()
+            }
+            _ => Vec::new(),
+        }
+    }
+
+    fn tool_results(&mut self, message: &Value) -> Vec<Event> {
+        let Some(blocks) = message.get("content").and_then(Value::as_array) else {
+            return Vec::new();
+        };
+        blocks
+            .iter()
+            .filter(|b| b.get("type").and_then(Value::as_str) == Some("tool_result"))
+            .flat_map(|b| {
+                let index = self.take_index();
+                let block = json!({
+                    "type": "tool_result",
+                    "tool_use_id": b.get("tool_use_id").cloned().unwrap_or(Value::Null),
+                    "content": b.get("content").cloned().unwrap_or(Value::Null),
+                    "is_error": b.get("is_error").and_then(Value::as_bool).unwrap_or(false),
+                });
+                [
+                    Event::new(
+                        "content_block_start",
+                        json!({"type":"content_block_start","index":index,"content_block":block}),
+                    ),
+                    Event::new(
+                        "content_block_stop",
+                        json!({"type":"content_block_stop","index":index}),
+                    ),
+                ]
+            })
+            .collect()
+    }
+
+    fn on_result(&mut self, result: ResultLine) -> Step {
+        if result.is_error {
+            let message = result
+                .result
+                .clone()
+                .unwrap_or_else(|| format!("the CLI reported an error ({})", result.subtype));
+            return Step::Failed(match result.api_error_status {
+                Some(status) => TurnError::Upstream { status, message },
+                None => TurnError::Cli(message),
+            });
+        }
+        let usage = result.usage.clone().unwrap_or_default();
+        let stop_reason = self
+            .stop_reason
+            .clone()
+            .or_else(|| result.stop_reason.clone())
+            .unwrap_or_else(|| "end_turn".into());
+        let events = vec![
+            Event::new(
+                "message_delta",
+                json!({
+                    "type": "message_delta",
+                    "delta": {"stop_reason": stop_reason, "stop_sequence": null},
+                    "usage": {
+                        "input_tokens": usage.input_tokens,
+                        "output_tokens": usage.output_tokens,
+                        "cache_creation_input_tokens": usage.cache_creation_input_tokens,
+                        "cache_read_input_tokens": usage.cache_read_input_tokens,
+                    }
+                }),
+            ),
+            Event::new("message_stop", json!({"type":"message_stop"})),
+        ];
+        Step::Finished(events, Box::new(result))
+    }
+
+    fn take_index(&mut self) -> usize {
+        let i = self.next_index;
+        self.next_index += 1;
+        i
+    }
+}
+
+fn is_tool_block(block_type: &str) -> bool {
+    matches!(
+        block_type,
+        "tool_use" | "server_tool_use" | "mcp_tool_use" | "tool_result"
+    )
+}
+
+/// The opening `message_start` event of the merged message.
+pub fn message_start(id: &str, model: &str, usage: Option<&Value>) -> Event {
+    let usage = usage.cloned().unwrap_or_else(|| json!({}));
+    let num = |k: &str| usage.get(k).and_then(Value::as_u64).unwrap_or(0);
+    Event::new(
+        "message_start",
+        json!({
+            "type": "message_start",
+            "message": {
+                "id": id,
+                "type": "message",
+                "role": "assistant",
+                "model": model,
+                "content": [],
+                "stop_reason": null,
+                "stop_sequence": null,
+                "usage": {
+                    "input_tokens": num("input_tokens"),
+                    "output_tokens": num("output_tokens"),
+                    "cache_creation_input_tokens": num("cache_creation_input_tokens"),
+                    "cache_read_input_tokens": num("cache_read_input_tokens"),
+                }
+            }
+        }),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn line(s: &str) -> CliLine {
+        CliLine::parse(s.as_bytes()).expect("json")
+    }
+
+    fn event(e: Value) -> CliLine {
+        line(&json!({"type":"stream_event","event":e,"parent_tool_use_id":null}).to_string())
+    }
+
+    fn tool_turn() -> Vec<CliLine> {
+        vec![
+            event(
+                json!({"type":"message_start","message":{"model":"claude-x","usage":{"input_tokens":5}}}),
+            ),
+            event(
+                json!({"type":"content_block_start","index":0,"content_block":{"type":"tool_use","id":"t1","name":"Bash","input":{}}}),
+            ),
+            event(
+                json!({"type":"content_block_delta","index":0,"delta":{"type":"input_json_delta","partial_json":"{}"}}),
+            ),
+            event(json!({"type":"content_block_stop","index":0})),
+            event(json!({"type":"message_delta","delta":{"stop_reason":"tool_use"}})),
+            event(json!({"type":"message_stop"})),
+            line(
+                r#"{"type":"user","message":{"role":"user","content":[{"type":"tool_result","tool_use_id":"t1","content":"out"}]},"parent_tool_use_id":null}"#,
+            ),
+            event(json!({"type":"message_start","message":{"model":"claude-x"}})),
+            event(
+                json!({"type":"content_block_start","index":0,"content_block":{"type":"text","text":""}}),
+            ),
+            event(
+                json!({"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":"done"}}),
+            ),
+            event(json!({"type":"content_block_stop","index":0})),
+            event(json!({"type":"message_delta","delta":{"stop_reason":"end_turn"}})),
+            line(
+                r#"{"type":"result","subtype":"success","is_error":false,"result":"done","usage":{"input_tokens":9,"output_tokens":4}}"#,
+            ),
+        ]
+    }
+
+    fn run(show_tools: bool) -> (Vec<Event>, bool) {
+        let mut asm = Assembler::new(show_tools);
+        let mut out = Vec::new();
+        for l in tool_turn() {
+            match asm.on_line(l) {
+                Step::Continue(e) => out.extend(e),
+                Step::Finished(e, _) => {
+                    out.extend(e);
+                    return (out, true);
+                }
+                Step::Failed(e) => panic!("failed: {e:?}"),
+            }
+        }
+        (out, false)
+    }
+
+    #[test]
+    fn hidden_tool_activity_leaves_one_text_message_indexed_from_zero() {
+        let (events, finished) = run(false);
+        assert!(finished);
+        let names: Vec<_> = events.iter().map(|e| e.name).collect();
+        assert_eq!(
+            names,
+            [
+                "content_block_start",
+                "content_block_delta",
+                "content_block_stop",
+                "message_delta",
+                "message_stop"
+            ]
+        );
+        assert_eq!(events[0].data["index"], 0);
+        assert_eq!(events[3].data["delta"]["stop_reason"], "end_turn");
+        assert_eq!(events[3].data["usage"]["output_tokens"], 4);
+    }
+
+    #[test]
+    fn shown_tool_activity_interleaves_tool_use_and_result_blocks() {
+        let (events, _) = run(true);
+        let starts: Vec<_> = events
+            .iter()
+            .filter(|e| e.name == "content_block_start")
+            .map(|e| {
+                (
+                    e.data["index"].as_u64().unwrap_or(99),
+                    e.data["content_block"]["type"]
+                        .as_str()
+                        .unwrap_or("")
+                        .to_owned(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            starts,
+            [
+                (0, "tool_use".to_owned()),
+                (1, "tool_result".to_owned()),
+                (2, "text".to_owned())
+            ]
+        );
+    }
+
+    #[test]
+    fn auth_retry_fails_fast_and_error_results_carry_status() {
+        let mut asm = Assembler::new(false);
+        let retry = line(
+            r#"{"type":"system","subtype":"api_retry","error_status":401,"error":"authentication_failed"}"#,
+        );
+        assert!(matches!(
+            asm.on_line(retry),
+            Step::Failed(TurnError::Upstream { status: 401, .. })
+        ));
+        let result = line(
+            r#"{"type":"result","is_error":true,"api_error_status":529,"result":"API Error: 529"}"#,
+        );
+        assert!(matches!(
+            Assembler::new(false).on_line(result),
+            Step::Failed(TurnError::Upstream { status: 529, .. })
+        ));
+    }
+
+    #[test]
+    fn sub_agent_events_are_hidden() {
+        let mut asm = Assembler::new(true);
+        let inner = line(
+            &json!({"type":"stream_event","parent_tool_use_id":"t9","event":{"type":"content_block_start","index":0,"content_block":{"type":"text","text":""}}})
+                .to_string(),
+        );
+        assert!(matches!(asm.on_line(inner), Step::Continue(e) if e.is_empty()));
+    }
+}

@@ -1,0 +1,89 @@
+//! One user turn through the CLI, as a stream of Anthropic message events.
+//!
+//! [`start`] sends the turn to a CLI process and drives it on a task of its own, which
+//! forwards what the [`assemble::Assembler`] makes of each output line over a channel. The task
+//! owns the process: when the receiver is dropped (the client went away, the request ended)
+//! the task ends and the process group is killed with it.
+
+pub mod assemble;
+pub mod message;
+
+use serde_json::Value;
+use tokio::sync::mpsc;
+
+use crate::runner::protocol::{ResultLine, UserInput};
+use crate::runner::{CliProcess, RunError};
+use assemble::{Assembler, Event, Step};
+
+#[derive(Debug, thiserror::Error)]
+pub enum TurnError {
+    /// The upstream API answered with an error status (as the CLI reported it).
+    #[error("upstream error {status}: {message}")]
+    Upstream { status: u16, message: String },
+    /// The CLI reported a failure that is not an upstream status.
+    #[error("the Claude Code CLI reported an error: {0}")]
+    Cli(String),
+    #[error(transparent)]
+    Run(#[from] RunError),
+}
+
+/// What the driving task reports.
+#[derive(Debug)]
+pub enum Item {
+    /// The upstream's first `message_start`: the resolved model and the input usage.
+    Started {
+        model: String,
+        usage: Option<Value>,
+    },
+    Events(Vec<Event>),
+    Done(Vec<Event>, Box<ResultLine>),
+    Failed(TurnError),
+}
+
+/// Sends `input` to `process` and returns the channel of what follows.
+pub fn start(mut process: CliProcess, input: UserInput, show_tools: bool) -> mpsc::Receiver<Item> {
+    let (tx, rx) = mpsc::channel(64);
+    tokio::spawn(async move {
+        let mut assembler = Assembler::new(show_tools);
+        if let Err(e) = process.send(&input).await {
+            let _ = tx.send(Item::Failed(e.into())).await;
+            return;
+        }
+        // One turn per process for now; closing stdin lets the CLI exit after its result.
+        process.close_input();
+        let mut started = false;
+        loop {
+            let line = tokio::select! {
+                _ = tx.closed() => return,
+                line = process.next_line() => line,
+            };
+            let item = match line {
+                Ok(Some(line)) => match assembler.on_line(line) {
+                    Step::Continue(events) if events.is_empty() => None,
+                    Step::Continue(events) => Some(Item::Events(events)),
+                    Step::Finished(events, result) => Some(Item::Done(events, result)),
+                    Step::Failed(e) => Some(Item::Failed(e)),
+                },
+                Ok(None) => Some(Item::Failed(
+                    RunError::Exited(process.exit_description().await).into(),
+                )),
+                Err(e) => Some(Item::Failed(e.into())),
+            };
+            if !started {
+                if let Some(model) = assembler.model.clone() {
+                    started = true;
+                    let usage = assembler.start_usage.clone();
+                    if tx.send(Item::Started { model, usage }).await.is_err() {
+                        return;
+                    }
+                }
+            }
+            let Some(item) = item else { continue };
+            let last = matches!(item, Item::Done(..) | Item::Failed(_));
+            if tx.send(item).await.is_err() || last {
+                return;
+            }
+        }
+    });
+    rx
+}
