@@ -44,6 +44,9 @@ pub struct ToolCall {
     pub name: String,
     #[serde(default)]
     pub input: Value,
+    /// Text the model says in the same turn, before the tool call.
+    #[serde(default)]
+    pub say: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]

@@ -292,20 +292,34 @@ fn tool_id() -> String {
     format!("toolu_fake_{}", uuid::Uuid::new_v4().simple())
 }
 
+/// The complete content blocks of a turn, and its stop reason.
+fn blocks(turn: &Turn) -> (Vec<Value>, &'static str) {
+    match turn {
+        Turn::Text(text) => (vec![json!({"type":"text","text":text})], "end_turn"),
+        Turn::ToolUse(call) => {
+            let mut blocks = Vec::new();
+            if let Some(say) = &call.say {
+                blocks.push(json!({"type":"text","text":say}));
+            }
+            blocks.push(
+                json!({"type":"tool_use","id":tool_id(),"name":call.name,"input":call.input}),
+            );
+            (blocks, "tool_use")
+        }
+        Turn::Error(_) => (Vec::new(), "end_turn"),
+    }
+}
+
+fn output_tokens(blocks: &[Value]) -> u64 {
+    blocks
+        .iter()
+        .map(|b| estimate_tokens(b.to_string().len()))
+        .sum()
+}
+
 fn message_json(model: &str, turn: &Turn, input_tokens: u64) -> Value {
-    let (content, stop_reason, output_tokens) = match turn {
-        Turn::Text(text) => (
-            json!([{"type":"text","text":text}]),
-            "end_turn",
-            estimate_tokens(text.len()),
-        ),
-        Turn::ToolUse(call) => (
-            json!([{"type":"tool_use","id":tool_id(),"name":call.name,"input":call.input}]),
-            "tool_use",
-            10,
-        ),
-        Turn::Error(_) => (json!([]), "end_turn", 0),
-    };
+    let (content, stop_reason) = blocks(turn);
+    let output_tokens = output_tokens(&content);
     json!({
         "id": message_id(),
         "type": "message",
@@ -350,43 +364,65 @@ fn stream_response(model: String, turn: Turn, script: Script, input_tokens: u64)
         {
             return;
         }
-        let (stop_reason, output_tokens) = match &turn {
-            Turn::Text(text) => {
-                send("content_block_start", json!({"type":"content_block_start","index":0,"content_block":{"type":"text","text":""}})).await;
+        let (content, stop_reason) = blocks(&turn);
+        let mut text_deltas = 0;
+        for (index, block) in content.iter().enumerate() {
+            let (opening, deltas) = match block["type"].as_str() {
+                Some("tool_use") => {
+                    let mut opening = block.clone();
+                    opening["input"] = json!({});
+                    let pieces = split_chunks(&block["input"].to_string(), 2);
+                    let deltas: Vec<Value> = pieces
+                        .into_iter()
+                        .map(|p| json!({"type":"input_json_delta","partial_json":p}))
+                        .collect();
+                    (opening, deltas)
+                }
+                _ => {
+                    let text = block["text"].as_str().unwrap_or_default();
+                    let pieces = split_chunks(text, script.chunks.unwrap_or(3));
+                    let deltas: Vec<Value> = pieces
+                        .into_iter()
+                        .map(|p| json!({"type":"text_delta","text":p}))
+                        .collect();
+                    (json!({"type":"text","text":""}), deltas)
+                }
+            };
+            send(
+                "content_block_start",
+                json!({"type":"content_block_start","index":index,"content_block":opening}),
+            )
+            .await;
+            if index == 0 {
                 send("ping", json!({"type":"ping"})).await;
-                let pieces = split_chunks(text, script.chunks.unwrap_or(3));
-                for (i, piece) in pieces.iter().enumerate() {
-                    if script.fail_after_chunks == Some(i) {
+            }
+            for delta in deltas {
+                if delta["type"] == "text_delta" {
+                    if script.fail_after_chunks == Some(text_deltas) {
                         send("error", json!({"type":"error","error":{"type":"overloaded_error","message":"scripted mid-stream failure"}})).await;
                         return;
                     }
-                    if !delay.is_zero() {
-                        tokio::time::sleep(delay).await;
-                    }
-                    if !send("content_block_delta", json!({"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":piece}})).await {
-                        return;
-                    }
+                    text_deltas += 1;
                 }
-                ("end_turn", estimate_tokens(text.len()))
-            }
-            Turn::ToolUse(call) => {
-                send("content_block_start", json!({"type":"content_block_start","index":0,"content_block":{"type":"tool_use","id":tool_id(),"name":call.name,"input":{}}})).await;
-                let input = call.input.to_string();
-                for piece in split_chunks(&input, 2) {
-                    if !delay.is_zero() {
-                        tokio::time::sleep(delay).await;
-                    }
-                    send("content_block_delta", json!({"type":"content_block_delta","index":0,"delta":{"type":"input_json_delta","partial_json":piece}})).await;
+                if !delay.is_zero() {
+                    tokio::time::sleep(delay).await;
                 }
-                ("tool_use", 10)
+                if !send(
+                    "content_block_delta",
+                    json!({"type":"content_block_delta","index":index,"delta":delta}),
+                )
+                .await
+                {
+                    return;
+                }
             }
-            Turn::Error(_) => return,
-        };
-        send(
-            "content_block_stop",
-            json!({"type":"content_block_stop","index":0}),
-        )
-        .await;
+            send(
+                "content_block_stop",
+                json!({"type":"content_block_stop","index":index}),
+            )
+            .await;
+        }
+        let output_tokens = output_tokens(&content);
         send("message_delta", json!({"type":"message_delta","delta":{"stop_reason":stop_reason,"stop_sequence":null},"usage":{"output_tokens":output_tokens}})).await;
         send("message_stop", json!({"type":"message_stop"})).await;
     });

@@ -6,8 +6,14 @@
 //! `message_delta` / `message_stop` carrying the last turn's stop reason and the run's total
 //! usage. Tool activity (`tool_use` blocks and the CLI's `tool_result`s) is hidden unless asked
 //! for; sub-agent events (inside a tool call) are always hidden.
+//!
+//! The CLI's `assistant` lines are the authority on what the model said; the raw stream events
+//! are only the fast path. When a stream breaks mid-message the CLI quietly repeats the call
+//! without streaming and reports the complete message in `assistant` lines under a new message
+//! id; the assembler then sends whatever the client has not yet seen (the rest of a cut-off
+//! block, or whole blocks), so nothing is lost and nothing is repeated.
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 
 use serde_json::{json, Value};
 
@@ -41,12 +47,28 @@ pub enum Step {
     Failed(TurnError),
 }
 
+#[derive(Debug)]
+struct StreamedBlock {
+    /// The client's index, or `None` when hidden.
+    index: Option<usize>,
+    kind: String,
+    /// Text (or thinking) relayed so far.
+    streamed: String,
+    open: bool,
+}
+
 #[derive(Debug, Default)]
 pub struct Assembler {
     show_tools: bool,
     next_index: usize,
-    /// This model turn's upstream block index → the client's index, or `None` when hidden.
-    turn_blocks: HashMap<u64, Option<usize>>,
+    /// This model turn's blocks as streamed, by upstream index.
+    turn_blocks: BTreeMap<u64, StreamedBlock>,
+    /// The id of the message whose stream events are being relayed.
+    stream_message_id: Option<String>,
+    /// The upstream index of the block most recently started.
+    latest_started: Option<u64>,
+    /// A message that arrived only as `assistant` lines: its id and how many blocks it has had.
+    unstreamed: Option<(String, u64)>,
     /// The model id the upstream reported, e.g. `claude-sonnet-5` for the alias `sonnet`.
     pub model: Option<String>,
     /// The first turn's input usage, for `message_start`.
@@ -67,6 +89,9 @@ impl Assembler {
         match line {
             CliLine::StreamEvent(e) if e.parent_tool_use_id.is_none() => {
                 Step::Continue(self.on_event(&e.event))
+            }
+            CliLine::Assistant(m) if m.parent_tool_use_id.is_none() => {
+                Step::Continue(self.on_assistant(&m.message))
             }
             CliLine::User(m) if self.show_tools && m.parent_tool_use_id.is_none() => {
                 Step::Continue(self.tool_results(&m.message))
@@ -95,49 +120,50 @@ impl Assembler {
         match (kind, upstream_index) {
             ("message_start", _) => {
                 self.turn_blocks.clear();
+                self.latest_started = None;
                 let message = event.get("message");
-                if self.model.is_none() {
-                    self.model = message
-                        .and_then(|m| m.get("model"))
-                        .and_then(Value::as_str)
-                        .map(str::to_owned);
-                }
-                if self.start_usage.is_none() {
-                    self.start_usage = message.and_then(|m| m.get("usage")).cloned();
-                }
+                self.stream_message_id = message
+                    .and_then(|m| m.get("id"))
+                    .and_then(Value::as_str)
+                    .map(str::to_owned);
+                self.note_model(message);
                 Vec::new()
             }
             ("content_block_start", Some(i)) => {
                 let block = event.get("content_block").cloned().unwrap_or(Value::Null);
-                let block_type = block
-                    .get("type")
-                    .and_then(Value::as_str)
-                    .unwrap_or_default();
-                let visible = self.show_tools || !is_tool_block(block_type);
-                let index = visible.then(|| self.take_index());
-                self.turn_blocks.insert(i, index);
-                index
-                    .map(|index| {
-                        self.output_seen = true;
-                        vec![Event::new(
-                            "content_block_start",
-                            json!({"type":"content_block_start","index":index,"content_block":block}),
-                        )]
-                    })
-                    .unwrap_or_default()
+                self.latest_started = Some(i);
+                let (index, events) = self.open_block(block.clone());
+                self.turn_blocks.insert(
+                    i,
+                    StreamedBlock {
+                        index,
+                        kind: block_type(&block).to_owned(),
+                        streamed: String::new(),
+                        open: true,
+                    },
+                );
+                events
             }
-            ("content_block_delta", Some(i)) => match self.turn_blocks.get(&i) {
-                Some(Some(index)) => vec![Event::new(
-                    "content_block_delta",
-                    json!({"type":"content_block_delta","index":index,"delta":event.get("delta").cloned().unwrap_or(Value::Null)}),
-                )],
-                _ => Vec::new(),
-            },
-            ("content_block_stop", Some(i)) => match self.turn_blocks.get(&i) {
-                Some(Some(index)) => vec![Event::new(
-                    "content_block_stop",
-                    json!({"type":"content_block_stop","index":index}),
-                )],
+            ("content_block_delta", Some(i)) => {
+                let Some(block) = self.turn_blocks.get_mut(&i) else {
+                    return Vec::new();
+                };
+                let delta = event.get("delta").cloned().unwrap_or(Value::Null);
+                for key in ["text", "thinking"] {
+                    if let Some(t) = delta.get(key).and_then(Value::as_str) {
+                        block.streamed.push_str(t);
+                    }
+                }
+                match block.index {
+                    Some(index) => vec![delta_event(index, delta)],
+                    None => Vec::new(),
+                }
+            }
+            ("content_block_stop", Some(i)) => match self.turn_blocks.get_mut(&i) {
+                Some(block) if block.open => {
+                    block.open = false;
+                    block.index.map(stop_event).into_iter().collect()
+                }
                 _ => Vec::new(),
             },
             ("message_delta", _) => {
@@ -152,6 +178,141 @@ impl Assembler {
             }
             _ => Vec::new(),
         }
+    }
+
+    fn note_model(&mut self, message: Option<&Value>) {
+        if self.model.is_none() {
+            self.model = message
+                .and_then(|m| m.get("model"))
+                .and_then(Value::as_str)
+                .filter(|m| !m.starts_with('<'))
+                .map(str::to_owned);
+        }
+        if self.start_usage.is_none() {
+            self.start_usage = message.and_then(|m| m.get("usage")).cloned();
+        }
+    }
+
+    /// Starts a client block for `block` unless it is hidden tool activity.
+    fn open_block(&mut self, block: Value) -> (Option<usize>, Vec<Event>) {
+        if !self.show_tools && is_tool_block(block_type(&block)) {
+            return (None, Vec::new());
+        }
+        let index = self.take_index();
+        self.output_seen = true;
+        (
+            Some(index),
+            vec![Event::new(
+                "content_block_start",
+                json!({"type":"content_block_start","index":index,"content_block":block}),
+            )],
+        )
+    }
+
+    /// Reconciles an `assistant` line (the complete blocks of a model message) with what was
+    /// streamed, sending only what the client has not seen.
+    fn on_assistant(&mut self, message: &Value) -> Vec<Event> {
+        let id = message
+            .get("id")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
+        let blocks = message
+            .get("content")
+            .and_then(Value::as_array)
+            .cloned()
+            .unwrap_or_default();
+        if message.get("model").and_then(Value::as_str) == Some("<synthetic>") {
+            // The CLI's own error notice; the result line reports the failure.
+            return Vec::new();
+        }
+        let streamed = self.stream_message_id.as_deref() == Some(id);
+        let first = if streamed {
+            // Blocks of a streamed message arrive just before their content_block_stop.
+            let count = blocks.len() as u64;
+            self.latest_started
+                .map_or(0, |l| (l + 1).saturating_sub(count))
+        } else {
+            self.note_model(Some(message));
+            match &mut self.unstreamed {
+                Some((seen_id, seen)) if seen_id == id => {
+                    let first = *seen;
+                    *seen += blocks.len() as u64;
+                    first
+                }
+                _ => {
+                    self.unstreamed = Some((id.to_owned(), blocks.len() as u64));
+                    0
+                }
+            }
+        };
+        if !streamed {
+            if let Some(reason) = message.get("stop_reason").and_then(Value::as_str) {
+                self.stop_reason = Some(reason.to_owned());
+            }
+        }
+        let mut events = Vec::new();
+        for (offset, block) in blocks.into_iter().enumerate() {
+            let position = first + offset as u64;
+            events.extend(self.reconcile(position, block, !streamed));
+        }
+        events
+    }
+
+    fn reconcile(&mut self, position: u64, block: Value, close: bool) -> Vec<Event> {
+        let kind = block_type(&block).to_owned();
+        let text_key = match kind.as_str() {
+            "text" => Some("text"),
+            "thinking" => Some("thinking"),
+            _ => None,
+        };
+        let full = text_key
+            .and_then(|k| block.get(k))
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_owned();
+        let mut events = Vec::new();
+        if let Some(seen) = self.turn_blocks.get_mut(&position) {
+            if seen.kind == kind && (text_key.is_none() || full.starts_with(&seen.streamed)) {
+                if let (Some(index), Some(key)) = (seen.index, text_key) {
+                    let rest = &full[seen.streamed.len()..];
+                    if !rest.is_empty() {
+                        let delta_type = format!("{key}_delta");
+                        events.push(delta_event(index, json!({"type": delta_type, key: rest})));
+                        seen.streamed.push_str(rest);
+                    }
+                }
+                if close && seen.open {
+                    seen.open = false;
+                    events.extend(seen.index.map(stop_event));
+                }
+                return events;
+            }
+            // What was streamed does not match the final block: close it and send the block whole.
+            if seen.open {
+                seen.open = false;
+                events.extend(seen.index.map(stop_event));
+            }
+        }
+        let mut opening = block.clone();
+        let delta = match text_key {
+            Some(key) => {
+                opening[key] = json!("");
+                (!full.is_empty()).then(|| json!({"type": format!("{key}_delta"), key: full}))
+            }
+            None if kind == "tool_use" => {
+                let input = block.get("input").cloned().unwrap_or(json!({}));
+                opening["input"] = json!({});
+                Some(json!({"type":"input_json_delta","partial_json":input.to_string()}))
+            }
+            None => None,
+        };
+        let (index, opened) = self.open_block(opening);
+        events.extend(opened);
+        if let Some(index) = index {
+            events.extend(delta.map(|d| delta_event(index, d)));
+            events.push(stop_event(index));
+        }
+        events
     }
 
     fn tool_results(&mut self, message: &Value) -> Vec<Event> {
@@ -224,6 +385,27 @@ impl Assembler {
         self.next_index += 1;
         i
     }
+}
+
+fn block_type(block: &Value) -> &str {
+    block
+        .get("type")
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+}
+
+fn delta_event(index: usize, delta: Value) -> Event {
+    Event::new(
+        "content_block_delta",
+        json!({"type":"content_block_delta","index":index,"delta":delta}),
+    )
+}
+
+fn stop_event(index: usize) -> Event {
+    Event::new(
+        "content_block_stop",
+        json!({"type":"content_block_stop","index":index}),
+    )
 }
 
 fn is_tool_block(block_type: &str) -> bool {
@@ -383,6 +565,96 @@ mod tests {
             Assembler::new(false).on_line(result),
             Step::Failed(TurnError::Upstream { status: 529, .. })
         ));
+    }
+
+    fn collect(asm: &mut Assembler, lines: Vec<CliLine>) -> Vec<Event> {
+        let mut out = Vec::new();
+        for l in lines {
+            match asm.on_line(l) {
+                Step::Continue(e) => out.extend(e),
+                Step::Finished(e, _) => out.extend(e),
+                Step::Failed(e) => panic!("failed: {e:?}"),
+            }
+        }
+        out
+    }
+
+    fn text_of(events: &[Event]) -> String {
+        events
+            .iter()
+            .filter(|e| e.name == "content_block_delta")
+            .filter_map(|e| e.data["delta"]["text"].as_str())
+            .collect()
+    }
+
+    #[test]
+    fn assistant_lines_of_a_streamed_message_add_nothing() {
+        // As claude 2.1.197 prints it: one assistant line per block, before its stop event.
+        let lines = vec![
+            event(json!({"type":"message_start","message":{"id":"m1","model":"claude-x"}})),
+            event(
+                json!({"type":"content_block_start","index":0,"content_block":{"type":"text","text":""}}),
+            ),
+            event(
+                json!({"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":"Let me check."}}),
+            ),
+            line(
+                r#"{"type":"assistant","message":{"id":"m1","content":[{"type":"text","text":"Let me check."}]},"parent_tool_use_id":null}"#,
+            ),
+            event(json!({"type":"content_block_stop","index":0})),
+            event(
+                json!({"type":"content_block_start","index":1,"content_block":{"type":"tool_use","id":"t","name":"Bash","input":{}}}),
+            ),
+            line(
+                r#"{"type":"assistant","message":{"id":"m1","content":[{"type":"tool_use","id":"t","name":"Bash","input":{}}]},"parent_tool_use_id":null}"#,
+            ),
+            event(json!({"type":"content_block_stop","index":1})),
+        ];
+        let events = collect(&mut Assembler::new(false), lines);
+        let names: Vec<_> = events.iter().map(|e| e.name).collect();
+        assert_eq!(
+            names,
+            [
+                "content_block_start",
+                "content_block_delta",
+                "content_block_stop"
+            ]
+        );
+        assert_eq!(text_of(&events), "Let me check.");
+    }
+
+    #[test]
+    fn a_broken_stream_is_completed_from_the_non_streamed_retry() {
+        // The stream broke after "partial"; the CLI retried without streaming (new id).
+        let lines = vec![
+            event(json!({"type":"message_start","message":{"id":"m1","model":"claude-x"}})),
+            event(
+                json!({"type":"content_block_start","index":0,"content_block":{"type":"text","text":""}}),
+            ),
+            event(
+                json!({"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":"partial"}}),
+            ),
+            line(
+                r#"{"type":"assistant","message":{"id":"m2","stop_reason":"end_turn","content":[{"type":"text","text":"partial answer"},{"type":"text","text":"second block"}]},"parent_tool_use_id":null}"#,
+            ),
+            line(r#"{"type":"result","is_error":false,"result":"partial answer"}"#),
+        ];
+        let events = collect(&mut Assembler::new(false), lines);
+        assert_eq!(text_of(&events), "partial answersecond block");
+        let starts = events
+            .iter()
+            .filter(|e| e.name == "content_block_start")
+            .count();
+        let stops = events
+            .iter()
+            .filter(|e| e.name == "content_block_stop")
+            .count();
+        assert_eq!((starts, stops), (2, 2), "every block is closed once");
+        let delta = events
+            .iter()
+            .find(|e| e.name == "message_delta")
+            .expect("delta");
+        assert_eq!(delta.data["delta"]["stop_reason"], "end_turn");
     }
 
     #[test]

@@ -1,0 +1,234 @@
+//! Test harness: the real `claude-gateway` binary, the real pinned CLI, and an in-process
+//! fake-anthropic upstream that records what reached it. Everything listens on 127.0.0.1.
+#![allow(dead_code)]
+
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use fake_anthropic::{FakeAnthropic, FakeHandle, RecordedRequest};
+use serde_json::{json, Value};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+
+pub fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+pub fn claude_bin() -> PathBuf {
+    let bin = repo_root().join("node_modules/.bin/claude");
+    assert!(
+        bin.exists(),
+        "the pinned Claude Code CLI is missing: run `npm ci` in the repository root"
+    );
+    bin
+}
+
+pub struct Gateway {
+    pub url: String,
+    pub fake: FakeHandle,
+    pub data_dir: tempfile::TempDir,
+    child: Child,
+    logs: Arc<Mutex<String>>,
+}
+
+pub struct GatewayBuilder {
+    args: Vec<String>,
+    claude_bin: Option<PathBuf>,
+}
+
+impl GatewayBuilder {
+    pub fn arg(mut self, arg: impl Into<String>) -> Self {
+        self.args.push(arg.into());
+        self
+    }
+
+    pub fn claude_bin(mut self, bin: impl Into<PathBuf>) -> Self {
+        self.claude_bin = Some(bin.into());
+        self
+    }
+
+    pub async fn start(self) -> Gateway {
+        let fake = FakeAnthropic::start(([127, 0, 0, 1], 0).into())
+            .await
+            .expect("fake upstream starts");
+        let data_dir = tempfile::tempdir().expect("tempdir");
+        let claude = self.claude_bin.unwrap_or_else(claude_bin);
+        let mut args = self.args;
+        if !args.iter().any(|a| a == "--upstream-max-retries") {
+            // Tests script upstream failures; the CLI's own backoff would only slow them down.
+            args.extend(["--upstream-max-retries".into(), "0".into()]);
+        }
+        let mut child = Command::new(env!("CARGO_BIN_EXE_claude-gateway"))
+            .arg("serve")
+            .args(["--listen", "127.0.0.1:0", "--log-format", "json"])
+            .arg("--data-dir")
+            .arg(data_dir.path())
+            .arg("--claude-bin")
+            .arg(&claude)
+            .args(&args)
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("ANTHROPIC_BASE_URL", fake.base_url())
+            // Debug level, so the no-secret-in-logs checks cover the chattiest output.
+            .env("RUST_LOG", "debug")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("gateway binary starts");
+        let logs = Arc::new(Mutex::new(String::new()));
+        let stderr = child.stderr.take().expect("stderr");
+        let sink = logs.clone();
+        tokio::spawn(async move {
+            let mut lines = BufReader::new(stderr).lines();
+            while let Ok(Some(line)) = lines.next_line().await {
+                let mut logs = sink.lock().unwrap_or_else(|e| e.into_inner());
+                logs.push_str(&line);
+                logs.push('\n');
+            }
+        });
+        let stdout = child.stdout.take().expect("stdout");
+        let mut lines = BufReader::new(stdout).lines();
+        let url = tokio::time::timeout(Duration::from_secs(60), async {
+            while let Ok(Some(line)) = lines.next_line().await {
+                if let Some(url) = line.strip_prefix("claude-gateway listening on ") {
+                    return url.to_owned();
+                }
+            }
+            panic!("gateway exited before listening");
+        })
+        .await
+        .expect("gateway listens within 60 s");
+        Gateway {
+            url,
+            fake,
+            data_dir,
+            child,
+            logs,
+        }
+    }
+}
+
+impl Gateway {
+    pub fn builder() -> GatewayBuilder {
+        GatewayBuilder {
+            args: Vec::new(),
+            claude_bin: None,
+        }
+    }
+
+    pub async fn start() -> Gateway {
+        Self::builder().start().await
+    }
+
+    pub fn logs(&self) -> String {
+        self.logs.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    pub fn upstream(&self) -> Vec<RecordedRequest> {
+        self.fake.recorder.all()
+    }
+
+    /// Model calls that carried `marker` anywhere in their body.
+    pub fn upstream_with(&self, marker: &str) -> Vec<RecordedRequest> {
+        self.fake.recorder.messages_containing(marker)
+    }
+
+    pub fn post(&self, path: &str) -> reqwest::RequestBuilder {
+        reqwest::Client::new().post(format!("{}{}", self.url, path))
+    }
+
+    pub fn get(&self, path: &str) -> reqwest::RequestBuilder {
+        reqwest::Client::new().get(format!("{}{}", self.url, path))
+    }
+
+    /// `POST /v1/messages` with a bearer token.
+    pub async fn messages(&self, token: &str, body: Value) -> reqwest::Response {
+        self.post("/v1/messages")
+            .bearer_auth(token)
+            .json(&body)
+            .send()
+            .await
+            .expect("request sent")
+    }
+
+    /// The run dirs still present under the data dir.
+    pub fn leftover_run_dirs(&self) -> usize {
+        std::fs::read_dir(self.data_dir.path().join("runs"))
+            .map(|d| d.count())
+            .unwrap_or(0)
+    }
+
+    pub async fn stop(mut self) -> String {
+        let _ = self.child.start_kill();
+        let _ = self.child.wait().await;
+        self.logs()
+    }
+}
+
+/// A minimal request body.
+pub fn body(prompt: &str) -> Value {
+    json!({"model": "sonnet", "max_tokens": 256, "messages": [{"role": "user", "content": prompt}]})
+}
+
+/// A prompt that scripts the fake model (see fake_anthropic::script).
+pub fn scripted(marker: &str, script: Value) -> String {
+    format!("{marker}\nFAKE-SCRIPT: {script}")
+}
+
+/// One parsed server-sent event.
+#[derive(Debug, Clone)]
+pub struct Sse {
+    pub event: String,
+    pub data: Value,
+}
+
+/// Parses a complete `text/event-stream` body.
+pub fn parse_sse(text: &str) -> Vec<Sse> {
+    text.split("\n\n")
+        .filter(|chunk| !chunk.trim().is_empty())
+        .filter_map(|chunk| {
+            let mut event = String::from("message");
+            let mut data = String::new();
+            for line in chunk.lines() {
+                if let Some(v) = line.strip_prefix("event:") {
+                    event = v.trim().to_owned();
+                } else if let Some(v) = line.strip_prefix("data:") {
+                    data.push_str(v.trim_start());
+                }
+            }
+            if data.is_empty() {
+                return None;
+            }
+            Some(Sse {
+                event,
+                data: serde_json::from_str(&data).unwrap_or(Value::String(data)),
+            })
+        })
+        .collect()
+}
+
+/// The text of all `text_delta`s in a stream.
+pub fn streamed_text(events: &[Sse]) -> String {
+    events
+        .iter()
+        .filter(|e| e.event == "content_block_delta")
+        .filter_map(|e| e.data["delta"]["text"].as_str())
+        .collect()
+}
+
+/// The upstream's view of a tool round trip: every tool_result content it received.
+pub fn tool_results(requests: &[RecordedRequest]) -> Vec<String> {
+    requests
+        .iter()
+        .flat_map(|r| r.body["messages"].as_array().cloned().unwrap_or_default())
+        .flat_map(|m| m["content"].as_array().cloned().unwrap_or_default())
+        .filter(|b| b["type"] == "tool_result")
+        .map(|b| match &b["content"] {
+            Value::String(s) => s.clone(),
+            other => other.to_string(),
+        })
+        .collect()
+}

@@ -1,0 +1,530 @@
+//! POST /v1/messages through the real Claude Code CLI against fake-anthropic.
+
+mod common;
+
+use common::{body, parse_sse, scripted, streamed_text, tool_results, Gateway};
+use serde_json::{json, Value};
+
+const ALICE: &str = "sk-ant-oat01-alice.messages-test";
+const BOB: &str = "sk-ant-oat01-bob.messages-test";
+
+#[tokio::test]
+async fn non_streaming_request_returns_an_anthropic_message() {
+    let gw = Gateway::start().await;
+    let res = gw.messages(ALICE, body("marker-nonstream hello")).await;
+    assert_eq!(res.status(), 200);
+    let msg: Value = res.json().await.expect("json");
+    assert_eq!(msg["type"], "message");
+    assert_eq!(msg["role"], "assistant");
+    assert!(msg["id"].as_str().is_some_and(|id| id.starts_with("msg_")));
+    assert_eq!(msg["stop_reason"], "end_turn");
+    assert_eq!(
+        msg["content"][0]["text"],
+        "Hello from fake-anthropic. You said: marker-nonstream hello"
+    );
+    assert!(msg["usage"]["input_tokens"].as_u64().unwrap_or(0) > 0);
+    assert!(msg["usage"]["output_tokens"].as_u64().unwrap_or(0) > 0);
+    // The alias reached the CLI, which resolved it for the upstream.
+    assert!(msg["model"]
+        .as_str()
+        .is_some_and(|m| m.starts_with("claude-")));
+}
+
+#[tokio::test]
+async fn streaming_request_relays_anthropics_event_sequence() {
+    let gw = Gateway::start().await;
+    let mut req = body("marker-stream please stream");
+    req["stream"] = json!(true);
+    let res = gw.messages(ALICE, req).await;
+    assert_eq!(res.status(), 200);
+    assert!(res
+        .headers()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("text/event-stream")));
+    let events = parse_sse(&res.text().await.expect("body"));
+    let names: Vec<&str> = events
+        .iter()
+        .map(|e| e.event.as_str())
+        .filter(|n| *n != "ping")
+        .collect();
+    assert_eq!(names.first(), Some(&"message_start"));
+    assert_eq!(names[1], "content_block_start");
+    assert!(names[2..names.len() - 3]
+        .iter()
+        .all(|n| *n == "content_block_delta"));
+    assert_eq!(
+        &names[names.len() - 3..],
+        ["content_block_stop", "message_delta", "message_stop"]
+    );
+    for e in &events {
+        assert_eq!(
+            e.data["type"],
+            e.event.as_str(),
+            "data.type matches the event name"
+        );
+    }
+    assert_eq!(
+        streamed_text(&events),
+        "Hello from fake-anthropic. You said: marker-stream please stream"
+    );
+    let delta = events
+        .iter()
+        .find(|e| e.event == "message_delta")
+        .expect("delta");
+    assert_eq!(delta.data["delta"]["stop_reason"], "end_turn");
+}
+
+#[tokio::test]
+async fn system_prompt_is_appended_by_default_and_can_replace() {
+    let gw = Gateway::start().await;
+    let mut req = body("marker-sys-append");
+    req["system"] = json!("SYSTEM-APPENDED-7f3a");
+    assert_eq!(gw.messages(ALICE, req).await.status(), 200);
+    let upstream = gw.upstream_with("marker-sys-append");
+    let system = upstream[0].body["system"].to_string();
+    assert!(system.contains("SYSTEM-APPENDED-7f3a"));
+    assert!(system.contains("Claude Code"), "the CLI's own prompt stays");
+
+    let mut req = body("marker-sys-replace");
+    req["system"] = json!([{"type": "text", "text": "SYSTEM-REPLACED-9c1d"}]);
+    req["system_prompt_mode"] = json!("replace");
+    assert_eq!(gw.messages(ALICE, req).await.status(), 200);
+    let upstream = gw.upstream_with("marker-sys-replace");
+    let system = upstream[0].body["system"].to_string();
+    assert!(system.contains("SYSTEM-REPLACED-9c1d"));
+    assert!(!system.contains("You are an interactive agent"));
+}
+
+#[tokio::test]
+async fn each_tenants_token_reaches_the_upstream_only_for_its_own_request() {
+    let gw = Gateway::start().await;
+    let a = gw.messages(ALICE, body("marker-tenant-alice"));
+    let b = gw.messages(BOB, body("marker-tenant-bob"));
+    let (a, b) = tokio::join!(a, b);
+    assert_eq!(a.status(), 200);
+    assert_eq!(b.status(), 200);
+    for (marker, token) in [("marker-tenant-alice", ALICE), ("marker-tenant-bob", BOB)] {
+        let seen = gw.upstream_with(marker);
+        assert!(!seen.is_empty(), "{marker} reached the upstream");
+        for r in seen {
+            assert_eq!(
+                r.header("authorization"),
+                Some(format!("Bearer {token}").as_str())
+            );
+            assert!(r
+                .header("anthropic-beta")
+                .is_some_and(|b| b.contains("oauth-2025-04-20")));
+        }
+    }
+}
+
+#[tokio::test]
+async fn api_keys_reach_the_upstream_as_x_api_key() {
+    let gw = Gateway::start().await;
+    let key = "sk-ant-api03-carol.messages-test";
+    let res = gw
+        .post("/v1/messages")
+        .header("x-api-key", key)
+        .json(&body("marker-apikey"))
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(res.status(), 200);
+    let seen = gw.upstream_with("marker-apikey");
+    assert_eq!(seen[0].header("x-api-key"), Some(key));
+    assert_eq!(seen[0].header("authorization"), None);
+}
+
+#[tokio::test]
+async fn body_oauth_credentials_are_accepted() {
+    let gw = Gateway::start().await;
+    let mut req = body("marker-body-oauth");
+    req["oauth_credentials"] = json!({"access_token": ALICE, "refresh_token": "sk-ant-ort01-alice.r", "expires_at": 4102444800000u64, "scopes": ["user:inference"], "subscription_type": "max"});
+    let res = gw
+        .post("/v1/messages")
+        .json(&req)
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(res.status(), 200);
+    assert_eq!(
+        gw.upstream_with("marker-body-oauth")[0].credential(),
+        Some(ALICE)
+    );
+}
+
+async fn error_of(res: reqwest::Response) -> (u16, Value) {
+    let status = res.status().as_u16();
+    (status, res.json().await.expect("json error body"))
+}
+
+#[tokio::test]
+async fn missing_or_unrecognised_credentials_are_401_without_spawning() {
+    let gw = Gateway::start().await;
+    let none = gw
+        .post("/v1/messages")
+        .json(&body("x"))
+        .send()
+        .await
+        .expect("sent");
+    let (status, err) = error_of(none).await;
+    assert_eq!(status, 401);
+    assert_eq!(err["type"], "error");
+    assert_eq!(err["error"]["type"], "authentication_error");
+    for bad in [
+        "sk-proj-openai-key",
+        "sk-ant-ort01-refresh-token",
+        "hunter2",
+    ] {
+        let (status, err) = error_of(gw.messages(bad, body("x")).await).await;
+        assert_eq!(status, 401, "{bad}");
+        assert!(
+            !err.to_string().contains(bad),
+            "the credential is not echoed"
+        );
+    }
+    let garbage = gw
+        .post("/v1/messages")
+        .body("{not json")
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(garbage.status(), 401, "no credential outranks a bad body");
+    assert!(gw.upstream().is_empty(), "nothing reached the upstream");
+    assert_eq!(gw.leftover_run_dirs(), 0);
+}
+
+#[tokio::test]
+async fn malformed_requests_are_400_invalid_request_error() {
+    let gw = Gateway::start().await;
+    let cases = [
+        json!("not an object"),
+        json!({"model": "sonnet"}),
+        json!({"model": "sonnet", "messages": []}),
+        json!({"model": "sonnet", "messages": [{"role": "assistant", "content": "hi"}]}),
+        json!({"model": "sonnet --x", "messages": [{"role": "user", "content": "hi"}]}),
+        json!({"model": "sonnet", "messages": [{"role": "user", "content": "hi"}], "tools": [{"name": "t", "input_schema": {}}]}),
+    ];
+    for case in cases {
+        let (status, err) = error_of(gw.messages(ALICE, case.clone()).await).await;
+        assert_eq!(status, 400, "{case}");
+        assert_eq!(err["error"]["type"], "invalid_request_error", "{case}");
+        assert!(!err["error"]["message"].as_str().unwrap_or("").is_empty());
+    }
+    assert!(gw.upstream().is_empty());
+}
+
+#[tokio::test]
+async fn upstream_errors_map_to_their_anthropic_statuses() {
+    let gw = Gateway::start().await;
+    let cases = [
+        (401, 401, "authentication_error"),
+        (429, 429, "rate_limit_error"),
+        (529, 529, "overloaded_error"),
+        (500, 502, "api_error"),
+    ];
+    for (upstream, status, kind) in cases {
+        for stream in [false, true] {
+            let mut req = body(&scripted(
+                "marker-err",
+                json!({"error": {"status": upstream}}),
+            ));
+            req["stream"] = json!(stream);
+            let (got, err) = error_of(gw.messages(ALICE, req).await).await;
+            assert_eq!(got, status, "upstream {upstream}, stream {stream}");
+            assert_eq!(err["error"]["type"], kind, "upstream {upstream}");
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_dead_token_is_401_even_when_the_cli_would_retry() {
+    // Retries on, as in production: the auth failure must still come back quickly as a 401.
+    let gw = Gateway::builder()
+        .arg("--upstream-max-retries")
+        .arg("5")
+        .start()
+        .await;
+    let started = std::time::Instant::now();
+    let (status, err) = error_of(
+        gw.messages("sk-ant-oat01-invalid.dead", body("marker-dead"))
+            .await,
+    )
+    .await;
+    assert_eq!(status, 401);
+    assert_eq!(err["error"]["type"], "authentication_error");
+    assert!(!err.to_string().contains("invalid.dead"));
+    // Not a timing assertion on speed, only that the CLI's 10-step backoff was not waited out.
+    assert!(started.elapsed() < std::time::Duration::from_secs(30));
+}
+
+#[tokio::test]
+async fn a_missing_cli_is_reported_by_ready_and_as_502() {
+    let gw = Gateway::builder()
+        .claude_bin("/nonexistent/claude")
+        .start()
+        .await;
+    let ready = gw.get("/ready").send().await.expect("sent");
+    assert_eq!(ready.status(), 503);
+    let ready: Value = ready.json().await.expect("json");
+    assert!(ready["reasons"][0]
+        .as_str()
+        .is_some_and(|r| r.contains("/nonexistent/claude")));
+    let (status, err) = error_of(gw.messages(ALICE, body("x")).await).await;
+    assert_eq!(status, 502);
+    assert_eq!(err["error"]["type"], "api_error");
+}
+
+#[tokio::test]
+async fn a_run_over_its_time_limit_is_504_and_cleaned_up() {
+    let gw = Gateway::builder()
+        .arg("--run-timeout-secs")
+        .arg("2")
+        .start()
+        .await;
+    let req = body(&scripted(
+        "marker-slow",
+        json!({"first_byte_delay_ms": 8000}),
+    ));
+    let (status, err) = error_of(gw.messages(ALICE, req).await).await;
+    assert_eq!(status, 504);
+    assert_eq!(err["error"]["type"], "timeout_error");
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    assert_eq!(gw.leftover_run_dirs(), 0);
+}
+
+#[tokio::test]
+async fn ready_health_and_models_answer() {
+    let gw = Gateway::builder()
+        .arg("--models")
+        .arg("sonnet,claude-opus-4-5")
+        .start()
+        .await;
+    let health: Value = gw
+        .get("/health")
+        .send()
+        .await
+        .expect("sent")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(health["status"], "ok");
+    let ready = gw.get("/ready").send().await.expect("sent");
+    assert_eq!(ready.status(), 200);
+    let ready: Value = ready.json().await.expect("json");
+    assert_eq!(ready["claude_code_version"], "2.1.197");
+    let models: Value = gw
+        .get("/v1/models")
+        .send()
+        .await
+        .expect("sent")
+        .json()
+        .await
+        .expect("json");
+    let ids: Vec<&str> = models["data"]
+        .as_array()
+        .expect("data")
+        .iter()
+        .filter_map(|m| m["id"].as_str())
+        .collect();
+    assert_eq!(ids, ["sonnet", "claude-opus-4-5"]);
+    assert_eq!(models["object"], "list");
+    assert_eq!(models["has_more"], false);
+    let one = gw
+        .get("/v1/models/claude-opus-4-5")
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(one.status(), 200);
+    let missing = gw.get("/v1/models/nope").send().await.expect("sent");
+    assert_eq!(missing.status(), 404);
+}
+
+#[tokio::test]
+async fn a_scripted_bash_call_runs_in_the_tenant_workspace() {
+    let gw = Gateway::start().await;
+    let script = json!({"tools": [{"name": "Bash", "input": {"command": "echo tool-ran > proof.txt && cat proof.txt && pwd", "description": "prove"}}]});
+    let res = gw
+        .messages(ALICE, body(&scripted("marker-bash", script)))
+        .await;
+    assert_eq!(res.status(), 200);
+    let msg: Value = res.json().await.expect("json");
+    let results = tool_results(&gw.upstream_with("marker-bash"));
+    assert_eq!(
+        results.len(),
+        1,
+        "the upstream saw one tool_result: {results:?}"
+    );
+    assert!(results[0].contains("tool-ran"), "{results:?}");
+    let workspace_dir = gw.data_dir.path().join("tenants");
+    assert!(
+        results[0].contains(&workspace_dir.display().to_string()),
+        "{results:?}"
+    );
+    // By default the client sees one plain message: the final text, no tool blocks.
+    let content = msg["content"].as_array().expect("content");
+    assert!(content.iter().all(|b| b["type"] == "text"));
+    assert!(content[0]["text"]
+        .as_str()
+        .is_some_and(|t| t.contains("tool-ran")));
+}
+
+#[tokio::test]
+async fn tool_activity_blocks_show_tool_use_and_result_in_order() {
+    let gw = Gateway::start().await;
+    let script = json!({"tools": [{"name": "Bash", "input": {"command": "echo shown-activity"}}]});
+    let mut req = body(&scripted("marker-activity", script));
+    req["tool_activity"] = json!("blocks");
+    req["stream"] = json!(true);
+    let res = gw.messages(ALICE, req).await;
+    assert_eq!(res.status(), 200);
+    let events = parse_sse(&res.text().await.expect("body"));
+    let blocks: Vec<(u64, String)> = events
+        .iter()
+        .filter(|e| e.event == "content_block_start")
+        .map(|e| {
+            (
+                e.data["index"].as_u64().unwrap_or(99),
+                e.data["content_block"]["type"]
+                    .as_str()
+                    .unwrap_or("")
+                    .to_owned(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        blocks,
+        [
+            (0, "tool_use".to_owned()),
+            (1, "tool_result".to_owned()),
+            (2, "text".to_owned())
+        ]
+    );
+    let result = events
+        .iter()
+        .find(|e| e.data["content_block"]["type"] == "tool_result")
+        .expect("tool_result");
+    assert!(result.data["content_block"]["content"]
+        .to_string()
+        .contains("shown-activity"));
+}
+
+#[tokio::test]
+async fn a_quiet_stream_gets_pings() {
+    let gw = Gateway::builder()
+        .arg("--ping-interval-secs")
+        .arg("1")
+        .start()
+        .await;
+    let mut req = body(&scripted(
+        "marker-pings",
+        json!({"reply": "slow reply", "chunks": 3, "chunk_delay_ms": 1500}),
+    ));
+    req["stream"] = json!(true);
+    let res = gw.messages(ALICE, req).await;
+    let events = parse_sse(&res.text().await.expect("body"));
+    assert!(events.iter().any(|e| e.event == "ping"), "{events:?}");
+    assert_eq!(streamed_text(&events), "slow reply");
+}
+
+#[tokio::test]
+async fn a_client_that_disconnects_mid_stream_ends_its_run() {
+    let gw = Gateway::start().await;
+    let mut req = body(&scripted(
+        "marker-disconnect",
+        json!({"reply": "a long slow answer", "chunks": 20, "chunk_delay_ms": 1000}),
+    ));
+    req["stream"] = json!(true);
+    let mut res = gw.messages(ALICE, req).await;
+    assert_eq!(res.status(), 200);
+    let _first = res.chunk().await.expect("first chunk");
+    assert_eq!(gw.leftover_run_dirs(), 1, "the run is in progress");
+    drop(res);
+    let mut left = 1;
+    for _ in 0..50 {
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        left = gw.leftover_run_dirs();
+        if left == 0 {
+            break;
+        }
+    }
+    assert_eq!(
+        left, 0,
+        "the run's private dir is gone once the client left"
+    );
+}
+
+#[tokio::test]
+async fn no_token_appears_in_the_gateway_logs() {
+    let gw = Gateway::start().await;
+    let secret = "sk-ant-oat01-logscan.SECRETPART-1234";
+    let dead = "sk-ant-oat01-invalid.SECRETPART-5678";
+    let key = "sk-ant-api03-logscan.SECRETPART-9abc";
+    let _ = gw.messages(secret, body("marker-log-ok")).await;
+    let mut req = body("marker-log-stream");
+    req["stream"] = json!(true);
+    let _ = gw.messages(secret, req).await.text().await;
+    let _ = gw.messages(dead, body("marker-log-dead")).await;
+    let _ = gw
+        .post("/v1/messages")
+        .header("x-api-key", key)
+        .json(&body("marker-log-key"))
+        .send()
+        .await;
+    let _ = gw
+        .messages(
+            secret,
+            body(&scripted(
+                "marker-log-err",
+                json!({"error": {"status": 500}}),
+            )),
+        )
+        .await;
+    let logs = gw.stop().await;
+    assert!(logs.contains("starting CLI run"), "logs were captured");
+    assert!(
+        !logs.contains("SECRETPART"),
+        "a credential leaked into the logs"
+    );
+}
+
+#[tokio::test]
+async fn a_stream_that_breaks_upstream_still_delivers_the_whole_answer_once() {
+    let gw = Gateway::start().await;
+    let mut req = body(&scripted(
+        "marker-midstream",
+        json!({"reply": "partial answer then the rest", "chunks": 4, "fail_after_chunks": 2}),
+    ));
+    req["stream"] = json!(true);
+    let res = gw.messages(ALICE, req).await;
+    assert_eq!(res.status(), 200);
+    let events = parse_sse(&res.text().await.expect("body"));
+    assert_eq!(streamed_text(&events), "partial answer then the rest");
+    let count = |name: &str| events.iter().filter(|e| e.event == name).count();
+    assert_eq!(count("content_block_start"), count("content_block_stop"));
+    assert_eq!(count("message_stop"), 1);
+}
+
+#[tokio::test]
+async fn a_failure_after_the_stream_started_is_an_sse_error_event() {
+    let gw = Gateway::builder()
+        .arg("--run-timeout-secs")
+        .arg("3")
+        .start()
+        .await;
+    let mut req = body(&scripted(
+        "marker-late-failure",
+        json!({"reply": "this answer will not finish in time", "chunks": 10, "chunk_delay_ms": 1000}),
+    ));
+    req["stream"] = json!(true);
+    let res = gw.messages(ALICE, req).await;
+    assert_eq!(res.status(), 200, "headers were sent with the first output");
+    let events = parse_sse(&res.text().await.expect("body"));
+    assert!(events.iter().any(|e| e.event == "content_block_delta"));
+    let last = events.last().expect("events");
+    assert_eq!(last.event, "error", "{events:?}");
+    assert_eq!(last.data["type"], "error");
+    assert_eq!(last.data["error"]["type"], "timeout_error");
+    assert!(!events.iter().any(|e| e.event == "message_stop"));
+}
