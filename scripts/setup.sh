@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Installs what the gateway and its tests need on a fresh Debian machine with Rust, Node.js
+# and Python: system packages (only when missing), the pinned Claude Code CLI (npm ci) and the
+# Python SDK test environment. Safe to run again.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+need_apt=()
+command -v npm >/dev/null 2>&1 || need_apt+=(nodejs npm)
+command -v python3 >/dev/null 2>&1 || need_apt+=(python3 python3-venv)
+if [ ${#need_apt[@]} -gt 0 ]; then
+  if [ "$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need_apt[@]}"
+fi
+
+# The pinned CLI; skipped when node_modules was installed from this very lock file.
+lock_sum=$(sha256sum package-lock.json | cut -d' ' -f1)
+if [ "$(cat node_modules/.installed-from 2>/dev/null)" != "$lock_sum" ] \
+   || [ ! -x node_modules/.bin/claude ]; then
+  npm ci --no-audit --no-fund
+  echo "$lock_sum" > node_modules/.installed-from
+fi
+node_modules/.bin/claude --version
+
+if [ "${1:-}" = "--tests" ]; then
+  if [ ! -x .venv/bin/python ]; then
+    python3 -m venv .venv
+  fi
+  .venv/bin/pip install -q --disable-pip-version-check -r tests/sdk/requirements.txt
+fi

@@ -1,0 +1,85 @@
+"""Starts fake-anthropic and the real claude-gateway binary (with the real pinned CLI) on
+loopback for the SDK tests. The binaries come from the cargo target dir; the test command
+builds them first."""
+
+import json
+import os
+import pathlib
+import subprocess
+import tempfile
+import urllib.request
+
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+TARGET = pathlib.Path(os.environ.get("CARGO_TARGET_DIR", ROOT / "target")) / "debug"
+
+
+def _start(cmd, prefix, env=None):
+    proc = subprocess.Popen(
+        cmd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    for line in proc.stdout:
+        if line.startswith(prefix):
+            return proc, line[len(prefix):].strip()
+    raise RuntimeError(f"{cmd[0]} exited before listening: {proc.stderr.read()}")
+
+
+class Upstream:
+    def __init__(self, url):
+        self.url = url
+
+    def requests(self):
+        with urllib.request.urlopen(f"{self.url}/_fake/requests") as r:
+            return json.load(r)
+
+    def messages_containing(self, marker):
+        return [
+            r
+            for r in self.requests()
+            if r["path"] == "/v1/messages" and marker in json.dumps(r["body"])
+        ]
+
+
+@pytest.fixture(scope="session")
+def upstream():
+    proc, url = _start(
+        [str(TARGET / "fake-anthropic"), "--listen", "127.0.0.1:0"],
+        "fake-anthropic listening on ",
+    )
+    yield Upstream(url)
+    proc.terminate()
+    proc.wait(timeout=10)
+
+
+@pytest.fixture(scope="session")
+def gateway(upstream):
+    data = tempfile.mkdtemp(prefix="gw-sdk-")
+    env = {
+        "PATH": os.environ.get("PATH", ""),
+        "ANTHROPIC_BASE_URL": upstream.url,
+        "RUST_LOG": "info",
+    }
+    proc, url = _start(
+        [
+            str(TARGET / "claude-gateway"),
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--data-dir",
+            data,
+            "--claude-bin",
+            str(ROOT / "node_modules/.bin/claude"),
+            "--upstream-max-retries",
+            "0",
+        ],
+        "claude-gateway listening on ",
+        env=env,
+    )
+    yield url
+    proc.terminate()
+    proc.wait(timeout=10)

@@ -1,0 +1,148 @@
+"""The official Python `anthropic` SDK against the gateway, unchanged."""
+
+import json
+
+import anthropic
+import pytest
+
+TOKEN = "sk-ant-oat01-sdkuser.python"
+API_KEY = "sk-ant-api03-sdkuser.python"
+
+
+def script(marker, **directive):
+    return f"{marker}\nFAKE-SCRIPT: {json.dumps(directive)}"
+
+
+def test_create_with_auth_token(gateway, upstream):
+    client = anthropic.Anthropic(base_url=gateway, auth_token=TOKEN, max_retries=0)
+    msg = client.messages.create(
+        model="sonnet",
+        max_tokens=200,
+        messages=[{"role": "user", "content": "marker-sdk-create hi"}],
+    )
+    assert msg.type == "message"
+    assert msg.role == "assistant"
+    assert msg.stop_reason == "end_turn"
+    assert msg.content[0].type == "text"
+    assert msg.content[0].text == "Hello from fake-anthropic. You said: marker-sdk-create hi"
+    assert msg.usage.output_tokens > 0
+    seen = upstream.messages_containing("marker-sdk-create")
+    assert seen and seen[0]["headers"]["authorization"] == f"Bearer {TOKEN}"
+
+
+def test_create_with_api_key(gateway, upstream):
+    client = anthropic.Anthropic(base_url=gateway, api_key=API_KEY, max_retries=0)
+    msg = client.messages.create(
+        model="haiku",
+        max_tokens=200,
+        system="marker-sdk-system be terse",
+        messages=[{"role": "user", "content": [{"type": "text", "text": "marker-sdk-key"}]}],
+    )
+    assert msg.content[0].text.endswith("marker-sdk-key")
+    seen = upstream.messages_containing("marker-sdk-key")
+    assert seen[0]["headers"]["x-api-key"] == API_KEY
+    assert "marker-sdk-system be terse" in json.dumps(seen[0]["body"]["system"])
+
+
+def test_stream_helper_yields_text_and_final_message(gateway):
+    client = anthropic.Anthropic(base_url=gateway, auth_token=TOKEN, max_retries=0)
+    with client.messages.stream(
+        model="sonnet",
+        max_tokens=200,
+        messages=[{"role": "user", "content": script("marker-sdk-stream", reply="streamed words here", chunks=4)}],
+    ) as stream:
+        pieces = list(stream.text_stream)
+        final = stream.get_final_message()
+    assert len(pieces) >= 2
+    assert "".join(pieces) == "streamed words here"
+    assert final.content[0].text == "streamed words here"
+    assert final.stop_reason == "end_turn"
+
+
+def test_raw_stream_events(gateway):
+    client = anthropic.Anthropic(base_url=gateway, auth_token=TOKEN, max_retries=0)
+    events = list(
+        client.messages.create(
+            model="sonnet",
+            max_tokens=200,
+            stream=True,
+            messages=[{"role": "user", "content": "marker-sdk-raw"}],
+        )
+    )
+    kinds = [e.type for e in events]
+    assert kinds[0] == "message_start"
+    assert kinds[-1] == "message_stop"
+    assert "content_block_delta" in kinds
+
+
+def test_async_client_streams(gateway):
+    import asyncio
+
+    async def run():
+        client = anthropic.AsyncAnthropic(base_url=gateway, auth_token=TOKEN, max_retries=0)
+        async with client.messages.stream(
+            model="sonnet",
+            max_tokens=100,
+            messages=[{"role": "user", "content": "marker-sdk-async"}],
+        ) as stream:
+            return await stream.get_final_message()
+
+    final = asyncio.run(run())
+    assert final.content[0].text.endswith("marker-sdk-async")
+
+
+def test_bad_token_raises_authentication_error(gateway):
+    client = anthropic.Anthropic(
+        base_url=gateway, auth_token="sk-ant-oat01-invalid.sdk", max_retries=0
+    )
+    with pytest.raises(anthropic.AuthenticationError) as info:
+        client.messages.create(
+            model="sonnet", max_tokens=10, messages=[{"role": "user", "content": "hi"}]
+        )
+    assert info.value.status_code == 401
+    assert "invalid.sdk" not in str(info.value)
+
+
+def test_unrecognised_credential_raises_authentication_error(gateway):
+    client = anthropic.Anthropic(base_url=gateway, api_key="not-a-claude-key", max_retries=0)
+    with pytest.raises(anthropic.AuthenticationError):
+        client.messages.create(
+            model="sonnet", max_tokens=10, messages=[{"role": "user", "content": "hi"}]
+        )
+
+
+@pytest.mark.parametrize(
+    "status,error",
+    [
+        (429, anthropic.RateLimitError),
+        (529, anthropic.InternalServerError),
+        (500, anthropic.InternalServerError),
+    ],
+)
+def test_upstream_errors_raise_the_sdk_error_types(gateway, status, error):
+    client = anthropic.Anthropic(base_url=gateway, auth_token=TOKEN, max_retries=0)
+    with pytest.raises(error) as info:
+        client.messages.create(
+            model="sonnet",
+            max_tokens=10,
+            messages=[{"role": "user", "content": script("marker-sdk-err", error={"status": status})}],
+        )
+    expected = {429: 429, 529: 529, 500: 502}[status]
+    assert info.value.status_code == expected
+
+
+def test_stream_error_before_output_keeps_its_status(gateway):
+    client = anthropic.Anthropic(base_url=gateway, auth_token=TOKEN, max_retries=0)
+    with pytest.raises(anthropic.RateLimitError):
+        with client.messages.stream(
+            model="sonnet",
+            max_tokens=10,
+            messages=[{"role": "user", "content": script("marker-sdk-err-stream", error={"status": 429})}],
+        ) as stream:
+            stream.get_final_message()
+
+
+def test_models_list(gateway):
+    client = anthropic.Anthropic(base_url=gateway, auth_token=TOKEN, max_retries=0)
+    ids = [m.id for m in client.models.list()]
+    assert "sonnet" in ids
