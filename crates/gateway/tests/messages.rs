@@ -528,3 +528,40 @@ async fn a_failure_after_the_stream_started_is_an_sse_error_event() {
     assert_eq!(last.data["error"]["type"], "timeout_error");
     assert!(!events.iter().any(|e| e.event == "message_stop"));
 }
+
+#[tokio::test]
+async fn demo_mode_serves_a_round_trip_with_its_built_in_upstream() {
+    let data = tempfile::tempdir().expect("tempdir");
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_claude-gateway"))
+        .args(["serve", "--demo", "--listen", "127.0.0.1:0"])
+        .arg("--data-dir")
+        .arg(data.path())
+        .arg("--claude-bin")
+        .arg(common::claude_bin())
+        .env_remove("ANTHROPIC_BASE_URL")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("starts");
+    use tokio::io::AsyncBufReadExt;
+    let mut lines = tokio::io::BufReader::new(child.stdout.take().expect("stdout")).lines();
+    let url = loop {
+        let line = lines.next_line().await.expect("read").expect("a line");
+        if let Some(url) = line.strip_prefix("claude-gateway listening on ") {
+            break url.to_owned();
+        }
+    };
+    let res = reqwest::Client::new()
+        .post(format!("{url}/v1/messages"))
+        .bearer_auth("sk-ant-oat01-demo")
+        .json(&body("demo hello"))
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(res.status(), 200);
+    let msg: Value = res.json().await.expect("json");
+    assert!(msg["content"][0]["text"]
+        .as_str()
+        .is_some_and(|t| t.ends_with("demo hello")));
+}
