@@ -12,7 +12,8 @@ use tower_http::trace::TraceLayer;
 use crate::api;
 use crate::config::Config;
 use crate::runner::{locate, rundir, Runner, RunnerSettings};
-use crate::tenant::identity::{InstallKey, TenantId};
+use crate::sandbox::{Bwrap, LevelPolicy, SandboxError};
+use crate::tenant::identity::{IdentityResolver, InstallKey, TenantId};
 
 /// What the gateway knows about its CLI.
 #[derive(Debug, Clone)]
@@ -25,8 +26,11 @@ pub struct ClaudeInfo {
 pub struct AppState {
     pub config: Config,
     pub runner: Runner,
-    pub install_key: InstallKey,
     pub claude: ClaudeInfo,
+    pub identity: IdentityResolver,
+    pub levels: LevelPolicy,
+    /// Why runs are not sandboxed, when the operator chose `--insecure-no-sandbox`.
+    pub sandbox_disabled: Option<String>,
     tenants_dir: PathBuf,
 }
 
@@ -42,6 +46,8 @@ pub enum StartupError {
     Demo(std::io::Error),
     #[error("server error: {0}")]
     Serve(std::io::Error),
+    #[error("{0}; refusing to start without a sandbox (pass --insecure-no-sandbox to run PARANOID-only without one)")]
+    Sandbox(SandboxError),
 }
 
 fn private_dir(path: &Path) -> Result<(), StartupError> {
@@ -69,8 +75,10 @@ impl AppState {
                 "removed run dirs left behind by an earlier process"
             );
         }
-        let install_key = InstallKey::load_or_create(&data_dir.join("install.key"))
-            .map_err(|e| StartupError::DataDir(data_dir.clone(), e))?;
+        let install_key = Arc::new(
+            InstallKey::load_or_create(&data_dir.join("install.key"))
+                .map_err(|e| StartupError::DataDir(data_dir.clone(), e))?,
+        );
 
         let bin = locate::find_claude(config.claude_bin.as_deref());
         let version = match &bin {
@@ -81,6 +89,19 @@ impl AppState {
             Ok(v) => tracing::info!(claude_version = %v, "found the Claude Code CLI"),
             Err(reason) => tracing::error!(%reason, "the Claude Code CLI is not usable"),
         }
+        let (sandbox, sandbox_disabled) =
+            prepare_sandbox(&config, bin.as_deref(), &data_dir.join("sandbox-etc")).await?;
+        let levels = LevelPolicy::new(
+            config.security_level,
+            config.max_security_level,
+            sandbox.is_some(),
+        );
+        let identity = IdentityResolver::new(
+            config.tenant_identity,
+            &config.anthropic_base_url,
+            install_key,
+            std::time::Duration::from_secs(config.identity_cache_secs),
+        );
         let runner = Runner {
             settings: RunnerSettings {
                 claude_bin: bin.clone().unwrap_or_else(|| PathBuf::from("claude")),
@@ -90,12 +111,15 @@ impl AppState {
             runs_dir,
             run_timeout: config.run_timeout(),
             max_line_bytes: config.max_cli_line_bytes,
+            sandbox,
         };
         Ok(Self {
             config,
             runner,
-            install_key,
             claude: ClaudeInfo { bin, version },
+            identity,
+            levels,
+            sandbox_disabled,
             tenants_dir,
         })
     }
@@ -114,12 +138,40 @@ impl AppState {
     }
 }
 
+/// Sets up and probes the sandbox; without one the gateway refuses to start unless the operator
+/// explicitly accepted running unsandboxed.
+async fn prepare_sandbox(
+    config: &Config,
+    cli: Option<&Path>,
+    etc_dir: &Path,
+) -> Result<(Option<Bwrap>, Option<String>), StartupError> {
+    let probed = async {
+        let cli = cli.unwrap_or(Path::new("claude"));
+        let sandbox = Bwrap::new(cli, etc_dir.to_path_buf(), config.sandbox_limits())?;
+        sandbox.probe().await?;
+        Ok::<_, SandboxError>(sandbox)
+    }
+    .await;
+    if config.insecure_no_sandbox {
+        let reason = match probed {
+            Ok(_) => "disabled by --insecure-no-sandbox".to_owned(),
+            Err(e) => format!("disabled by --insecure-no-sandbox ({e})"),
+        };
+        tracing::error!(%reason, "INSECURE: CLI runs are NOT sandboxed; only PARANOID is served. Do not expose this gateway to untrusted tenants.");
+        return Ok((None, Some(reason)));
+    }
+    let sandbox = probed.map_err(StartupError::Sandbox)?;
+    tracing::info!(bwrap = %sandbox.bwrap.display(), "every CLI run is sandboxed with bubblewrap");
+    Ok((Some(sandbox), None))
+}
+
 pub fn router(state: SharedState) -> Router {
     let body_limit = state.config.max_body_bytes;
     Router::new()
         .route("/health", get(api::health::health))
         .route("/ready", get(api::health::ready))
         .route("/v1/models", get(api::models::list))
+        .route("/v1/security", get(api::security::security))
         .route("/v1/models/{id}", get(api::models::get))
         .route("/v1/messages", post(api::anthropic::messages::create))
         .fallback(api::not_found)

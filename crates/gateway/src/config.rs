@@ -7,7 +7,9 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 
 use crate::runner::SystemPromptMode;
+use crate::sandbox::{Limits, SecurityLevel};
 use crate::telemetry::logging::LogFormat;
+use crate::tenant::identity::IdentityMode;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -70,18 +72,58 @@ pub struct Config {
     )]
     pub system_prompt_mode: SystemPromptMode,
 
-    /// Tools the CLI may use without asking (its `--allowedTools`).
+    /// The security level of a request that does not ask for one.
     #[arg(
         long,
-        env = "CLAUDE_GATEWAY_ALLOWED_TOOLS",
-        value_delimiter = ',',
-        default_value = "Bash,Read,Write,Edit,Glob,Grep"
+        env = "CLAUDE_GATEWAY_SECURITY_LEVEL",
+        value_enum,
+        default_value = "BALANCED"
     )]
-    pub allowed_tools: Vec<String>,
+    pub security_level: SecurityLevel,
 
-    /// Tools the CLI must never use (its `--disallowedTools`).
-    #[arg(long, env = "CLAUDE_GATEWAY_DISALLOWED_TOOLS", value_delimiter = ',')]
-    pub disallowed_tools: Vec<String>,
+    /// The loosest level a request may ask for (default: the same as --security-level).
+    #[arg(long, env = "CLAUDE_GATEWAY_MAX_SECURITY_LEVEL", value_enum)]
+    pub max_security_level: Option<SecurityLevel>,
+
+    /// Run the CLI without the bubblewrap sandbox where user namespaces are unavailable. Only
+    /// PARANOID is then served. Never use this for untrusted tenants.
+    #[arg(long, env = "CLAUDE_GATEWAY_INSECURE_NO_SANDBOX")]
+    pub insecure_no_sandbox: bool,
+
+    /// Processes (and threads) per run's sandbox.
+    #[arg(long, env = "CLAUDE_GATEWAY_SANDBOX_MAX_PROCESSES", default_value_t = Limits::default().max_processes)]
+    pub sandbox_max_processes: u64,
+
+    /// Memory (heap and private mappings) per process in the sandbox, in MiB.
+    #[arg(long, env = "CLAUDE_GATEWAY_SANDBOX_MAX_MEMORY_MB", default_value_t = Limits::default().max_memory_bytes >> 20)]
+    pub sandbox_max_memory_mb: u64,
+
+    /// Largest file a process in the sandbox may write, in MiB.
+    #[arg(long, env = "CLAUDE_GATEWAY_SANDBOX_MAX_FILE_MB", default_value_t = Limits::default().max_file_bytes >> 20)]
+    pub sandbox_max_file_mb: u64,
+
+    /// CPU seconds per process in the sandbox.
+    #[arg(long, env = "CLAUDE_GATEWAY_SANDBOX_MAX_CPU_SECS", default_value_t = Limits::default().max_cpu_secs)]
+    pub sandbox_max_cpu_secs: u64,
+
+    /// How tenants are identified: `profile` asks the upstream's OAuth profile endpoint for the
+    /// account (so a refreshed token stays the same tenant); `token` uses a keyed hash of the
+    /// token, for upstreams without that endpoint. API keys are always identified by a keyed hash.
+    #[arg(
+        long,
+        env = "CLAUDE_GATEWAY_TENANT_IDENTITY",
+        value_enum,
+        default_value = "profile"
+    )]
+    pub tenant_identity: IdentityMode,
+
+    /// How long an account looked up by token is remembered, in seconds.
+    #[arg(
+        long,
+        env = "CLAUDE_GATEWAY_IDENTITY_CACHE_SECS",
+        default_value_t = 300
+    )]
+    pub identity_cache_secs: u64,
 
     /// Longest a request's CLI run may take, in seconds.
     #[arg(long, env = "CLAUDE_GATEWAY_RUN_TIMEOUT_SECS", default_value_t = 600)]
@@ -150,6 +192,16 @@ impl Config {
         Duration::from_secs(self.first_output_timeout_secs)
     }
 
+    pub fn sandbox_limits(&self) -> Limits {
+        Limits {
+            max_processes: self.sandbox_max_processes,
+            max_memory_bytes: self.sandbox_max_memory_mb << 20,
+            max_file_bytes: self.sandbox_max_file_mb << 20,
+            max_cpu_secs: self.sandbox_max_cpu_secs,
+            ..Limits::default()
+        }
+    }
+
     pub fn ping_interval(&self) -> Duration {
         Duration::from_secs(self.ping_interval_secs.max(1))
     }
@@ -178,7 +230,8 @@ mod tests {
         let c = Config::from_args(["--models", "sonnet,claude-opus-4-5"]).expect("parses");
         assert_eq!(c.models, ["sonnet", "claude-opus-4-5"]);
         assert_eq!(c.system_prompt_mode, SystemPromptMode::Append);
-        assert_eq!(c.allowed_tools.len(), 6);
+        assert_eq!(c.security_level, SecurityLevel::Balanced);
+        assert_eq!(c.max_security_level, None);
     }
 
     #[test]

@@ -105,6 +105,26 @@ impl From<CredentialError> for ApiError {
     }
 }
 
+impl From<crate::sandbox::LevelError> for ApiError {
+    fn from(e: crate::sandbox::LevelError) -> Self {
+        match e {
+            crate::sandbox::LevelError::Unknown(_) => ApiError::InvalidRequest(e.to_string()),
+            crate::sandbox::LevelError::TooLoose { .. } => ApiError::Permission(e.to_string()),
+        }
+    }
+}
+
+impl From<crate::tenant::identity::IdentityError> for ApiError {
+    fn from(e: crate::tenant::identity::IdentityError) -> Self {
+        match e {
+            crate::tenant::identity::IdentityError::Rejected => ApiError::Authentication(
+                "the credential was rejected by Anthropic (expired or revoked?)".into(),
+            ),
+            other => ApiError::BadGateway(other.to_string()),
+        }
+    }
+}
+
 impl From<RunError> for ApiError {
     fn from(e: RunError) -> Self {
         match e {

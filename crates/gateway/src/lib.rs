@@ -9,6 +9,7 @@ pub mod app;
 pub mod config;
 pub mod error;
 pub mod runner;
+pub mod sandbox;
 pub mod telemetry;
 pub mod tenant;
 pub mod turn;

@@ -4,6 +4,7 @@
 pub mod anthropic;
 pub mod health;
 pub mod models;
+pub mod security;
 
 use crate::error::ApiError;
 

@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 
 use secrecy::ExposeSecret;
 
+use crate::sandbox::SecurityLevel;
 use crate::tenant::credential::{Credential, CredentialKind};
 
 /// How a request's `system` combines with the CLI's own system prompt.
@@ -24,38 +25,33 @@ pub enum SystemPromptMode {
     Replace,
 }
 
-/// The CLI's permission posture for a run.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct ToolPolicy {
-    /// `--allowedTools`: run without asking.
-    pub allowed: Vec<String>,
-    /// `--disallowedTools`: never offered to the model.
-    pub disallowed: Vec<String>,
-}
-
 /// Everything that varies between runs.
 #[derive(Debug)]
 pub struct RunSpec {
     pub credential: Credential,
     pub model: String,
     pub system_prompt: Option<(String, SystemPromptMode)>,
+    /// The tenant's workspace on the host.
     pub workspace: PathBuf,
     pub resume: Option<uuid::Uuid>,
     pub max_output_tokens: Option<u32>,
-    pub tools: ToolPolicy,
+    pub level: SecurityLevel,
 }
 
 /// What is fixed for the gateway's lifetime.
 #[derive(Debug, Clone)]
 pub struct RunnerSettings {
+    /// The CLI on the host.
     pub claude_bin: PathBuf,
     pub base_url: String,
     /// How often the CLI itself retries a failed upstream call.
     pub upstream_max_retries: u32,
 }
 
-/// The files of the run's private directory that the command refers to.
+/// Where things are as the CLI sees them: host paths, or the sandbox's inside paths.
 pub struct RunPaths<'a> {
+    pub program: &'a Path,
+    pub cwd: &'a Path,
     pub home: &'a Path,
     pub tmp: &'a Path,
     pub system_prompt_file: Option<&'a Path>,
@@ -89,12 +85,17 @@ pub fn build(settings: &RunnerSettings, spec: &RunSpec, paths: &RunPaths<'_>) ->
         arg.push(file);
         args.push(arg);
     }
-    if !spec.tools.allowed.is_empty() {
-        args.push(format!("--allowedTools={}", spec.tools.allowed.join(",")).into());
+    let policy = spec.level.tool_policy();
+    if let Some(tools) = &policy.tools {
+        args.push(format!("--tools={}", tools.join(",")).into());
     }
-    if !spec.tools.disallowed.is_empty() {
-        args.push(format!("--disallowedTools={}", spec.tools.disallowed.join(",")).into());
+    if !policy.allowed.is_empty() {
+        args.push(format!("--allowedTools={}", policy.allowed.join(",")).into());
     }
+    if !policy.disallowed.is_empty() {
+        args.push(format!("--disallowedTools={}", policy.disallowed.join(",")).into());
+    }
+    args.push(format!("--permission-mode={}", policy.permission_mode).into());
     if let Some(id) = spec.resume {
         args.push(format!("--resume={id}").into());
     }
@@ -125,10 +126,10 @@ pub fn build(settings: &RunnerSettings, spec: &RunSpec, paths: &RunPaths<'_>) ->
     env.push((secret_var, spec.credential.secret().expose_secret().into()));
 
     CommandLine {
-        program: settings.claude_bin.clone(),
+        program: paths.program.to_path_buf(),
         args,
         env,
-        cwd: spec.workspace.clone(),
+        cwd: paths.cwd.to_path_buf(),
     }
 }
 
@@ -145,7 +146,7 @@ mod tests {
             workspace: "/ws".into(),
             resume: Some(uuid::Uuid::nil()),
             max_output_tokens: Some(100),
-            tools: ToolPolicy::default(),
+            level: SecurityLevel::Balanced,
         }
     }
 
@@ -159,6 +160,8 @@ mod tests {
 
     fn paths() -> RunPaths<'static> {
         RunPaths {
+            program: Path::new("/bin/claude"),
+            cwd: Path::new("/ws"),
             home: Path::new("/run/x/home"),
             tmp: Path::new("/run/x/tmp"),
             system_prompt_file: Some(Path::new("/run/x/system.txt")),

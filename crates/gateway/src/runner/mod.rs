@@ -7,12 +7,14 @@ pub mod process;
 pub mod protocol;
 pub mod rundir;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-pub use command::{RunSpec, RunnerSettings, SystemPromptMode, ToolPolicy};
+pub use command::{RunSpec, RunnerSettings, SystemPromptMode};
 pub use process::CliProcess;
 use rundir::RunDir;
+
+use crate::sandbox::{bwrap, Bwrap, Mounts};
 
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
@@ -39,6 +41,8 @@ pub struct Runner {
     pub runs_dir: PathBuf,
     pub run_timeout: Duration,
     pub max_line_bytes: usize,
+    /// `None` only when the operator explicitly ran without a sandbox.
+    pub sandbox: Option<Bwrap>,
 }
 
 impl Runner {
@@ -54,12 +58,39 @@ impl Runner {
         };
         let home = dir.home();
         let tmp = dir.tmp();
-        let paths = command::RunPaths {
-            home: &home,
-            tmp: &tmp,
-            system_prompt_file: system_file.as_deref(),
+        let cmd = match &self.sandbox {
+            Some(sandbox) => {
+                let program = sandbox.inside_program();
+                let paths = command::RunPaths {
+                    program: &program,
+                    cwd: Path::new(bwrap::WORKSPACE),
+                    home: Path::new(bwrap::HOME),
+                    tmp: Path::new(bwrap::TMP),
+                    system_prompt_file: system_file
+                        .as_ref()
+                        .map(|_| Path::new(bwrap::SYSTEM_PROMPT)),
+                };
+                let inner = command::build(&self.settings, spec, &paths);
+                sandbox.wrap(
+                    inner,
+                    &Mounts {
+                        home: &home,
+                        workspace: &spec.workspace,
+                        system_prompt: system_file.as_deref(),
+                    },
+                )
+            }
+            None => {
+                let paths = command::RunPaths {
+                    program: &self.settings.claude_bin,
+                    cwd: &spec.workspace,
+                    home: &home,
+                    tmp: &tmp,
+                    system_prompt_file: system_file.as_deref(),
+                };
+                command::build(&self.settings, spec, &paths)
+            }
         };
-        let cmd = command::build(&self.settings, spec, &paths);
         let deadline = tokio::time::Instant::now() + self.run_timeout;
         CliProcess::spawn(cmd, dir, deadline, self.max_line_bytes)
     }

@@ -4,16 +4,19 @@
 //! directory name or log field reveals nothing about the credential and cannot be chosen by a
 //! request.
 
+use std::collections::HashMap;
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use hmac::{Hmac, Mac};
 use rand::RngCore;
 use secrecy::ExposeSecret;
 use sha2::Sha256;
 
-use super::credential::Credential;
+use super::credential::{Credential, CredentialKind};
 
 /// The per-install key behind every keyed hash.
 pub struct InstallKey([u8; 32]);
@@ -77,13 +80,17 @@ impl InstallKey {
 pub struct TenantId(String);
 
 impl TenantId {
-    /// Identifies a tenant by its credential. (The isolation work replaces this for OAuth
-    /// tokens with the account uuid, so that a refreshed token stays the same tenant.)
+    /// Identifies a tenant by its credential itself.
     pub fn from_credential(key: &InstallKey, credential: &Credential) -> Self {
         Self(key.keyed_hash(
             credential.kind().as_str(),
             credential.secret().expose_secret().as_bytes(),
         ))
+    }
+
+    /// Identifies a tenant by its Anthropic account uuid.
+    pub fn from_account(key: &InstallKey, account_uuid: &str) -> Self {
+        Self(key.keyed_hash("account", account_uuid.as_bytes()))
     }
 
     /// The directory name for this tenant.
@@ -94,6 +101,123 @@ impl TenantId {
     /// A short fingerprint for logs.
     pub fn fingerprint(&self) -> &str {
         &self.0[..12]
+    }
+}
+
+/// How OAuth tenants are identified.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum IdentityMode {
+    /// The account uuid from `GET {base}/api/oauth/profile`.
+    Profile,
+    /// A keyed hash of the token.
+    Token,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum IdentityError {
+    #[error("the credential was rejected by the upstream")]
+    Rejected,
+    #[error("the account could not be looked up: {0}")]
+    Unavailable(String),
+}
+
+/// Most entries the identity cache holds before it is pruned.
+const CACHE_CAP: usize = 10_000;
+
+/// Resolves credentials to tenants, caching account look-ups by a keyed hash of the token.
+pub struct IdentityResolver {
+    mode: IdentityMode,
+    profile_url: String,
+    client: reqwest::Client,
+    key: Arc<InstallKey>,
+    ttl: Duration,
+    cache: Mutex<HashMap<String, (TenantId, Instant)>>,
+}
+
+impl IdentityResolver {
+    pub fn new(mode: IdentityMode, base_url: &str, key: Arc<InstallKey>, ttl: Duration) -> Self {
+        let client = reqwest::Client::builder()
+            .timeout(Duration::from_secs(10))
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .unwrap_or_default();
+        Self {
+            mode,
+            profile_url: format!("{}/api/oauth/profile", base_url.trim_end_matches('/')),
+            client,
+            key,
+            ttl,
+            cache: Mutex::new(HashMap::new()),
+        }
+    }
+
+    pub fn mode(&self) -> IdentityMode {
+        self.mode
+    }
+
+    pub async fn resolve(&self, credential: &Credential) -> Result<TenantId, IdentityError> {
+        if credential.kind() == CredentialKind::ApiKey || self.mode == IdentityMode::Token {
+            return Ok(TenantId::from_credential(&self.key, credential));
+        }
+        let cache_key = self.key.keyed_hash(
+            "identity-cache",
+            credential.secret().expose_secret().as_bytes(),
+        );
+        if let Some(tenant) = self.cached(&cache_key) {
+            return Ok(tenant);
+        }
+        let response = self
+            .client
+            .get(&self.profile_url)
+            .bearer_auth(credential.secret().expose_secret())
+            .header("anthropic-beta", "oauth-2025-04-20")
+            .send()
+            .await
+            // reqwest's errors name the URL, never the bearer token.
+            .map_err(|e| IdentityError::Unavailable(e.without_url().to_string()))?;
+        match response.status().as_u16() {
+            401 | 403 => return Err(IdentityError::Rejected),
+            200 => {}
+            other => {
+                return Err(IdentityError::Unavailable(format!(
+                    "profile endpoint answered {other}"
+                )))
+            }
+        }
+        let profile: serde_json::Value = response
+            .json()
+            .await
+            .map_err(|e| IdentityError::Unavailable(format!("unreadable profile: {e}")))?;
+        let uuid = profile
+            .get("account")
+            .and_then(|a| a.get("uuid"))
+            .and_then(|u| u.as_str())
+            .filter(|u| !u.is_empty())
+            .ok_or_else(|| IdentityError::Unavailable("the profile has no account uuid".into()))?;
+        let tenant = TenantId::from_account(&self.key, uuid);
+        self.remember(cache_key, tenant.clone());
+        Ok(tenant)
+    }
+
+    fn cached(&self, cache_key: &str) -> Option<TenantId> {
+        let cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
+        cache
+            .get(cache_key)
+            .filter(|(_, at)| at.elapsed() < self.ttl)
+            .map(|(t, _)| t.clone())
+    }
+
+    fn remember(&self, cache_key: String, tenant: TenantId) {
+        let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
+        if cache.len() >= CACHE_CAP {
+            let ttl = self.ttl;
+            cache.retain(|_, (_, at)| at.elapsed() < ttl);
+            if cache.len() >= CACHE_CAP {
+                cache.clear();
+            }
+        }
+        cache.insert(cache_key, (tenant, Instant::now()));
     }
 }
 

@@ -14,9 +14,8 @@ use super::types::{MessagesRequest, Role, ToolActivity};
 use crate::app::SharedState;
 use crate::error::ApiError;
 use crate::runner::protocol::UserInput;
-use crate::runner::{RunSpec, ToolPolicy};
+use crate::runner::RunSpec;
 use crate::tenant::credential::Credential;
-use crate::tenant::identity::TenantId;
 use crate::turn::assemble::{message_start, Event};
 use crate::turn::message::MessageBuilder;
 use crate::turn::{self, Item};
@@ -112,8 +111,13 @@ pub async fn create(
         ));
     }
     let content = user_turn(&req)?;
+    let requested_level = headers
+        .get("x-security-level")
+        .map(|v| v.to_str().unwrap_or("(not text)"))
+        .or(req.security_level.as_deref());
+    let level = state.levels.resolve(requested_level)?;
 
-    let tenant = TenantId::from_credential(&state.install_key, &credential);
+    let tenant = state.identity.resolve(&credential).await?;
     let workspace = state
         .workspace(&tenant)
         .map_err(|e| ApiError::Internal(format!("cannot prepare the tenant workspace: {e}")))?;
@@ -141,12 +145,9 @@ pub async fn create(
         workspace,
         resume: None,
         max_output_tokens: req.max_tokens,
-        tools: ToolPolicy {
-            allowed: config.allowed_tools.clone(),
-            disallowed: config.disallowed_tools.clone(),
-        },
+        level,
     };
-    tracing::info!(tenant = tenant.fingerprint(), model = %req.model, stream = req.stream, "starting CLI run");
+    tracing::info!(tenant = tenant.fingerprint(), model = %req.model, stream = req.stream, level = level.as_str(), "starting CLI run");
     let process = state.runner.start(&spec)?;
     let show_tools = req.tool_activity.unwrap_or_default() == ToolActivity::Blocks;
     let rx = turn::start(process, UserInput::new(content), show_tools);

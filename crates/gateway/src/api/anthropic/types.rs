@@ -33,6 +33,9 @@ pub struct MessagesRequest {
     /// Gateway extension: how `system` combines with the CLI's own system prompt.
     #[serde(default)]
     pub system_prompt_mode: Option<SystemPromptMode>,
+    /// Gateway extension: a stricter security level for this request (`x-security-level` wins).
+    #[serde(default)]
+    pub security_level: Option<String>,
     /// Gateway extension: show the CLI's own tool calls and results in the response.
     #[serde(default)]
     pub tool_activity: Option<ToolActivity>,

@@ -1,0 +1,50 @@
+//! `GET /v1/security`: the effective security configuration, as a client or auditor sees it.
+
+use axum::extract::State;
+use axum::Json;
+use serde_json::{json, Value};
+
+use crate::app::SharedState;
+use crate::sandbox::SecurityLevel;
+
+fn level_json(level: SecurityLevel) -> Value {
+    let policy = level.tool_policy();
+    json!({
+        "name": level.as_str(),
+        "tools": policy.tools,
+        "allowed_tools": policy.allowed,
+        "disallowed_tools": policy.disallowed,
+        "permission_mode": policy.permission_mode,
+    })
+}
+
+pub async fn security(State(state): State<SharedState>) -> Json<Value> {
+    let levels = [
+        SecurityLevel::Paranoid,
+        SecurityLevel::Balanced,
+        SecurityLevel::Developer,
+    ];
+    let sandbox = match (&state.runner.sandbox, &state.sandbox_disabled) {
+        (Some(b), _) => json!({
+            "enabled": true,
+            "kind": "bubblewrap",
+            "namespaces": ["user", "pid", "ipc", "uts", "cgroup", "mount"],
+            "network": "shared",
+            "uid_inside": 1000,
+            "limits": b.limits,
+        }),
+        (None, reason) => json!({
+            "enabled": false,
+            "warning": "INSECURE: CLI runs are not sandboxed; only PARANOID is served",
+            "reason": reason,
+        }),
+    };
+    Json(json!({
+        "default_level": state.levels.default.as_str(),
+        "max_level": state.levels.max.as_str(),
+        "request_level": "header `x-security-level` or body `security_level`; stricter than the maximum only",
+        "levels": levels.iter().map(|l| level_json(*l)).collect::<Vec<_>>(),
+        "sandbox": sandbox,
+        "tenant_identity": state.identity.mode(),
+    }))
+}

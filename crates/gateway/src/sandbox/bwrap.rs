@@ -1,0 +1,292 @@
+//! The bubblewrap sandbox around a CLI run.
+//!
+//! Inside: new user, pid, ipc, uts, cgroup and mount namespaces (the network is shared: the CLI
+//! must reach the upstream); uid 1000, no capabilities, no-new-privileges; read-only `/usr`
+//! and CLI install; a generated `/etc/passwd`; the tenant's workspace read-write at
+//! `/workspace`; the run's private directory as `HOME`; fresh `/proc`, minimal `/dev`, tmpfs
+//! `/tmp`. Nothing else of the host exists there: no other workspace, no data dir, no gateway
+//! process or environment. The environment is not set with `--setenv` (its values would sit in
+//! bwrap's argv, visible to every process listing on the host): the child inherits exactly the
+//! environment the runner built, and nothing else, because the runner clears its own.
+
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+
+use super::limits::Limits;
+use crate::runner::command::CommandLine;
+
+pub const HOME: &str = "/home/claude";
+pub const WORKSPACE: &str = "/workspace";
+pub const CLI_DIR: &str = "/opt/claude";
+pub const SYSTEM_PROMPT: &str = "/run/gateway/system-prompt.txt";
+pub const TMP: &str = "/tmp";
+const PRLIMIT: &str = "/usr/bin/prlimit";
+
+/// Host files that programs inside need, bound read-only when present.
+const HOST_ETC: &[&str] = &[
+    "/etc/resolv.conf",
+    "/etc/hosts",
+    "/etc/nsswitch.conf",
+    "/etc/ssl",
+    "/etc/ca-certificates",
+    "/etc/alternatives",
+    "/etc/localtime",
+];
+
+#[derive(Debug, Clone)]
+pub struct Bwrap {
+    pub bwrap: PathBuf,
+    /// The directory holding the CLI binary, bound read-only at [`CLI_DIR`].
+    pub cli_dir: PathBuf,
+    pub cli_name: OsString,
+    /// Holds the generated `passwd` and `group`.
+    pub etc_dir: PathBuf,
+    pub limits: Limits,
+}
+
+/// The host paths a run mounts.
+pub struct Mounts<'a> {
+    pub home: &'a Path,
+    pub workspace: &'a Path,
+    pub system_prompt: Option<&'a Path>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SandboxError {
+    #[error("bubblewrap (bwrap) was not found; install the `bubblewrap` package")]
+    NoBwrap,
+    #[error("the CLI path {0} has no parent directory")]
+    CliPath(PathBuf),
+    #[error("cannot write the sandbox's /etc files: {0}")]
+    Etc(std::io::Error),
+    #[error("bubblewrap cannot create a sandbox here (are user namespaces available?): {0}")]
+    Probe(String),
+}
+
+impl Bwrap {
+    /// Prepares the sandbox for the CLI at `cli` (symlinks resolved, so the real install is bound).
+    pub fn new(cli: &Path, etc_dir: PathBuf, limits: Limits) -> Result<Self, SandboxError> {
+        let bwrap = ["/usr/bin/bwrap", "/bin/bwrap", "/usr/local/bin/bwrap"]
+            .iter()
+            .map(PathBuf::from)
+            .find(|p| p.is_file())
+            .ok_or(SandboxError::NoBwrap)?;
+        let real = std::fs::canonicalize(cli).unwrap_or_else(|_| cli.to_path_buf());
+        let (Some(cli_dir), Some(cli_name)) = (real.parent(), real.file_name()) else {
+            return Err(SandboxError::CliPath(real));
+        };
+        std::fs::create_dir_all(&etc_dir).map_err(SandboxError::Etc)?;
+        std::fs::write(
+            etc_dir.join("passwd"),
+            "root:x:0:0::/nonexistent:/usr/sbin/nologin\nclaude:x:1000:1000::/home/claude:/bin/bash\nnobody:x:65534:65534::/nonexistent:/usr/sbin/nologin\n",
+        )
+        .map_err(SandboxError::Etc)?;
+        std::fs::write(
+            etc_dir.join("group"),
+            "root:x:0:\nclaude:x:1000:\nnogroup:x:65534:\n",
+        )
+        .map_err(SandboxError::Etc)?;
+        Ok(Self {
+            bwrap,
+            cli_dir: cli_dir.to_path_buf(),
+            cli_name: cli_name.to_os_string(),
+            etc_dir,
+            limits,
+        })
+    }
+
+    /// The CLI's path as seen inside the sandbox.
+    pub fn inside_program(&self) -> PathBuf {
+        Path::new(CLI_DIR).join(&self.cli_name)
+    }
+
+    fn base_args(&self) -> Vec<OsString> {
+        let mut args: Vec<OsString> = [
+            "--unshare-all",
+            "--share-net",
+            "--uid",
+            "1000",
+            "--gid",
+            "1000",
+            "--hostname",
+            "sandbox",
+            "--die-with-parent",
+            "--new-session",
+            "--cap-drop",
+            "ALL",
+            "--ro-bind",
+            "/usr",
+            "/usr",
+            "--symlink",
+            "usr/lib",
+            "/lib",
+            "--symlink",
+            "usr/lib64",
+            "/lib64",
+            "--symlink",
+            "usr/bin",
+            "/bin",
+            "--symlink",
+            "usr/sbin",
+            "/sbin",
+            "--proc",
+            "/proc",
+            "--dev",
+            "/dev",
+            "--tmpfs",
+            TMP,
+        ]
+        .iter()
+        .map(OsString::from)
+        .collect();
+        for path in HOST_ETC {
+            args.extend(["--ro-bind-try".into(), (*path).into(), (*path).into()]);
+        }
+        for name in ["passwd", "group"] {
+            args.extend([
+                "--ro-bind".into(),
+                self.etc_dir.join(name).into_os_string(),
+                format!("/etc/{name}").into(),
+            ]);
+        }
+        // `-try`: a missing CLI is reported by /ready and as 502, not as a failed sandbox.
+        args.extend([
+            "--ro-bind-try".into(),
+            self.cli_dir.clone().into_os_string(),
+            CLI_DIR.into(),
+        ]);
+        args
+    }
+
+    /// Wraps `inner` (built with the inside paths) so it runs in the sandbox with `mounts`.
+    pub fn wrap(&self, inner: CommandLine, mounts: &Mounts<'_>) -> CommandLine {
+        let mut args = self.base_args();
+        args.extend([
+            "--bind".into(),
+            mounts.home.as_os_str().to_owned(),
+            HOME.into(),
+            "--bind".into(),
+            mounts.workspace.as_os_str().to_owned(),
+            WORKSPACE.into(),
+        ]);
+        if let Some(file) = mounts.system_prompt {
+            args.extend([
+                "--ro-bind".into(),
+                file.as_os_str().to_owned(),
+                SYSTEM_PROMPT.into(),
+            ]);
+        }
+        args.extend(["--chdir".into(), WORKSPACE.into(), "--".into()]);
+        // Limits are applied inside, by prlimit, so that the process count is limited per
+        // sandbox rather than across every sandbox of the gateway's host user.
+        args.push(PRLIMIT.into());
+        args.extend(self.limits.prlimit_args());
+        args.push("--".into());
+        args.push(inner.program.into_os_string());
+        args.extend(inner.args);
+        CommandLine {
+            program: self.bwrap.clone(),
+            args,
+            env: inner.env,
+            cwd: mounts.home.to_path_buf(),
+        }
+    }
+
+    /// Checks that a sandbox can be created here, by running `true` in one.
+    pub async fn probe(&self) -> Result<(), SandboxError> {
+        let mut args = self.base_args();
+        args.extend(["--".into(), PRLIMIT.into()]);
+        args.extend(self.limits.prlimit_args());
+        args.extend(["--".into(), "/usr/bin/true".into()]);
+        let output = tokio::time::timeout(
+            std::time::Duration::from_secs(10),
+            tokio::process::Command::new(&self.bwrap)
+                .args(&args)
+                .env_clear()
+                .kill_on_drop(true)
+                .output(),
+        )
+        .await
+        .map_err(|_| SandboxError::Probe("timed out".into()))?
+        .map_err(|e| SandboxError::Probe(e.to_string()))?;
+        if output.status.success() {
+            Ok(())
+        } else {
+            Err(SandboxError::Probe(
+                String::from_utf8_lossy(&output.stderr).trim().to_owned(),
+            ))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sandbox() -> Bwrap {
+        Bwrap {
+            bwrap: "/usr/bin/bwrap".into(),
+            cli_dir: "/opt/install/bin".into(),
+            cli_name: "claude.exe".into(),
+            etc_dir: "/data/sandbox-etc".into(),
+            limits: Limits::default(),
+        }
+    }
+
+    fn wrapped() -> CommandLine {
+        let inner = CommandLine {
+            program: sandbox().inside_program(),
+            args: vec!["-p".into(), "--model=sonnet".into()],
+            env: vec![("CLAUDE_CODE_OAUTH_TOKEN", "sk-ant-oat01-secret".into())],
+            cwd: WORKSPACE.into(),
+        };
+        sandbox().wrap(
+            inner,
+            &Mounts {
+                home: Path::new("/data/runs/r1/home"),
+                workspace: Path::new("/data/tenants/t1/workspace"),
+                system_prompt: None,
+            },
+        )
+    }
+
+    #[test]
+    fn secrets_stay_in_the_environment_never_in_bwrap_argv() {
+        let cmd = wrapped();
+        let argv = format!("{:?}", cmd.args);
+        assert!(!argv.contains("secret"));
+        assert!(!argv.contains("--setenv"));
+        assert!(cmd.env.iter().any(|(k, _)| *k == "CLAUDE_CODE_OAUTH_TOKEN"));
+    }
+
+    #[test]
+    fn only_the_tenants_workspace_and_run_home_are_writable() {
+        let cmd = wrapped();
+        let args: Vec<String> = cmd
+            .args
+            .iter()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect();
+        let rw: Vec<(&str, &str)> = args
+            .windows(3)
+            .filter(|w| w[0] == "--bind")
+            .map(|w| (w[1].as_str(), w[2].as_str()))
+            .collect();
+        assert_eq!(
+            rw,
+            [
+                ("/data/runs/r1/home", HOME),
+                ("/data/tenants/t1/workspace", WORKSPACE)
+            ]
+        );
+        assert!(args.contains(&"--unshare-all".to_owned()));
+        assert!(args.contains(&"--die-with-parent".to_owned()));
+        let separator = args.iter().position(|a| a == "--").expect("separator");
+        assert_eq!(args[separator + 1], PRLIMIT);
+        assert!(args.ends_with(&[
+            "/opt/claude/claude.exe".to_owned(),
+            "-p".into(),
+            "--model=sonnet".into()
+        ]));
+    }
+}

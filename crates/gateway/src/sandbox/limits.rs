@@ -1,0 +1,46 @@
+//! Resource limits of one run, applied to every process in its sandbox.
+//!
+//! Memory is limited with RLIMIT_DATA, not RLIMIT_AS: the CLI's JavaScript engine reserves tens
+//! of GiB of address space it never touches, so an address-space limit would stop the CLI
+//! itself, while the data limit bounds what a process can actually allocate.
+
+use std::ffi::OsString;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct Limits {
+    /// Processes (and threads) in the sandbox: stops fork bombs.
+    pub max_processes: u64,
+    /// Heap and private mappings per process, in bytes.
+    pub max_memory_bytes: u64,
+    /// Largest file a process may write, in bytes.
+    pub max_file_bytes: u64,
+    /// CPU seconds per process.
+    pub max_cpu_secs: u64,
+    pub max_open_files: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_processes: 256,
+            max_memory_bytes: 2 * 1024 * 1024 * 1024,
+            max_file_bytes: 1024 * 1024 * 1024,
+            max_cpu_secs: 600,
+            max_open_files: 1024,
+        }
+    }
+}
+
+impl Limits {
+    /// Options for util-linux `prlimit` (soft and hard limits alike, and no core dumps).
+    pub fn prlimit_args(&self) -> Vec<OsString> {
+        vec![
+            format!("--nproc={}", self.max_processes).into(),
+            format!("--data={}", self.max_memory_bytes).into(),
+            format!("--fsize={}", self.max_file_bytes).into(),
+            format!("--cpu={}", self.max_cpu_secs).into(),
+            format!("--nofile={}", self.max_open_files).into(),
+            "--core=0".into(),
+        ]
+    }
+}
