@@ -21,6 +21,10 @@ pub const CLI_DIR: &str = "/opt/claude";
 pub const SYSTEM_PROMPT: &str = "/run/gateway/system-prompt.txt";
 pub const TMP: &str = "/tmp";
 const PRLIMIT: &str = "/usr/bin/prlimit";
+const NICE: &str = "/usr/bin/nice";
+/// Sandboxed work runs at a lower CPU priority than the gateway, so a tenant's busy loop or
+/// fork bomb cannot starve the server that answers everyone else.
+const NICENESS: &str = "10";
 
 /// Host files that programs inside need, bound read-only when present.
 const HOST_ETC: &[&str] = &[
@@ -177,6 +181,7 @@ impl Bwrap {
             ]);
         }
         args.extend(["--chdir".into(), WORKSPACE.into(), "--".into()]);
+        args.extend([NICE.into(), "-n".into(), NICENESS.into()]);
         // Limits are applied inside, by prlimit, so that the process count is limited per
         // sandbox rather than across every sandbox of the gateway's host user.
         args.push(PRLIMIT.into());
@@ -282,7 +287,10 @@ mod tests {
         assert!(args.contains(&"--unshare-all".to_owned()));
         assert!(args.contains(&"--die-with-parent".to_owned()));
         let separator = args.iter().position(|a| a == "--").expect("separator");
-        assert_eq!(args[separator + 1], PRLIMIT);
+        assert_eq!(
+            args[separator + 1..separator + 5],
+            [NICE, "-n", NICENESS, PRLIMIT]
+        );
         assert!(args.ends_with(&[
             "/opt/claude/claude.exe".to_owned(),
             "-p".into(),

@@ -35,12 +35,19 @@ pub struct Gateway {
 
 pub struct GatewayBuilder {
     args: Vec<String>,
+    env: Vec<(String, String)>,
     claude_bin: Option<PathBuf>,
 }
 
 impl GatewayBuilder {
     pub fn arg(mut self, arg: impl Into<String>) -> Self {
         self.args.push(arg.into());
+        self
+    }
+
+    /// An extra variable in the gateway's own environment.
+    pub fn env(mut self, key: &str, value: &str) -> Self {
+        self.env.push((key.into(), value.into()));
         self
     }
 
@@ -73,6 +80,7 @@ impl GatewayBuilder {
             .env("ANTHROPIC_BASE_URL", fake.base_url())
             // Debug level, so the no-secret-in-logs checks cover the chattiest output.
             .env("RUST_LOG", "debug")
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .kill_on_drop(true)
@@ -115,6 +123,7 @@ impl Gateway {
     pub fn builder() -> GatewayBuilder {
         GatewayBuilder {
             args: Vec::new(),
+            env: Vec::new(),
             claude_bin: None,
         }
     }
@@ -219,10 +228,13 @@ pub fn streamed_text(events: &[Sse]) -> String {
         .collect()
 }
 
-/// The upstream's view of a tool round trip: every tool_result content it received.
+/// The upstream's view of a tool round trip: the tool_result contents of the last model call
+/// (each call carries the whole conversation so far, so the last one holds them all).
 pub fn tool_results(requests: &[RecordedRequest]) -> Vec<String> {
     requests
         .iter()
+        .max_by_key(|r| r.body["messages"].as_array().map_or(0, Vec::len))
+        .into_iter()
         .flat_map(|r| r.body["messages"].as_array().cloned().unwrap_or_default())
         .flat_map(|m| m["content"].as_array().cloned().unwrap_or_default())
         .filter(|b| b["type"] == "tool_result")
