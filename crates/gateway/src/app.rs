@@ -14,6 +14,7 @@ use crate::config::Config;
 use crate::runner::{locate, rundir, Runner, RunnerSettings};
 use crate::sandbox::{Bwrap, LevelPolicy, SandboxError};
 use crate::tenant::identity::{IdentityResolver, InstallKey, TenantId};
+use crate::tenant::refresh::Refresher;
 
 /// What the gateway knows about its CLI.
 #[derive(Debug, Clone)]
@@ -28,6 +29,7 @@ pub struct AppState {
     pub runner: Runner,
     pub claude: ClaudeInfo,
     pub identity: IdentityResolver,
+    pub refresher: Refresher,
     pub levels: LevelPolicy,
     /// Why runs are not sandboxed, when the operator chose `--insecure-no-sandbox`.
     pub sandbox_disabled: Option<String>,
@@ -96,6 +98,16 @@ impl AppState {
             config.max_security_level,
             sandbox.is_some(),
         );
+        let refresher = Refresher::new(
+            config.oauth_token_url.clone().unwrap_or_else(|| {
+                format!(
+                    "{}/v1/oauth/token",
+                    config.anthropic_base_url.trim_end_matches('/')
+                )
+            }),
+            config.oauth_client_id.clone(),
+            install_key.clone(),
+        );
         let identity = IdentityResolver::new(
             config.tenant_identity,
             &config.anthropic_base_url,
@@ -118,6 +130,7 @@ impl AppState {
             runner,
             claude: ClaudeInfo { bin, version },
             identity,
+            refresher,
             levels,
             sandbox_disabled,
             tenants_dir,

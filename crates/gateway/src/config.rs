@@ -117,6 +117,18 @@ pub struct Config {
     )]
     pub tenant_identity: IdentityMode,
 
+    /// Where expired OAuth access tokens are refreshed (default: {ANTHROPIC_BASE_URL}/v1/oauth/token).
+    #[arg(long, env = "CLAUDE_GATEWAY_OAUTH_TOKEN_URL")]
+    pub oauth_token_url: Option<String>,
+
+    /// The OAuth client id sent with refreshes (Claude Code's public client).
+    #[arg(
+        long,
+        env = "CLAUDE_GATEWAY_OAUTH_CLIENT_ID",
+        default_value = "9d1c250a-e61b-44d9-88ed-5944d1962f5e"
+    )]
+    pub oauth_client_id: String,
+
     /// How long an account looked up by token is remembered, in seconds.
     #[arg(
         long,

@@ -125,6 +125,17 @@ impl From<crate::tenant::identity::IdentityError> for ApiError {
     }
 }
 
+impl From<crate::tenant::refresh::RefreshError> for ApiError {
+    fn from(e: crate::tenant::refresh::RefreshError) -> Self {
+        match e {
+            crate::tenant::refresh::RefreshError::Rejected => {
+                ApiError::Authentication(e.to_string())
+            }
+            other => ApiError::BadGateway(other.to_string()),
+        }
+    }
+}
+
 impl From<RunError> for ApiError {
     fn from(e: RunError) -> Self {
         match e {

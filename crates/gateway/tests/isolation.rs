@@ -345,3 +345,54 @@ async fn tenants_are_accounts_and_dead_tokens_are_refused_before_any_run() {
         .count();
     assert_eq!(workspaces, 1);
 }
+
+#[tokio::test]
+async fn without_a_sandbox_only_paranoid_is_served_and_every_status_says_so() {
+    let gw = Gateway::builder()
+        .arg("--insecure-no-sandbox")
+        .arg("--max-security-level")
+        .arg("DEVELOPER")
+        .start()
+        .await;
+    let ready: Value = gw
+        .get("/ready")
+        .send()
+        .await
+        .expect("sent")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(ready["sandbox"], "DISABLED");
+    assert!(ready["warning"]
+        .as_str()
+        .is_some_and(|w| w.contains("INSECURE")));
+    let security: Value = gw
+        .get("/v1/security")
+        .send()
+        .await
+        .expect("sent")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(security["sandbox"]["enabled"], false);
+    assert_eq!(security["default_level"], "PARANOID");
+    assert_eq!(security["max_level"], "PARANOID");
+    let mut req = body("marker-insecure");
+    req["security_level"] = json!("BALANCED");
+    assert_eq!(gw.messages(VICTIM, req).await.status(), 403);
+    let (status, _) = run_as(
+        &gw,
+        VICTIM,
+        "PARANOID",
+        "marker-insecure-paranoid",
+        vec![bash("id")],
+    )
+    .await;
+    assert_eq!(status, 200);
+    let results = tool_results(&gw.upstream_with("marker-insecure-paranoid"));
+    assert!(
+        results[0].contains("No such tool available: Bash"),
+        "{results:?}"
+    );
+    assert!(gw.logs().contains("INSECURE"));
+}

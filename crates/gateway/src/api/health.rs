@@ -16,14 +16,20 @@ pub async fn health() -> impl IntoResponse {
 /// Readiness: the CLI is present and answers `--version`.
 pub async fn ready(State(state): State<SharedState>) -> impl IntoResponse {
     match &state.claude.version {
-        Ok(version) => (
-            StatusCode::OK,
-            Json(json!({
+        Ok(version) => {
+            let mut body = json!({
                 "status": "ready",
                 "version": env!("CARGO_PKG_VERSION"),
                 "claude_code_version": version,
-            })),
-        ),
+                "sandbox": if state.runner.sandbox.is_some() { "bubblewrap" } else { "DISABLED" },
+            });
+            if let Some(reason) = &state.sandbox_disabled {
+                body["warning"] = json!(format!(
+                    "INSECURE: CLI runs are not sandboxed ({reason}); only PARANOID is served"
+                ));
+            }
+            (StatusCode::OK, Json(body))
+        }
         Err(reason) => (
             StatusCode::SERVICE_UNAVAILABLE,
             Json(json!({"status": "not_ready", "reasons": [reason]})),

@@ -2,3 +2,4 @@
 
 pub mod credential;
 pub mod identity;
+pub mod refresh;

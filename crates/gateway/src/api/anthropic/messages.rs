@@ -6,6 +6,7 @@ use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
+use secrecy::ExposeSecret;
 use serde_json::Value;
 use tokio::sync::mpsc;
 
@@ -98,12 +99,22 @@ pub async fn create(
         // Without a credential the answer is 401 whatever the body holds.
         Err(e) => return Err(header_credential.err().map(ApiError::from).unwrap_or(e)),
     };
+    let mut refreshed = None;
     let credential = match req.oauth_credentials.as_ref() {
-        Some(oauth) if oauth.access_token.is_some() => {
-            Credential::from_request(&headers, Some(oauth))?
+        Some(oauth) if oauth.access_token.is_some() || oauth.refresh_token.is_some() => {
+            refreshed = state.refresher.refresh_if_needed(oauth).await?;
+            match &refreshed {
+                Some(fresh) => Credential::parse(fresh.access_token.expose_secret())?,
+                None => Credential::from_request(&headers, Some(oauth))?,
+            }
         }
         _ => header_credential?,
     };
+    // Rotated credentials go back to the client in the message object (a documented extension).
+    let extension = refreshed
+        .as_ref()
+        .and_then(|r| serde_json::to_value(r).ok())
+        .map(|creds| ("refreshed_oauth_credentials", creds));
     validate_model(&req.model)?;
     if req.tools.as_ref().is_some_and(|t| !t.is_empty()) {
         return Err(ApiError::InvalidRequest(
@@ -152,19 +163,39 @@ pub async fn create(
     let show_tools = req.tool_activity.unwrap_or_default() == ToolActivity::Blocks;
     let rx = turn::start(process, UserInput::new(content), show_tools);
     let id = format!("msg_{}", uuid::Uuid::new_v4().simple());
+    let opening = Opening {
+        id: &id,
+        model: &req.model,
+        extension,
+    };
     if req.stream {
-        stream(&state, rx, &id, &req.model).await
+        stream(&state, rx, opening).await
     } else {
-        collect(rx, &id, &req.model).await
+        collect(rx, opening).await
+    }
+}
+
+/// What the opening `message_start` carries.
+struct Opening<'a> {
+    id: &'a str,
+    /// The requested model, used until the upstream reports the resolved one.
+    model: &'a str,
+    extension: Option<(&'static str, Value)>,
+}
+
+impl Opening<'_> {
+    fn event(&self, started: Option<(String, Option<Value>)>) -> Event {
+        let (model, usage) = started.unwrap_or_else(|| (self.model.to_owned(), None));
+        let mut event = message_start(self.id, &model, usage.as_ref());
+        if let Some((key, value)) = &self.extension {
+            event.data["message"][*key] = value.clone();
+        }
+        event
     }
 }
 
 /// Waits for the whole run and answers with the complete message.
-async fn collect(
-    mut rx: mpsc::Receiver<Item>,
-    id: &str,
-    model: &str,
-) -> Result<Response, ApiError> {
+async fn collect(mut rx: mpsc::Receiver<Item>, opening: Opening<'_>) -> Result<Response, ApiError> {
     let mut events = Vec::new();
     let mut started: Option<(String, Option<Value>)> = None;
     loop {
@@ -183,9 +214,8 @@ async fn collect(
             }
         }
     }
-    let (model, usage) = started.unwrap_or_else(|| (model.to_owned(), None));
     let mut builder = MessageBuilder::default();
-    builder.apply(&message_start(id, &model, usage.as_ref()));
+    builder.apply(&opening.event(started));
     for e in &events {
         builder.apply(e);
     }
@@ -197,8 +227,7 @@ async fn collect(
 async fn stream(
     state: &SharedState,
     mut rx: mpsc::Receiver<Item>,
-    id: &str,
-    model: &str,
+    opening: Opening<'_>,
 ) -> Result<Response, ApiError> {
     let deadline = tokio::time::Instant::now() + state.config.first_output_timeout();
     let mut buffered: Vec<Event> = Vec::new();
@@ -231,8 +260,7 @@ async fn stream(
             }
         }
     }
-    let (model, usage) = started.unwrap_or_else(|| (model.to_owned(), None));
-    let mut first = vec![message_start(id, &model, usage.as_ref())];
+    let mut first = vec![opening.event(started)];
     first.extend(buffered);
     Ok(sse::response(
         first,
