@@ -28,12 +28,7 @@ async fn an_expired_token_is_refreshed_and_the_rotated_credentials_returned() {
     let gw = Gateway::start().await;
     let mut req = body("marker-refresh");
     req["oauth_credentials"] = expired("sk-ant-oat01-erin.old", "sk-ant-ort01-erin.r1");
-    let res = gw
-        .post("/v1/messages")
-        .json(&req)
-        .send()
-        .await
-        .expect("sent");
+    let res = gw.messages_body_only(&req).await;
     assert_eq!(res.status(), 200);
     let msg: Value = res.json().await.expect("json");
     let fresh = &msg["refreshed_oauth_credentials"];
@@ -88,12 +83,7 @@ async fn a_rejected_refresh_token_is_401() {
     let gw = Gateway::start().await;
     let mut req = body("marker-refresh-dead");
     req["oauth_credentials"] = expired("sk-ant-oat01-gus.old", "sk-ant-ort01-invalid.gus");
-    let res = gw
-        .post("/v1/messages")
-        .json(&req)
-        .send()
-        .await
-        .expect("sent");
+    let res = gw.messages_body_only(&req).await;
     assert_eq!(res.status(), 401);
     let err: Value = res.json().await.expect("json");
     assert_eq!(err["error"]["type"], "authentication_error");
@@ -110,12 +100,7 @@ async fn a_streamed_response_carries_the_rotated_credentials_in_message_start() 
     let mut req = body("marker-refresh-stream");
     req["stream"] = json!(true);
     req["oauth_credentials"] = expired("sk-ant-oat01-hal.old", "sk-ant-ort01-hal.r1");
-    let res = gw
-        .post("/v1/messages")
-        .json(&req)
-        .send()
-        .await
-        .expect("sent");
+    let res = gw.messages_body_only(&req).await;
     assert_eq!(res.status(), 200);
     let events = parse_sse(&res.text().await.expect("body"));
     let start = events
@@ -138,12 +123,7 @@ async fn a_token_that_is_not_expired_is_used_as_it_is() {
         "refresh_token": "sk-ant-ort01-ida.r1",
         "expires_at": 4_102_444_800_000u64
     });
-    let res = gw
-        .post("/v1/messages")
-        .json(&req)
-        .send()
-        .await
-        .expect("sent");
+    let res = gw.messages_body_only(&req).await;
     assert_eq!(res.status(), 200);
     let msg: Value = res.json().await.expect("json");
     assert!(msg.get("refreshed_oauth_credentials").is_none());

@@ -14,7 +14,7 @@ const GATEWAY_CANARY: &str = "GATEWAY-ENV-CANARY-8d20e7";
 
 async fn sandboxed_gateway() -> Gateway {
     Gateway::builder()
-        .args_list(&[
+        .args(&[
             "--max-security-level",
             "DEVELOPER",
             "--sandbox-max-processes",
@@ -29,16 +29,6 @@ async fn sandboxed_gateway() -> Gateway {
         .env("GATEWAY_SECRET_CANARY", GATEWAY_CANARY)
         .start()
         .await
-}
-
-trait ArgsList {
-    fn args_list(self, args: &[&str]) -> Self;
-}
-
-impl ArgsList for common::GatewayBuilder {
-    fn args_list(self, args: &[&str]) -> Self {
-        args.iter().fold(self, |b, a| b.arg(*a))
-    }
 }
 
 async fn run_as(
@@ -310,14 +300,7 @@ async fn a_request_may_not_loosen_the_operators_level() {
     let mut req = body("marker-stricter");
     req["security_level"] = json!("PARANOID");
     assert_eq!(gw.messages(VICTIM, req).await.status(), 200);
-    let security: Value = gw
-        .get("/v1/security")
-        .send()
-        .await
-        .expect("sent")
-        .json()
-        .await
-        .expect("json");
+    let (_, security) = gw.get_json("/v1/security").await;
     assert_eq!(security["default_level"], "BALANCED");
     assert_eq!(security["sandbox"]["enabled"], true);
 }
@@ -349,31 +332,15 @@ async fn tenants_are_accounts_and_dead_tokens_are_refused_before_any_run() {
 #[tokio::test]
 async fn without_a_sandbox_only_paranoid_is_served_and_every_status_says_so() {
     let gw = Gateway::builder()
-        .arg("--insecure-no-sandbox")
-        .arg("--max-security-level")
-        .arg("DEVELOPER")
+        .args(&["--insecure-no-sandbox", "--max-security-level", "DEVELOPER"])
         .start()
         .await;
-    let ready: Value = gw
-        .get("/ready")
-        .send()
-        .await
-        .expect("sent")
-        .json()
-        .await
-        .expect("json");
+    let (_, ready) = gw.get_json("/ready").await;
     assert_eq!(ready["sandbox"], "DISABLED");
     assert!(ready["warning"]
         .as_str()
         .is_some_and(|w| w.contains("INSECURE")));
-    let security: Value = gw
-        .get("/v1/security")
-        .send()
-        .await
-        .expect("sent")
-        .json()
-        .await
-        .expect("json");
+    let (_, security) = gw.get_json("/v1/security").await;
     assert_eq!(security["sandbox"]["enabled"], false);
     assert_eq!(security["default_level"], "PARANOID");
     assert_eq!(security["max_level"], "PARANOID");

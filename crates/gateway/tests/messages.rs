@@ -141,12 +141,7 @@ async fn body_oauth_credentials_are_accepted() {
     let gw = Gateway::start().await;
     let mut req = body("marker-body-oauth");
     req["oauth_credentials"] = json!({"access_token": ALICE, "refresh_token": "sk-ant-ort01-alice.r", "expires_at": 4102444800000u64, "scopes": ["user:inference"], "subscription_type": "max"});
-    let res = gw
-        .post("/v1/messages")
-        .json(&req)
-        .send()
-        .await
-        .expect("sent");
+    let res = gw.messages_body_only(&req).await;
     assert_eq!(res.status(), 200);
     assert_eq!(
         gw.upstream_with("marker-body-oauth")[0].credential(),
@@ -242,8 +237,7 @@ async fn upstream_errors_map_to_their_anthropic_statuses() {
 async fn a_dead_token_is_401_even_when_the_cli_would_retry() {
     // Retries on, as in production: the auth failure must still come back quickly as a 401.
     let gw = Gateway::builder()
-        .arg("--upstream-max-retries")
-        .arg("5")
+        .args(&["--upstream-max-retries", "5"])
         .start()
         .await;
     let started = std::time::Instant::now();
@@ -279,8 +273,7 @@ async fn a_missing_cli_is_reported_by_ready_and_as_502() {
 #[tokio::test]
 async fn a_run_over_its_time_limit_is_504_and_cleaned_up() {
     let gw = Gateway::builder()
-        .arg("--run-timeout-secs")
-        .arg("2")
+        .args(&["--run-timeout-secs", "2"])
         .start()
         .await;
     let req = body(&scripted(
@@ -297,31 +290,16 @@ async fn a_run_over_its_time_limit_is_504_and_cleaned_up() {
 #[tokio::test]
 async fn ready_health_and_models_answer() {
     let gw = Gateway::builder()
-        .arg("--models")
-        .arg("sonnet,claude-opus-4-5")
+        .args(&["--models", "sonnet,claude-opus-4-5"])
         .start()
         .await;
-    let health: Value = gw
-        .get("/health")
-        .send()
-        .await
-        .expect("sent")
-        .json()
-        .await
-        .expect("json");
+    let (_, health) = gw.get_json("/health").await;
     assert_eq!(health["status"], "ok");
     let ready = gw.get("/ready").send().await.expect("sent");
     assert_eq!(ready.status(), 200);
     let ready: Value = ready.json().await.expect("json");
     assert_eq!(ready["claude_code_version"], "2.1.197");
-    let models: Value = gw
-        .get("/v1/models")
-        .send()
-        .await
-        .expect("sent")
-        .json()
-        .await
-        .expect("json");
+    let (_, models) = gw.get_json("/v1/models").await;
     let ids: Vec<&str> = models["data"]
         .as_array()
         .expect("data")
@@ -417,8 +395,7 @@ async fn tool_activity_blocks_show_tool_use_and_result_in_order() {
 #[tokio::test]
 async fn a_quiet_stream_gets_pings() {
     let gw = Gateway::builder()
-        .arg("--ping-interval-secs")
-        .arg("1")
+        .args(&["--ping-interval-secs", "1"])
         .start()
         .await;
     let mut req = body(&scripted(
@@ -513,8 +490,7 @@ async fn a_stream_that_breaks_upstream_still_delivers_the_whole_answer_once() {
 #[tokio::test]
 async fn a_failure_after_the_stream_started_is_an_sse_error_event() {
     let gw = Gateway::builder()
-        .arg("--run-timeout-secs")
-        .arg("3")
+        .args(&["--run-timeout-secs", "3"])
         .start()
         .await;
     let mut req = body(&scripted(

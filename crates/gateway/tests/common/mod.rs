@@ -45,6 +45,11 @@ impl GatewayBuilder {
         self
     }
 
+    pub fn args(mut self, args: &[&str]) -> Self {
+        self.args.extend(args.iter().map(|a| a.to_string()));
+        self
+    }
+
     /// An extra variable in the gateway's own environment.
     pub fn env(mut self, key: &str, value: &str) -> Self {
         self.env.push((key.into(), value.into()));
@@ -151,6 +156,22 @@ impl Gateway {
 
     pub fn get(&self, path: &str) -> reqwest::RequestBuilder {
         reqwest::Client::new().get(format!("{}{}", self.url, path))
+    }
+
+    /// `GET path`: the status and the JSON body.
+    pub async fn get_json(&self, path: &str) -> (u16, Value) {
+        let res = self.get(path).send().await.expect("request sent");
+        let status = res.status().as_u16();
+        (status, res.json().await.expect("JSON body"))
+    }
+
+    /// `POST /v1/messages` with whatever credential the body itself carries.
+    pub async fn messages_body_only(&self, body: &Value) -> reqwest::Response {
+        self.post("/v1/messages")
+            .json(body)
+            .send()
+            .await
+            .expect("request sent")
     }
 
     /// `POST /v1/messages` with a bearer token.
