@@ -137,11 +137,7 @@ pub struct IdentityResolver {
 
 impl IdentityResolver {
     pub fn new(mode: IdentityMode, base_url: &str, key: Arc<InstallKey>, ttl: Duration) -> Self {
-        let client = reqwest::Client::builder()
-            .timeout(Duration::from_secs(10))
-            .redirect(reqwest::redirect::Policy::none())
-            .build()
-            .unwrap_or_default();
+        let client = super::upstream_client(Duration::from_secs(10));
         Self {
             mode,
             profile_url: format!("{}/api/oauth/profile", base_url.trim_end_matches('/')),

@@ -87,11 +87,7 @@ fn expires_at_ms(value: &Value) -> Option<u64> {
 
 impl Refresher {
     pub fn new(token_url: String, client_id: String, key: Arc<InstallKey>) -> Self {
-        let client = reqwest::Client::builder()
-            .timeout(Duration::from_secs(15))
-            .redirect(reqwest::redirect::Policy::none())
-            .build()
-            .unwrap_or_default();
+        let client = super::upstream_client(Duration::from_secs(15));
         Self {
             token_url,
             client_id,
