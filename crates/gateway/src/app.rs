@@ -13,6 +13,7 @@ use crate::api;
 use crate::config::Config;
 use crate::runner::{locate, rundir, Runner, RunnerSettings};
 use crate::sandbox::{Bwrap, LevelPolicy, SandboxError};
+use crate::sessions::SessionStore;
 use crate::tenant::identity::{IdentityResolver, InstallKey, TenantId};
 use crate::tenant::refresh::Refresher;
 
@@ -30,6 +31,7 @@ pub struct AppState {
     pub claude: ClaudeInfo,
     pub identity: IdentityResolver,
     pub refresher: Refresher,
+    pub sessions: SessionStore,
     pub levels: LevelPolicy,
     /// Why runs are not sandboxed, when the operator chose `--insecure-no-sandbox`.
     pub sandbox_disabled: Option<String>,
@@ -125,9 +127,14 @@ impl AppState {
             max_line_bytes: config.max_cli_line_bytes,
             sandbox,
         };
+        let sessions = SessionStore::new(
+            tenants_dir.clone(),
+            std::time::Duration::from_secs(config.session_lock_wait_secs),
+        );
         Ok(Self {
             config,
             runner,
+            sessions,
             claude: ClaudeInfo { bin, version },
             identity,
             refresher,
@@ -187,6 +194,11 @@ pub fn router(state: SharedState) -> Router {
         .route("/v1/security", get(api::security::security))
         .route("/v1/models/{id}", get(api::models::get))
         .route("/v1/messages", post(api::anthropic::messages::create))
+        .route("/v1/sessions", get(api::sessions::list))
+        .route(
+            "/v1/sessions/{id}",
+            get(api::sessions::get).delete(api::sessions::delete),
+        )
         .fallback(api::not_found)
         .layer(DefaultBodyLimit::max(body_limit))
         .layer(TraceLayer::new_for_http())
@@ -208,6 +220,7 @@ pub async fn serve(mut config: Config) -> Result<(), StartupError> {
     };
     let addr = config.listen_addr();
     let state = Arc::new(AppState::new(config).await?);
+    tokio::spawn(expire_sessions(state.clone()));
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .map_err(|e| StartupError::Bind(addr, e))?;
@@ -222,6 +235,26 @@ pub async fn serve(mut config: Config) -> Result<(), StartupError> {
     .with_graceful_shutdown(shutdown_signal())
     .await
     .map_err(StartupError::Serve)
+}
+
+/// Removes idle sessions now and then.
+async fn expire_sessions(state: SharedState) {
+    let ttl = std::time::Duration::from_secs(state.config.session_ttl_secs.max(1));
+    let every = (ttl / 10).clamp(
+        std::time::Duration::from_secs(1),
+        std::time::Duration::from_secs(600),
+    );
+    let mut tick = tokio::time::interval(every);
+    loop {
+        tick.tick().await;
+        let state = state.clone();
+        let removed = tokio::task::spawn_blocking(move || state.sessions.expire(ttl))
+            .await
+            .unwrap_or(0);
+        if removed > 0 {
+            tracing::info!(removed, "expired idle sessions");
+        }
+    }
 }
 
 async fn shutdown_signal() {

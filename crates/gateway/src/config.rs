@@ -117,6 +117,18 @@ pub struct Config {
     )]
     pub tenant_identity: IdentityMode,
 
+    /// How long a request waits for another turn of the same session to finish before 409.
+    #[arg(
+        long,
+        env = "CLAUDE_GATEWAY_SESSION_LOCK_WAIT_SECS",
+        default_value_t = 30
+    )]
+    pub session_lock_wait_secs: u64,
+
+    /// Sessions unused for this long are removed, in seconds.
+    #[arg(long, env = "CLAUDE_GATEWAY_SESSION_TTL_SECS", default_value_t = 7 * 24 * 3600)]
+    pub session_ttl_secs: u64,
+
     /// Where expired OAuth access tokens are refreshed (default: {ANTHROPIC_BASE_URL}/v1/oauth/token).
     #[arg(long, env = "CLAUDE_GATEWAY_OAUTH_TOKEN_URL")]
     pub oauth_token_url: Option<String>,

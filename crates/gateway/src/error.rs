@@ -22,6 +22,8 @@ pub enum ApiError {
     #[error("{0}")]
     NotFound(String),
     #[error("{0}")]
+    Conflict(String),
+    #[error("{0}")]
     TooLarge(String),
     #[error("{message}")]
     RateLimited {
@@ -48,6 +50,7 @@ impl ApiError {
             ApiError::Authentication(_) => StatusCode::UNAUTHORIZED,
             ApiError::Permission(_) => StatusCode::FORBIDDEN,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Overloaded(_) => {
@@ -63,7 +66,7 @@ impl ApiError {
     /// Anthropic's error `type` for this error.
     pub fn error_type(&self) -> &'static str {
         match self {
-            ApiError::InvalidRequest(_) => "invalid_request_error",
+            ApiError::InvalidRequest(_) | ApiError::Conflict(_) => "invalid_request_error",
             ApiError::Authentication(_) => "authentication_error",
             ApiError::Permission(_) => "permission_error",
             ApiError::NotFound(_) => "not_found_error",
@@ -132,6 +135,18 @@ impl From<crate::tenant::refresh::RefreshError> for ApiError {
                 ApiError::Authentication(e.to_string())
             }
             other => ApiError::BadGateway(other.to_string()),
+        }
+    }
+}
+
+impl From<crate::sessions::SessionError> for ApiError {
+    fn from(e: crate::sessions::SessionError) -> Self {
+        use crate::sessions::SessionError as S;
+        match e {
+            S::InvalidId => ApiError::InvalidRequest(format!("session_id: {e}")),
+            S::Busy(_) => ApiError::Conflict(e.to_string()),
+            S::NotFound(_) => ApiError::NotFound(e.to_string()),
+            S::Storage(_) => ApiError::Internal(e.to_string()),
         }
     }
 }

@@ -7,9 +7,11 @@
 pub mod api;
 pub mod app;
 pub mod config;
+pub mod conversation;
 pub mod error;
 pub mod runner;
 pub mod sandbox;
+pub mod sessions;
 pub mod telemetry;
 pub mod tenant;
 pub mod turn;

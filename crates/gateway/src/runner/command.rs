@@ -25,6 +25,13 @@ pub enum SystemPromptMode {
     Replace,
 }
 
+/// Which CLI session a run starts or continues.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SessionArg {
+    New(uuid::Uuid),
+    Resume(uuid::Uuid),
+}
+
 /// Everything that varies between runs.
 #[derive(Debug)]
 pub struct RunSpec {
@@ -33,7 +40,9 @@ pub struct RunSpec {
     pub system_prompt: Option<(String, SystemPromptMode)>,
     /// The tenant's workspace on the host.
     pub workspace: PathBuf,
-    pub resume: Option<uuid::Uuid>,
+    pub session: Option<SessionArg>,
+    /// The tenant's CLI projects directory (transcripts) on the host, shared by its runs.
+    pub projects_dir: Option<PathBuf>,
     pub max_output_tokens: Option<u32>,
     pub level: SecurityLevel,
 }
@@ -96,8 +105,10 @@ pub fn build(settings: &RunnerSettings, spec: &RunSpec, paths: &RunPaths<'_>) ->
         args.push(format!("--disallowedTools={}", policy.disallowed.join(",")).into());
     }
     args.push(format!("--permission-mode={}", policy.permission_mode).into());
-    if let Some(id) = spec.resume {
-        args.push(format!("--resume={id}").into());
+    match spec.session {
+        Some(SessionArg::New(id)) => args.push(format!("--session-id={id}").into()),
+        Some(SessionArg::Resume(id)) => args.push(format!("--resume={id}").into()),
+        None => {}
     }
 
     let mut env: Vec<(&'static str, OsString)> = vec![
@@ -144,7 +155,8 @@ mod tests {
             model: "--dangerously-skip-permissions".into(),
             system_prompt: Some(("be brief".into(), SystemPromptMode::Append)),
             workspace: "/ws".into(),
-            resume: Some(uuid::Uuid::nil()),
+            session: Some(SessionArg::Resume(uuid::Uuid::nil())),
+            projects_dir: None,
             max_output_tokens: Some(100),
             level: SecurityLevel::Balanced,
         }

@@ -10,7 +10,7 @@ pub mod rundir;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-pub use command::{RunSpec, RunnerSettings, SystemPromptMode};
+pub use command::{RunSpec, RunnerSettings, SessionArg, SystemPromptMode};
 pub use process::CliProcess;
 use rundir::RunDir;
 
@@ -46,6 +46,14 @@ pub struct Runner {
 }
 
 impl Runner {
+    /// The working directory as the CLI sees it (it names the transcript directory).
+    pub fn cli_cwd(&self, workspace: &Path) -> PathBuf {
+        match &self.sandbox {
+            Some(_) => PathBuf::from(bwrap::WORKSPACE),
+            None => workspace.to_path_buf(),
+        }
+    }
+
     /// Starts the CLI for `spec`; the returned process waits for user turns on stdin.
     pub fn start(&self, spec: &RunSpec) -> Result<CliProcess, RunError> {
         let dir = RunDir::create(&self.runs_dir).map_err(RunError::RunDir)?;
@@ -77,10 +85,17 @@ impl Runner {
                         home: &home,
                         workspace: &spec.workspace,
                         system_prompt: system_file.as_deref(),
+                        projects: spec.projects_dir.as_deref(),
                     },
                 )
             }
             None => {
+                if let Some(projects) = &spec.projects_dir {
+                    let claude_dir = home.join(".claude");
+                    std::fs::create_dir_all(&claude_dir).map_err(RunError::RunDir)?;
+                    std::os::unix::fs::symlink(projects, claude_dir.join("projects"))
+                        .map_err(RunError::RunDir)?;
+                }
                 let paths = command::RunPaths {
                     program: &self.settings.claude_bin,
                     cwd: &spec.workspace,

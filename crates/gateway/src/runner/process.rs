@@ -125,6 +125,17 @@ impl CliProcess {
         }
     }
 
+    /// Lets the CLI end on its own after its result, for at most `grace`: it writes the
+    /// session transcript after printing the result, so killing it at once would lose the turn.
+    pub async fn finish(&mut self, grace: std::time::Duration) -> bool {
+        self.stdin = None;
+        let drained = async {
+            while let Ok(Some(_)) = self.next_line().await {}
+            self.child.wait().await.is_ok()
+        };
+        tokio::time::timeout(grace, drained).await.unwrap_or(false)
+    }
+
     /// Waits for the process to exit after its output ended and describes how it ended.
     pub async fn exit_description(&mut self) -> String {
         let status =

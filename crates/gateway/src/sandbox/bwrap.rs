@@ -20,6 +20,7 @@ pub const WORKSPACE: &str = "/workspace";
 pub const CLI_DIR: &str = "/opt/claude";
 pub const SYSTEM_PROMPT: &str = "/run/gateway/system-prompt.txt";
 pub const TMP: &str = "/tmp";
+pub const PROJECTS: &str = "/home/claude/.claude/projects";
 const PRLIMIT: &str = "/usr/bin/prlimit";
 const NICE: &str = "/usr/bin/nice";
 /// Sandboxed work runs at a lower CPU priority than the gateway, so a tenant's busy loop or
@@ -53,6 +54,8 @@ pub struct Mounts<'a> {
     pub home: &'a Path,
     pub workspace: &'a Path,
     pub system_prompt: Option<&'a Path>,
+    /// The tenant's transcripts, mounted as the CLI's `~/.claude/projects`.
+    pub projects: Option<&'a Path>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -173,6 +176,13 @@ impl Bwrap {
             mounts.workspace.as_os_str().to_owned(),
             WORKSPACE.into(),
         ]);
+        if let Some(projects) = mounts.projects {
+            args.extend([
+                "--bind".into(),
+                projects.as_os_str().to_owned(),
+                PROJECTS.into(),
+            ]);
+        }
         if let Some(file) = mounts.system_prompt {
             args.extend([
                 "--ro-bind".into(),
@@ -251,6 +261,7 @@ mod tests {
                 home: Path::new("/data/runs/r1/home"),
                 workspace: Path::new("/data/tenants/t1/workspace"),
                 system_prompt: None,
+                projects: None,
             },
         )
     }

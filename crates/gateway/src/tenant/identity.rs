@@ -93,6 +93,11 @@ impl TenantId {
         Self(key.keyed_hash("account", account_uuid.as_bytes()))
     }
 
+    /// A tenant found on disk by its directory name.
+    pub fn from_dir_name(name: String) -> Self {
+        Self(name)
+    }
+
     /// The directory name for this tenant.
     pub fn as_dir_name(&self) -> &str {
         &self.0

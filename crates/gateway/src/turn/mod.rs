@@ -40,10 +40,42 @@ pub enum Item {
     Failed(TurnError),
 }
 
+/// How long the CLI may take to exit after its result (writing its transcript).
+const FINISH_GRACE: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// What a turn's owner hooks into its end.
+pub struct Hooks {
+    /// Called with the result as soon as it arrives, before the client hears of it, so that
+    /// whatever records the turn (session metadata) is current when the client moves on.
+    pub on_result: Box<dyn FnOnce(&ResultLine) + Send>,
+    /// Dropped only once the CLI has exited (a session lock): the transcript is complete then.
+    pub hold: Box<dyn Send>,
+}
+
 /// Sends `input` to `process` and returns the channel of what follows.
-pub fn start(mut process: CliProcess, input: UserInput, show_tools: bool) -> mpsc::Receiver<Item> {
+pub fn start(
+    process: CliProcess,
+    input: UserInput,
+    show_tools: bool,
+    hooks: Hooks,
+) -> mpsc::Receiver<Item> {
     let (tx, rx) = mpsc::channel(64);
     tokio::spawn(async move {
+        let Hooks { on_result, hold } = hooks;
+        drive(process, input, show_tools, &tx, on_result).await;
+        drop(hold);
+    });
+    rx
+}
+
+async fn drive(
+    mut process: CliProcess,
+    input: UserInput,
+    show_tools: bool,
+    tx: &mpsc::Sender<Item>,
+    on_result: Box<dyn FnOnce(&ResultLine) + Send>,
+) {
+    {
         let mut assembler = Assembler::new(show_tools);
         if let Err(e) = process.send(&input).await {
             let _ = tx.send(Item::Failed(e.into())).await;
@@ -79,11 +111,19 @@ pub fn start(mut process: CliProcess, input: UserInput, show_tools: bool) -> mps
                 }
             }
             let Some(item) = item else { continue };
-            let last = matches!(item, Item::Done(..) | Item::Failed(_));
+            if let Item::Done(_, result) = &item {
+                // A result counts even if the client has gone: the transcript holds the turn.
+                on_result(result);
+                let _ = tx.send(item).await;
+                if !process.finish(FINISH_GRACE).await {
+                    tracing::warn!("the CLI did not exit after its result; killing it");
+                }
+                return;
+            }
+            let last = matches!(item, Item::Failed(_));
             if tx.send(item).await.is_err() || last {
                 return;
             }
         }
-    });
-    rx
+    }
 }

@@ -28,12 +28,28 @@ pub fn claude_bin() -> PathBuf {
 pub struct Gateway {
     pub url: String,
     pub fake: FakeHandle,
-    pub data_dir: tempfile::TempDir,
+    pub data_dir: DataDir,
     child: Child,
     logs: Arc<Mutex<String>>,
 }
 
+/// The gateway's data dir: its own temporary one, or one a test keeps across restarts.
+pub enum DataDir {
+    Temp(tempfile::TempDir),
+    Kept(PathBuf),
+}
+
+impl DataDir {
+    pub fn path(&self) -> &std::path::Path {
+        match self {
+            DataDir::Temp(t) => t.path(),
+            DataDir::Kept(p) => p,
+        }
+    }
+}
+
 pub struct GatewayBuilder {
+    data_dir: Option<PathBuf>,
     args: Vec<String>,
     env: Vec<(String, String)>,
     claude_bin: Option<PathBuf>,
@@ -47,6 +63,12 @@ impl GatewayBuilder {
 
     pub fn args(mut self, args: &[&str]) -> Self {
         self.args.extend(args.iter().map(|a| a.to_string()));
+        self
+    }
+
+    /// Use (and keep) this data dir, e.g. to restart a gateway on the same state.
+    pub fn data_dir(mut self, dir: &std::path::Path) -> Self {
+        self.data_dir = Some(dir.to_path_buf());
         self
     }
 
@@ -65,7 +87,10 @@ impl GatewayBuilder {
         let fake = FakeAnthropic::start(([127, 0, 0, 1], 0).into())
             .await
             .expect("fake upstream starts");
-        let data_dir = tempfile::tempdir().expect("tempdir");
+        let data_dir = match self.data_dir {
+            Some(dir) => DataDir::Kept(dir),
+            None => DataDir::Temp(tempfile::tempdir().expect("tempdir")),
+        };
         let claude = self.claude_bin.unwrap_or_else(claude_bin);
         let mut args = self.args;
         if !args.iter().any(|a| a == "--upstream-max-retries") {
@@ -127,6 +152,7 @@ impl GatewayBuilder {
 impl Gateway {
     pub fn builder() -> GatewayBuilder {
         GatewayBuilder {
+            data_dir: None,
             args: Vec::new(),
             env: Vec::new(),
             claude_bin: None,
@@ -161,6 +187,18 @@ impl Gateway {
     /// `GET path`: the status and the JSON body.
     pub async fn get_json(&self, path: &str) -> (u16, Value) {
         let res = self.get(path).send().await.expect("request sent");
+        let status = res.status().as_u16();
+        (status, res.json().await.expect("JSON body"))
+    }
+
+    /// `GET path` with a bearer token: the status and the JSON body.
+    pub async fn get_json_as(&self, token: &str, path: &str) -> (u16, Value) {
+        let res = self
+            .get(path)
+            .bearer_auth(token)
+            .send()
+            .await
+            .expect("request sent");
         let status = res.status().as_u16();
         (status, res.json().await.expect("JSON body"))
     }

@@ -3,7 +3,7 @@
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::State;
-use axum::http::HeaderMap;
+use axum::http::{HeaderMap, HeaderValue};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use secrecy::ExposeSecret;
@@ -13,13 +13,13 @@ use tokio::sync::mpsc;
 use super::sse;
 use super::types::{MessagesRequest, Role, ToolActivity};
 use crate::app::SharedState;
+use crate::conversation::{self, TurnRequest};
 use crate::error::ApiError;
-use crate::runner::protocol::UserInput;
-use crate::runner::RunSpec;
+use crate::sessions::{ClientSessionId, SessionError};
 use crate::tenant::credential::Credential;
 use crate::turn::assemble::{message_start, Event};
 use crate::turn::message::MessageBuilder;
-use crate::turn::{self, Item};
+use crate::turn::Item;
 
 /// Model names are passed to the CLI; keep them to the characters real ids and aliases use.
 fn validate_model(model: &str) -> Result<(), ApiError> {
@@ -49,11 +49,11 @@ fn parse_body(body: Result<Bytes, BytesRejection>) -> Result<MessagesRequest, Ap
         .map_err(|e| ApiError::InvalidRequest(format!("invalid request body: {e}")))
 }
 
-/// The content sent to the CLI as this request's user turn.
-///
-/// Earlier turns are replayed as a labelled transcript ahead of the last user message until
-/// stateless history goes through the CLI's own transcripts (the sessions work).
-fn user_turn(req: &MessagesRequest) -> Result<Value, ApiError> {
+/// Earlier turns: role (`"user"`/`"assistant"`) and content.
+type History = Vec<(&'static str, Value)>;
+
+/// Splits `messages` into the earlier turns and the new user turn.
+fn split_turns(req: &MessagesRequest) -> Result<(History, Value), ApiError> {
     let (last, earlier) = req.messages.split_last().ok_or_else(|| {
         ApiError::InvalidRequest("messages: at least one message is required".into())
     })?;
@@ -62,30 +62,29 @@ fn user_turn(req: &MessagesRequest) -> Result<Value, ApiError> {
             "messages: the last message must have role \"user\"".into(),
         ));
     }
-    if earlier.is_empty() {
-        return Ok(last.content.to_value());
-    }
-    let history: Vec<String> = earlier
+    let history = earlier
         .iter()
         .map(|m| {
-            let who = match m.role {
-                Role::User => "User",
-                Role::Assistant => "Assistant",
+            let role = match m.role {
+                Role::User => "user",
+                Role::Assistant => "assistant",
             };
-            format!("{who}: {}", m.content.to_text())
+            (role, m.content.to_value())
         })
         .collect();
-    let preface = format!(
-        "<conversation_history>\n{}\n</conversation_history>",
-        history.join("\n\n")
-    );
-    let mut blocks = vec![serde_json::json!({"type":"text","text":preface})];
-    match last.content.to_value() {
-        Value::String(text) => blocks.push(serde_json::json!({"type":"text","text":text})),
-        Value::Array(more) => blocks.extend(more),
-        _ => {}
-    }
-    Ok(Value::Array(blocks))
+    Ok((history, last.content.to_value()))
+}
+
+/// The session a request names: the `x-session-id` header, else the body's `session_id`.
+pub fn requested_session(
+    headers: &HeaderMap,
+    body: Option<&str>,
+) -> Result<Option<ClientSessionId>, ApiError> {
+    let header = match headers.get("x-session-id") {
+        Some(v) => Some(v.to_str().map_err(|_| SessionError::InvalidId)?),
+        None => None,
+    };
+    Ok(header.or(body).map(ClientSessionId::parse).transpose()?)
 }
 
 pub async fn create(
@@ -110,34 +109,21 @@ pub async fn create(
         }
         _ => header_credential?,
     };
-    // Rotated credentials go back to the client in the message object (a documented extension).
-    let extension = refreshed
-        .as_ref()
-        .and_then(|r| serde_json::to_value(r).ok())
-        .map(|creds| ("refreshed_oauth_credentials", creds));
     validate_model(&req.model)?;
     if req.tools.as_ref().is_some_and(|t| !t.is_empty()) {
         return Err(ApiError::InvalidRequest(
             "tools: client-defined tools are not supported; the model uses the Claude Code CLI's own tools".into(),
         ));
     }
-    let content = user_turn(&req)?;
+    let (history, prompt) = split_turns(&req)?;
+    let session = requested_session(&headers, req.session_id.as_deref())?;
     let requested_level = headers
         .get("x-security-level")
         .map(|v| v.to_str().unwrap_or("(not text)"))
         .or(req.security_level.as_deref());
     let level = state.levels.resolve(requested_level)?;
-
     let tenant = state.identity.resolve(&credential).await?;
-    let workspace = state
-        .workspace(&tenant)
-        .map_err(|e| ApiError::Internal(format!("cannot prepare the tenant workspace: {e}")))?;
-    if state.claude.version.is_err() {
-        return Err(ApiError::BadGateway(
-            "the Claude Code CLI is not installed on this gateway".into(),
-        ));
-    }
-    let config = &state.config;
+
     let system_prompt = req
         .system
         .as_ref()
@@ -146,33 +132,54 @@ pub async fn create(
         .map(|s| {
             (
                 s,
-                req.system_prompt_mode.unwrap_or(config.system_prompt_mode),
+                req.system_prompt_mode
+                    .unwrap_or(state.config.system_prompt_mode),
             )
         });
-    let spec = RunSpec {
-        credential,
-        model: req.model.clone(),
-        system_prompt,
-        workspace,
-        resume: None,
-        max_output_tokens: req.max_tokens,
-        level,
-    };
-    tracing::info!(tenant = tenant.fingerprint(), model = %req.model, stream = req.stream, level = level.as_str(), "starting CLI run");
-    let process = state.runner.start(&spec)?;
-    let show_tools = req.tool_activity.unwrap_or_default() == ToolActivity::Blocks;
-    let rx = turn::start(process, UserInput::new(content), show_tools);
+    let started = conversation::start(
+        &state,
+        TurnRequest {
+            credential,
+            tenant,
+            session,
+            model: req.model.clone(),
+            system_prompt,
+            history,
+            prompt,
+            max_output_tokens: req.max_tokens,
+            level,
+            show_tools: req.tool_activity.unwrap_or_default() == ToolActivity::Blocks,
+        },
+    )
+    .await?;
+
+    // Extensions in the message object: the session to continue, and rotated credentials
+    // (which the client must store: the old refresh token no longer works).
+    let mut extensions = vec![(
+        "session_id",
+        Value::String(started.session.as_str().to_owned()),
+    )];
+    if let Some(creds) = refreshed
+        .as_ref()
+        .and_then(|r| serde_json::to_value(r).ok())
+    {
+        extensions.push(("refreshed_oauth_credentials", creds));
+    }
     let id = format!("msg_{}", uuid::Uuid::new_v4().simple());
     let opening = Opening {
         id: &id,
         model: &req.model,
-        extension,
+        extensions,
     };
-    if req.stream {
-        stream(&state, rx, opening).await
+    let mut response = if req.stream {
+        stream(&state, started.events, opening).await?
     } else {
-        collect(rx, opening).await
+        collect(started.events, opening).await?
+    };
+    if let Ok(v) = HeaderValue::from_str(started.session.as_str()) {
+        response.headers_mut().insert("x-session-id", v);
     }
+    Ok(response)
 }
 
 /// What the opening `message_start` carries.
@@ -180,14 +187,14 @@ struct Opening<'a> {
     id: &'a str,
     /// The requested model, used until the upstream reports the resolved one.
     model: &'a str,
-    extension: Option<(&'static str, Value)>,
+    extensions: Vec<(&'static str, Value)>,
 }
 
 impl Opening<'_> {
     fn event(&self, started: Option<(String, Option<Value>)>) -> Event {
         let (model, usage) = started.unwrap_or_else(|| (self.model.to_owned(), None));
         let mut event = message_start(self.id, &model, usage.as_ref());
-        if let Some((key, value)) = &self.extension {
+        for (key, value) in &self.extensions {
             event.data["message"][*key] = value.clone();
         }
         event

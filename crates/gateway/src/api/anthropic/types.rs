@@ -33,6 +33,9 @@ pub struct MessagesRequest {
     /// Gateway extension: how `system` combines with the CLI's own system prompt.
     #[serde(default)]
     pub system_prompt_mode: Option<SystemPromptMode>,
+    /// Gateway extension: the session to continue (`x-session-id` wins).
+    #[serde(default)]
+    pub session_id: Option<String>,
     /// Gateway extension: a stricter security level for this request (`x-security-level` wins).
     #[serde(default)]
     pub security_level: Option<String>,

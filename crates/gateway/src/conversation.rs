@@ -1,0 +1,151 @@
+//! One conversation turn, whatever API dialect asked for it: the session it belongs to (locked
+//! for the turn, created, seeded with earlier history, or resumed), the CLI run, and the
+//! session's bookkeeping when the run ends. The HTTP handlers translate to and from this.
+
+use std::sync::Arc;
+
+use serde_json::Value;
+use tokio::sync::mpsc;
+
+use crate::app::AppState;
+use crate::error::ApiError;
+use crate::runner::protocol::UserInput;
+use crate::runner::{RunSpec, SessionArg, SystemPromptMode};
+use crate::sandbox::SecurityLevel;
+use crate::sessions::transcript::{self, Turn};
+use crate::sessions::{now_secs, ClientSessionId, SessionMeta};
+use crate::tenant::credential::Credential;
+use crate::tenant::identity::TenantId;
+use crate::turn::{self, Item};
+
+pub struct TurnRequest {
+    pub credential: Credential,
+    pub tenant: TenantId,
+    /// The client's session id; `None` starts a new session.
+    pub session: Option<ClientSessionId>,
+    pub model: String,
+    pub system_prompt: Option<(String, SystemPromptMode)>,
+    /// Earlier turns (`"user"`/`"assistant"`, content), used to seed a new session.
+    pub history: Vec<(&'static str, Value)>,
+    /// The new user turn's content.
+    pub prompt: Value,
+    pub max_output_tokens: Option<u32>,
+    pub level: SecurityLevel,
+    pub show_tools: bool,
+}
+
+pub struct StartedTurn {
+    pub session: ClientSessionId,
+    pub events: mpsc::Receiver<Item>,
+}
+
+/// Starts the turn; its events follow on the returned channel.
+///
+/// A new session with earlier history gets a transcript written for it first, so the CLI
+/// resumes the conversation with its roles and content blocks intact. For an existing session
+/// the history in the request is ignored: the session already holds it, and only the new turn
+/// is sent.
+pub async fn start(state: &Arc<AppState>, req: TurnRequest) -> Result<StartedTurn, ApiError> {
+    let sessions = &state.sessions;
+    let workspace = state
+        .workspace(&req.tenant)
+        .map_err(|e| ApiError::Internal(format!("cannot prepare the tenant workspace: {e}")))?;
+    let version = state.claude.version.as_ref().map_err(|_| {
+        ApiError::BadGateway("the Claude Code CLI is not installed on this gateway".into())
+    })?;
+    let id = req
+        .session
+        .clone()
+        .unwrap_or_else(ClientSessionId::generate);
+    let key = sessions.key(&req.tenant, &id);
+    let guard = sessions.lock(key, &id).await?;
+    let existing = sessions.load(&req.tenant, &id)?;
+    let projects = sessions.projects_dir(&req.tenant)?;
+    let cli_cwd = state.runner.cli_cwd(&workspace);
+
+    let session_arg = match &existing {
+        Some(meta) => SessionArg::Resume(meta.cli_session_id),
+        None => {
+            let path = sessions.transcript_path(&req.tenant, &cli_cwd, key);
+            if req.history.is_empty() {
+                // A transcript left by a failed first turn would make `--session-id` refuse.
+                let _ = std::fs::remove_file(&path);
+                SessionArg::New(key)
+            } else {
+                let turns: Vec<Turn<'_>> = req
+                    .history
+                    .iter()
+                    .map(|(role, content)| Turn {
+                        role,
+                        content: content.clone(),
+                    })
+                    .collect();
+                transcript::write_seed(&path, key, &cli_cwd, version, &req.model, &turns)
+                    .map_err(|e| ApiError::Internal(format!("cannot write the history: {e}")))?;
+                SessionArg::Resume(key)
+            }
+        }
+    };
+
+    let spec = RunSpec {
+        credential: req.credential,
+        model: req.model.clone(),
+        system_prompt: req.system_prompt,
+        workspace,
+        session: Some(session_arg),
+        projects_dir: Some(projects),
+        max_output_tokens: req.max_output_tokens,
+        level: req.level,
+    };
+    tracing::info!(
+        tenant = req.tenant.fingerprint(),
+        model = %req.model,
+        level = req.level.as_str(),
+        resumed = existing.is_some(),
+        "starting CLI run"
+    );
+    let process = state.runner.start(&spec)?;
+
+    let state_for_hook = state.clone();
+    let tenant = req.tenant.clone();
+    let session_id = id.clone();
+    let model = req.model.clone();
+    let on_result = Box::new(move |result: &crate::runner::protocol::ResultLine| {
+        let now = now_secs();
+        let cli_session_id = result
+            .session_id
+            .as_deref()
+            .and_then(|s| uuid::Uuid::parse_str(s).ok())
+            .unwrap_or(key);
+        let meta = match existing {
+            Some(meta) => SessionMeta {
+                cli_session_id,
+                last_used_at: now,
+                turns: meta.turns + 1,
+                model,
+                ..meta
+            },
+            None => SessionMeta {
+                id: session_id.as_str().to_owned(),
+                cli_session_id,
+                created_at: now,
+                last_used_at: now,
+                turns: 1,
+                model,
+            },
+        };
+        if let Err(e) = state_for_hook.sessions.save(&tenant, &meta) {
+            tracing::error!(error = %e, "could not record the session's turn");
+        }
+    });
+    let hooks = turn::Hooks {
+        on_result,
+        // The session stays locked until the CLI has exited and its transcript is complete.
+        hold: Box::new(guard),
+    };
+    let events = turn::start(process, UserInput::new(req.prompt), req.show_tools, hooks);
+    Ok(StartedTurn {
+        session: id,
+        events,
+    })
+}

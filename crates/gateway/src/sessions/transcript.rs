@@ -1,0 +1,225 @@
+//! The CLI's transcript files (`<session-uuid>.jsonl` under its projects directory): writing one
+//! from a request's history, so the CLI resumes it with roles and content blocks intact, and
+//! reading one back as Anthropic messages.
+
+use std::io::Write;
+use std::path::Path;
+
+use serde_json::{json, Value};
+use uuid::Uuid;
+
+/// The directory name the CLI uses for a working directory: every character that is not ASCII
+/// alphanumeric becomes `-` (`/workspace` → `-workspace`).
+pub fn project_dir_name(cwd: &Path) -> String {
+    cwd.to_string_lossy()
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
+        .collect()
+}
+
+/// One earlier turn of a conversation.
+pub struct Turn<'a> {
+    pub role: &'a str,
+    pub content: Value,
+}
+
+/// Writes a transcript holding `history` for `session` as if the CLI had recorded it.
+pub fn write_seed(
+    path: &Path,
+    session: Uuid,
+    cwd: &Path,
+    cli_version: &str,
+    model: &str,
+    history: &[Turn<'_>],
+) -> std::io::Result<()> {
+    let mut lines = Vec::with_capacity(history.len());
+    let mut parent: Option<String> = None;
+    let start = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0);
+    for (i, turn) in history.iter().enumerate() {
+        let uuid = Uuid::new_v4().to_string();
+        let timestamp = iso8601(start - (history.len() - i) as i64 * 1000);
+        let message = if turn.role == "assistant" {
+            let content = match &turn.content {
+                Value::String(text) => json!([{"type": "text", "text": text}]),
+                other => other.clone(),
+            };
+            json!({
+                "id": format!("msg_history_{i}"),
+                "type": "message",
+                "role": "assistant",
+                "model": model,
+                "content": content,
+                "stop_reason": "end_turn",
+                "stop_sequence": null,
+                "usage": {"input_tokens": 0, "output_tokens": 0},
+            })
+        } else {
+            json!({"role": "user", "content": turn.content})
+        };
+        let record = json!({
+            "type": turn.role,
+            "uuid": uuid,
+            "parentUuid": parent,
+            "sessionId": session.to_string(),
+            "cwd": cwd.to_string_lossy(),
+            "timestamp": timestamp,
+            "isSidechain": false,
+            "userType": "external",
+            "version": cli_version,
+            "message": message,
+        });
+        lines.push(record.to_string());
+        parent = Some(uuid);
+    }
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let mut file = std::fs::File::create(path)?;
+    for line in lines {
+        writeln!(file, "{line}")?;
+    }
+    Ok(())
+}
+
+/// The conversation in a transcript, as Anthropic messages. Consecutive records of one model
+/// message (the CLI writes one per content block) are merged; meta and sub-agent records are
+/// left out.
+pub fn read_messages(path: &Path) -> std::io::Result<Vec<Value>> {
+    let text = std::fs::read_to_string(path)?;
+    let mut messages: Vec<Value> = Vec::new();
+    let mut last_assistant_id: Option<String> = None;
+    for line in text.lines() {
+        let Ok(record) = serde_json::from_str::<Value>(line) else {
+            continue;
+        };
+        let kind = record
+            .get("type")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
+        let flagged = |k: &str| record.get(k).and_then(Value::as_bool).unwrap_or(false);
+        if !matches!(kind, "user" | "assistant") || flagged("isMeta") || flagged("isSidechain") {
+            continue;
+        }
+        let Some(message) = record.get("message") else {
+            continue;
+        };
+        let content = match message.get("content") {
+            Some(Value::String(s)) => json!([{"type": "text", "text": s}]),
+            Some(Value::Array(blocks)) => Value::Array(blocks.clone()),
+            _ => continue,
+        };
+        let id = message.get("id").and_then(Value::as_str).map(str::to_owned);
+        if kind == "assistant" && id.is_some() && id == last_assistant_id {
+            if let (Some(last), Value::Array(more)) = (messages.last_mut(), content) {
+                if let Some(blocks) = last["content"].as_array_mut() {
+                    blocks.extend(more);
+                }
+            }
+            continue;
+        }
+        last_assistant_id = if kind == "assistant" { id } else { None };
+        messages.push(json!({"role": kind, "content": content}));
+    }
+    Ok(messages)
+}
+
+fn iso8601(millis: i64) -> String {
+    let secs = millis.div_euclid(1000);
+    let ms = millis.rem_euclid(1000);
+    let days = secs.div_euclid(86_400);
+    let rem = secs.rem_euclid(86_400);
+    let (y, m, d) = civil_from_days(days);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{ms:03}Z",
+        rem / 3600,
+        (rem % 3600) / 60,
+        rem % 60
+    )
+}
+
+/// Days since 1970-01-01 to a civil date (Howard Hinnant's algorithm).
+fn civil_from_days(z: i64) -> (i64, u32, u32) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let y = yoe + era * 400;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    (if m <= 2 { y + 1 } else { y }, m, d)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn project_dir_names_follow_the_clis_rule() {
+        assert_eq!(project_dir_name(Path::new("/workspace")), "-workspace");
+        assert_eq!(project_dir_name(Path::new("/tmp/exp/ws4")), "-tmp-exp-ws4");
+    }
+
+    #[test]
+    fn timestamps_are_iso8601() {
+        assert_eq!(iso8601(0), "1970-01-01T00:00:00.000Z");
+        assert_eq!(iso8601(1_795_395_827_482), "2026-11-23T01:03:47.482Z");
+    }
+
+    #[test]
+    fn a_seeded_transcript_reads_back_as_the_same_conversation() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("s.jsonl");
+        let history = [
+            Turn {
+                role: "user",
+                content: json!("q1"),
+            },
+            Turn {
+                role: "assistant",
+                content: json!("a1"),
+            },
+            Turn {
+                role: "user",
+                content: json!([{"type": "text", "text": "q2"}]),
+            },
+        ];
+        write_seed(
+            &path,
+            Uuid::nil(),
+            Path::new("/workspace"),
+            "2.1.197",
+            "sonnet",
+            &history,
+        )
+        .expect("write");
+        let messages = read_messages(&path).expect("read");
+        let roles: Vec<_> = messages
+            .iter()
+            .map(|m| m["role"].as_str().unwrap_or(""))
+            .collect();
+        assert_eq!(roles, ["user", "assistant", "user"]);
+        assert_eq!(messages[1]["content"][0]["text"], "a1");
+    }
+
+    #[test]
+    fn per_block_assistant_records_merge_into_one_message() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("s.jsonl");
+        let lines = [
+            r#"{"type":"user","message":{"role":"user","content":"go"}}"#,
+            r#"{"type":"assistant","message":{"id":"m1","role":"assistant","content":[{"type":"text","text":"a"}]}}"#,
+            r#"{"type":"assistant","message":{"id":"m1","role":"assistant","content":[{"type":"tool_use","id":"t","name":"Bash","input":{}}]}}"#,
+            r#"{"type":"user","isMeta":true,"message":{"role":"user","content":"meta"}}"#,
+            r#"{"type":"queue-operation"}"#,
+        ];
+        std::fs::write(&path, lines.join("\n")).expect("write");
+        let messages = read_messages(&path).expect("read");
+        assert_eq!(messages.len(), 2);
+        assert_eq!(messages[1]["content"].as_array().map(Vec::len), Some(2));
+    }
+}
