@@ -11,6 +11,7 @@ use tower_http::trace::TraceLayer;
 
 use crate::api;
 use crate::config::Config;
+use crate::runner::live::{LiveLimits, LivePool};
 use crate::runner::{locate, rundir, Runner, RunnerSettings};
 use crate::sandbox::{Bwrap, LevelPolicy, SandboxError};
 use crate::sessions::SessionStore;
@@ -32,6 +33,8 @@ pub struct AppState {
     pub identity: IdentityResolver,
     pub refresher: Refresher,
     pub sessions: SessionStore,
+    pub live: LivePool,
+    pub install_key: Arc<InstallKey>,
     pub levels: LevelPolicy,
     /// Why runs are not sandboxed, when the operator chose `--insecure-no-sandbox`.
     pub sandbox_disabled: Option<String>,
@@ -113,7 +116,7 @@ impl AppState {
         let identity = IdentityResolver::new(
             config.tenant_identity,
             &config.anthropic_base_url,
-            install_key,
+            install_key.clone(),
             std::time::Duration::from_secs(config.identity_cache_secs),
         );
         let runner = Runner {
@@ -131,10 +134,17 @@ impl AppState {
             tenants_dir.clone(),
             std::time::Duration::from_secs(config.session_lock_wait_secs),
         );
+        let live = LivePool::new(LiveLimits {
+            max_total: config.live_sessions_max,
+            max_per_tenant: config.live_sessions_per_tenant,
+            idle: std::time::Duration::from_secs(config.live_session_idle_secs),
+        });
         Ok(Self {
             config,
             runner,
             sessions,
+            live,
+            install_key,
             claude: ClaudeInfo { bin, version },
             identity,
             refresher,
@@ -221,6 +231,7 @@ pub async fn serve(mut config: Config) -> Result<(), StartupError> {
     let addr = config.listen_addr();
     let state = Arc::new(AppState::new(config).await?);
     tokio::spawn(expire_sessions(state.clone()));
+    tokio::spawn(reap_live_sessions(state.clone()));
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .map_err(|e| StartupError::Bind(addr, e))?;
@@ -253,6 +264,23 @@ async fn expire_sessions(state: SharedState) {
             .unwrap_or(0);
         if removed > 0 {
             tracing::info!(removed, "expired idle sessions");
+        }
+    }
+}
+
+/// Retires live CLI processes that sat idle too long.
+async fn reap_live_sessions(state: SharedState) {
+    let idle = std::time::Duration::from_secs(state.config.live_session_idle_secs.max(1));
+    let every = (idle / 4).clamp(
+        std::time::Duration::from_secs(1),
+        std::time::Duration::from_secs(30),
+    );
+    let mut tick = tokio::time::interval(every);
+    loop {
+        tick.tick().await;
+        let retired = state.live.reap();
+        if retired > 0 {
+            tracing::debug!(retired, "retired idle live sessions");
         }
     }
 }

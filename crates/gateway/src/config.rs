@@ -129,6 +129,27 @@ pub struct Config {
     #[arg(long, env = "CLAUDE_GATEWAY_SESSION_TTL_SECS", default_value_t = 7 * 24 * 3600)]
     pub session_ttl_secs: u64,
 
+    /// Live CLI processes kept between turns, across all tenants (0 disables live sessions).
+    /// Each holds roughly 250 MiB.
+    #[arg(long, env = "CLAUDE_GATEWAY_LIVE_SESSIONS_MAX", default_value_t = 4)]
+    pub live_sessions_max: usize,
+
+    /// Live CLI processes one tenant may hold.
+    #[arg(
+        long,
+        env = "CLAUDE_GATEWAY_LIVE_SESSIONS_PER_TENANT",
+        default_value_t = 1
+    )]
+    pub live_sessions_per_tenant: usize,
+
+    /// A live process idle this long is retired (the session continues cold), in seconds.
+    #[arg(
+        long,
+        env = "CLAUDE_GATEWAY_LIVE_SESSION_IDLE_SECS",
+        default_value_t = 120
+    )]
+    pub live_session_idle_secs: u64,
+
     /// Where expired OAuth access tokens are refreshed (default: {ANTHROPIC_BASE_URL}/v1/oauth/token).
     #[arg(long, env = "CLAUDE_GATEWAY_OAUTH_TOKEN_URL")]
     pub oauth_token_url: Option<String>,

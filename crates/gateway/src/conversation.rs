@@ -4,6 +4,7 @@
 
 use std::sync::Arc;
 
+use secrecy::ExposeSecret;
 use serde_json::Value;
 use tokio::sync::mpsc;
 
@@ -32,6 +33,34 @@ pub struct TurnRequest {
     pub max_output_tokens: Option<u32>,
     pub level: SecurityLevel,
     pub show_tools: bool,
+}
+
+/// Chooses how a new session starts: fresh, or resuming a transcript written from the
+/// request's earlier turns.
+fn seed_session(
+    state: &AppState,
+    req: &TurnRequest,
+    key: uuid::Uuid,
+    cli_cwd: &std::path::Path,
+    version: &str,
+) -> Result<SessionArg, ApiError> {
+    let path = state.sessions.transcript_path(&req.tenant, cli_cwd, key);
+    if req.history.is_empty() {
+        // A transcript left by a failed first turn would make `--session-id` refuse.
+        let _ = std::fs::remove_file(&path);
+        return Ok(SessionArg::New(key));
+    }
+    let turns: Vec<Turn<'_>> = req
+        .history
+        .iter()
+        .map(|(role, content)| Turn {
+            role,
+            content: content.clone(),
+        })
+        .collect();
+    transcript::write_seed(&path, key, cli_cwd, version, &req.model, &turns)
+        .map_err(|e| ApiError::Internal(format!("cannot write the history: {e}")))?;
+    Ok(SessionArg::Resume(key))
 }
 
 pub struct StartedTurn {
@@ -63,48 +92,55 @@ pub async fn start(state: &Arc<AppState>, req: TurnRequest) -> Result<StartedTur
     let projects = sessions.projects_dir(&req.tenant)?;
     let cli_cwd = state.runner.cli_cwd(&workspace);
 
-    let session_arg = match &existing {
-        Some(meta) => SessionArg::Resume(meta.cli_session_id),
-        None => {
-            let path = sessions.transcript_path(&req.tenant, &cli_cwd, key);
-            if req.history.is_empty() {
-                // A transcript left by a failed first turn would make `--session-id` refuse.
-                let _ = std::fs::remove_file(&path);
-                SessionArg::New(key)
-            } else {
-                let turns: Vec<Turn<'_>> = req
-                    .history
-                    .iter()
-                    .map(|(role, content)| Turn {
-                        role,
-                        content: content.clone(),
-                    })
-                    .collect();
-                transcript::write_seed(&path, key, &cli_cwd, version, &req.model, &turns)
-                    .map_err(|e| ApiError::Internal(format!("cannot write the history: {e}")))?;
-                SessionArg::Resume(key)
-            }
-        }
+    // Everything a live process was started with; a turn that differs needs a new one.
+    let fingerprint = state.install_key.keyed_hash(
+        "live-process",
+        serde_json::json!([
+            req.model,
+            req.system_prompt.as_ref().map(|(text, mode)| (text, mode)),
+            req.level.as_str(),
+            req.max_output_tokens,
+            req.credential.secret().expose_secret(),
+        ])
+        .to_string()
+        .as_bytes(),
+    );
+    let live = match &existing {
+        Some(_) => state.live.take(key, &fingerprint),
+        None => None,
     };
-
-    let spec = RunSpec {
-        credential: req.credential,
-        model: req.model.clone(),
-        system_prompt: req.system_prompt,
-        workspace,
-        session: Some(session_arg),
-        projects_dir: Some(projects),
-        max_output_tokens: req.max_output_tokens,
-        level: req.level,
+    let reused = live.is_some();
+    let process = match live {
+        Some(mut process) => {
+            process.set_deadline(tokio::time::Instant::now() + state.runner.run_timeout);
+            process
+        }
+        None => {
+            let session_arg = match &existing {
+                Some(meta) => SessionArg::Resume(meta.cli_session_id),
+                None => seed_session(state, &req, key, &cli_cwd, version)?,
+            };
+            let spec = RunSpec {
+                credential: req.credential,
+                model: req.model.clone(),
+                system_prompt: req.system_prompt,
+                workspace,
+                session: Some(session_arg),
+                projects_dir: Some(projects),
+                max_output_tokens: req.max_output_tokens,
+                level: req.level,
+            };
+            state.runner.start(&spec)?
+        }
     };
     tracing::info!(
         tenant = req.tenant.fingerprint(),
         model = %req.model,
         level = req.level.as_str(),
         resumed = existing.is_some(),
+        live = reused,
         "starting CLI run"
     );
-    let process = state.runner.start(&spec)?;
 
     let state_for_hook = state.clone();
     let tenant = req.tenant.clone();
@@ -138,10 +174,24 @@ pub async fn start(state: &Arc<AppState>, req: TurnRequest) -> Result<StartedTur
             tracing::error!(error = %e, "could not record the session's turn");
         }
     });
+    // Only a session the client named is likely to be continued; a generated one gets a
+    // process that exits after its turn.
+    let named = req.session.is_some();
+    let keep: Option<Box<dyn FnOnce(crate::runner::CliProcess) + Send>> =
+        if named && state.live.enabled() {
+            let state = state.clone();
+            let tenant = req.tenant.clone();
+            Some(Box::new(move |process| {
+                state.live.put(key, tenant, fingerprint, process)
+            }))
+        } else {
+            None
+        };
     let hooks = turn::Hooks {
         on_result,
-        // The session stays locked until the CLI has exited and its transcript is complete.
+        // The session stays locked until its process has exited or been kept.
         hold: Box::new(guard),
+        keep,
     };
     let events = turn::start(process, UserInput::new(req.prompt), req.show_tools, hooks);
     Ok(StartedTurn {

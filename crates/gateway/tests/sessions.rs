@@ -314,3 +314,86 @@ async fn invalid_session_ids_are_400() {
     }
     assert!(gw.upstream_with("marker-bad-session").is_empty());
 }
+
+/// CLI start-ups seen by the upstream (each start checks connectivity with `HEAD /`).
+fn cli_starts(gw: &Gateway) -> usize {
+    gw.upstream()
+        .iter()
+        .filter(|r| r.method == "HEAD" && r.path == "/")
+        .count()
+}
+
+async fn three_turns(gw: &Gateway, session: &str) -> Vec<Value> {
+    for prompt in ["marker-lc-1 alpha", "marker-lc-2 beta", "marker-lc-3 gamma"] {
+        let (status, _, _) = turn(gw, ALICE, Some(session), prompt).await;
+        assert_eq!(status, 200);
+    }
+    let (_, session) = gw
+        .get_json_as(ALICE, &format!("/v1/sessions/{session}"))
+        .await;
+    session["messages"].as_array().cloned().unwrap_or_default()
+}
+
+fn texts(messages: &[Value]) -> Vec<(String, String)> {
+    messages
+        .iter()
+        .map(|m| {
+            let text: String = m["content"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|b| b["text"].as_str())
+                .collect();
+            (m["role"].as_str().unwrap_or("").to_owned(), text)
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn live_and_cold_turns_give_the_same_transcript() {
+    let live = Gateway::start().await;
+    let cold = Gateway::builder()
+        .args(&["--live-sessions-max", "0"])
+        .start()
+        .await;
+    let (live_messages, cold_messages) = tokio::join!(
+        three_turns(&live, "same-conv"),
+        three_turns(&cold, "same-conv")
+    );
+    assert_eq!(live_messages.len(), 6);
+    assert_eq!(texts(&live_messages), texts(&cold_messages));
+    // The live gateway started the CLI once; the cold one once per turn.
+    assert_eq!(cli_starts(&live), 1);
+    assert_eq!(cli_starts(&cold), 3);
+    // Both sent the model the same conversation for the last turn.
+    let last = |gw: &Gateway| conversation(&last_call_with(gw, "marker-lc-3"));
+    assert_eq!(last(&live), last(&cold));
+}
+
+#[tokio::test]
+async fn a_turn_with_different_settings_gets_a_fresh_process_with_the_same_history() {
+    let gw = Gateway::start().await;
+    turn(&gw, ALICE, Some("switch"), "marker-sw-1").await;
+    let mut req = body("marker-sw-2");
+    req["model"] = json!("haiku");
+    req["session_id"] = json!("switch");
+    assert_eq!(gw.messages(ALICE, req).await.status(), 200);
+    assert_eq!(cli_starts(&gw), 2, "the model changed: a new process");
+    let seen = conversation(&last_call_with(&gw, "marker-sw-2"));
+    assert!(seen[0].1.contains("marker-sw-1"), "{seen:?}");
+    assert!(last_call_with(&gw, "marker-sw-2").body["model"]
+        .as_str()
+        .is_some_and(|m| m.contains("haiku")));
+}
+
+#[tokio::test]
+async fn live_processes_are_bounded_per_tenant_and_evicted_sessions_continue_cold() {
+    let gw = Gateway::start().await; // one live process per tenant
+    turn(&gw, ALICE, Some("first"), "marker-ev-1").await;
+    turn(&gw, ALICE, Some("second"), "marker-ev-2").await; // evicts "first"
+    let (status, _, _) = turn(&gw, ALICE, Some("first"), "marker-ev-3").await;
+    assert_eq!(status, 200);
+    assert_eq!(cli_starts(&gw), 3, "the evicted session was resumed cold");
+    let seen = conversation(&last_call_with(&gw, "marker-ev-3"));
+    assert!(seen[0].1.contains("marker-ev-1"), "{seen:?}");
+}

@@ -46,14 +46,42 @@ pub async fn get(
         .sessions
         .load(&tenant, &id)?
         .ok_or_else(|| SessionError::NotFound(id.as_str().to_owned()))?;
-    let messages = match state.sessions.find_transcript(&tenant, meta.cli_session_id) {
-        Some(path) => transcript::read_messages(&path)
-            .map_err(|e| ApiError::Internal(format!("cannot read the transcript: {e}")))?,
-        None => Vec::new(),
-    };
+    let messages = settled_messages(&state, &tenant, &meta).await?;
     let mut body = summary(&meta);
     body["messages"] = Value::Array(messages);
     Ok(Json(body))
+}
+
+/// The transcript's messages once the last answer is on disk. The CLI writes its transcript a
+/// few tens of milliseconds after answering (a live process keeps running), so a read right
+/// after a turn waits briefly for it rather than showing the conversation without its answer.
+async fn settled_messages(
+    state: &SharedState,
+    tenant: &crate::tenant::identity::TenantId,
+    meta: &SessionMeta,
+) -> Result<Vec<Value>, ApiError> {
+    // A user message with anything but tool results is a prompt: one per recorded turn.
+    let is_prompt = |m: &Value| {
+        m["role"] == "user"
+            && m["content"]
+                .as_array()
+                .is_some_and(|blocks| blocks.iter().any(|b| b["type"] != "tool_result"))
+    };
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(1);
+    loop {
+        let messages = match state.sessions.find_transcript(tenant, meta.cli_session_id) {
+            Some(path) => transcript::read_messages(&path)
+                .map_err(|e| ApiError::Internal(format!("cannot read the transcript: {e}")))?,
+            None => Vec::new(),
+        };
+        let prompts = messages.iter().filter(|m| is_prompt(m)).count() as u64;
+        let answered =
+            prompts >= meta.turns && messages.last().is_some_and(|m| m["role"] == "assistant");
+        if answered || tokio::time::Instant::now() >= deadline {
+            return Ok(messages);
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
 }
 
 /// `DELETE /v1/sessions/{id}`: forgets the conversation; the id then starts a fresh one.
@@ -67,6 +95,7 @@ pub async fn delete(
     // Not while a turn is running: wait for it (bounded), then delete.
     let key = state.sessions.key(&tenant, &id);
     let _guard = state.sessions.lock(key, &id).await?;
+    state.live.end(key).await;
     if state.sessions.delete(&tenant, &id)? {
         Ok(StatusCode::NO_CONTENT)
     } else {

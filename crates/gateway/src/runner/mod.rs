@@ -2,6 +2,7 @@
 //! and the stream-json protocol it speaks. Knows nothing of HTTP.
 
 pub mod command;
+pub mod live;
 pub mod locate;
 pub mod process;
 pub mod protocol;

@@ -89,6 +89,16 @@ impl CliProcess {
         .map_err(|e| RunError::Io(e.to_string()))
     }
 
+    /// Whether the process is still running (a kept process may have died while idle).
+    pub fn is_alive(&mut self) -> bool {
+        self.stdin.is_some() && matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// Gives the next turn of a kept process its own time limit.
+    pub fn set_deadline(&mut self, deadline: Instant) {
+        self.deadline = deadline;
+    }
+
     /// Closes stdin: the CLI finishes the turn in progress and exits.
     pub fn close_input(&mut self) {
         self.stdin = None;

@@ -48,8 +48,11 @@ pub struct Hooks {
     /// Called with the result as soon as it arrives, before the client hears of it, so that
     /// whatever records the turn (session metadata) is current when the client moves on.
     pub on_result: Box<dyn FnOnce(&ResultLine) + Send>,
-    /// Dropped only once the CLI has exited (a session lock): the transcript is complete then.
+    /// Dropped only once the CLI has exited or been kept (a session lock).
     pub hold: Box<dyn Send>,
+    /// Takes the process after a successful turn to keep it for the next one (live sessions);
+    /// without it the process gets no more input and exits.
+    pub keep: Option<Box<dyn FnOnce(CliProcess) + Send>>,
 }
 
 /// Sends `input` to `process` and returns the channel of what follows.
@@ -61,8 +64,12 @@ pub fn start(
 ) -> mpsc::Receiver<Item> {
     let (tx, rx) = mpsc::channel(64);
     tokio::spawn(async move {
-        let Hooks { on_result, hold } = hooks;
-        drive(process, input, show_tools, &tx, on_result).await;
+        let Hooks {
+            on_result,
+            hold,
+            keep,
+        } = hooks;
+        drive(process, input, show_tools, &tx, on_result, keep).await;
         drop(hold);
     });
     rx
@@ -74,6 +81,7 @@ async fn drive(
     show_tools: bool,
     tx: &mpsc::Sender<Item>,
     on_result: Box<dyn FnOnce(&ResultLine) + Send>,
+    keep: Option<Box<dyn FnOnce(CliProcess) + Send>>,
 ) {
     {
         let mut assembler = Assembler::new(show_tools);
@@ -81,8 +89,10 @@ async fn drive(
             let _ = tx.send(Item::Failed(e.into())).await;
             return;
         }
-        // One turn per process for now; closing stdin lets the CLI exit after its result.
-        process.close_input();
+        if keep.is_none() {
+            // No further turn will come: closing stdin lets the CLI exit after its result.
+            process.close_input();
+        }
         let mut started = false;
         loop {
             let line = tokio::select! {
@@ -115,6 +125,10 @@ async fn drive(
                 // A result counts even if the client has gone: the transcript holds the turn.
                 on_result(result);
                 let _ = tx.send(item).await;
+                if let Some(keep) = keep {
+                    keep(process);
+                    return;
+                }
                 if !process.finish(FINISH_GRACE).await {
                     tracing::warn!("the CLI did not exit after its result; killing it");
                 }
