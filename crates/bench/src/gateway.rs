@@ -1,0 +1,111 @@
+//! A gateway under measurement: the release binary, a fresh data dir, an in-process fake
+//! upstream, and the memory of its whole process tree.
+
+use std::path::Path;
+use std::process::Stdio;
+
+use fake_anthropic::{FakeAnthropic, FakeHandle};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+
+pub struct Gateway {
+    pub url: String,
+    child: Child,
+    _fake: FakeHandle,
+    _data: tempfile::TempDir,
+}
+
+impl Gateway {
+    pub async fn start(bin: &Path, claude: &Path, args: &[&str]) -> anyhow::Result<Self> {
+        let fake = FakeAnthropic::start(([127, 0, 0, 1], 0).into()).await?;
+        let data = tempfile::tempdir()?;
+        let mut child = Command::new(bin)
+            .args(["serve", "--listen", "127.0.0.1:0", "--log-format", "json"])
+            .arg("--data-dir")
+            .arg(data.path())
+            .arg("--claude-bin")
+            .arg(claude)
+            .args(["--upstream-max-retries", "0"])
+            .args(args)
+            .env("ANTHROPIC_BASE_URL", fake.base_url())
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()?;
+        let stdout = child
+            .stdout
+            .take()
+            .ok_or_else(|| anyhow::anyhow!("no stdout"))?;
+        let mut lines = BufReader::new(stdout).lines();
+        let url = loop {
+            let line = lines
+                .next_line()
+                .await?
+                .ok_or_else(|| anyhow::anyhow!("gateway exited before listening"))?;
+            if let Some(url) = line.strip_prefix("claude-gateway listening on ") {
+                break url.to_owned();
+            }
+        };
+        Ok(Self {
+            url,
+            child,
+            _fake: fake,
+            _data: data,
+        })
+    }
+
+    /// The gateway's pid and all its descendants.
+    fn tree(&self) -> Vec<u32> {
+        let Some(root) = self.child.id() else {
+            return Vec::new();
+        };
+        let parents: Vec<(u32, u32)> = std::fs::read_dir("/proc")
+            .into_iter()
+            .flatten()
+            .filter_map(|e| e.ok())
+            .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+            .filter_map(|pid| {
+                let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+                // The parent pid is the second field after the parenthesised command name.
+                let rest = &stat[stat.rfind(')')? + 2..];
+                let ppid = rest.split_whitespace().nth(1)?.parse().ok()?;
+                Some((pid, ppid))
+            })
+            .collect();
+        let mut tree = vec![root];
+        let mut i = 0;
+        while i < tree.len() {
+            let parent = tree[i];
+            tree.extend(
+                parents
+                    .iter()
+                    .filter(|(_, pp)| *pp == parent)
+                    .map(|(p, _)| *p),
+            );
+            i += 1;
+        }
+        tree
+    }
+
+    pub fn tree_processes(&self) -> usize {
+        self.tree().len()
+    }
+
+    /// Resident memory of the gateway and every process under it, in KiB.
+    pub fn tree_rss_kib(&self) -> u64 {
+        self.tree()
+            .iter()
+            .filter_map(|pid| std::fs::read_to_string(format!("/proc/{pid}/status")).ok())
+            .filter_map(|status| {
+                status
+                    .lines()
+                    .find(|l| l.starts_with("VmRSS:"))?
+                    .split_whitespace()
+                    .nth(1)?
+                    .parse::<u64>()
+                    .ok()
+            })
+            .sum()
+    }
+}

@@ -1,0 +1,162 @@
+//! gateway-bench: measures claude-gateway over real HTTP with the real CLI against an in-process
+//! fake-anthropic. Every request goes to 127.0.0.1; every loop is bounded.
+//!
+//! `cargo run --release -p gateway-bench -- sessions` prints a Markdown table.
+
+mod gateway;
+mod stats;
+
+use std::time::{Duration, Instant};
+
+use clap::{Parser, Subcommand};
+use serde_json::json;
+
+use gateway::Gateway;
+use stats::Summary;
+
+#[derive(Parser)]
+struct Args {
+    /// The gateway binary (build it with `cargo build --release -p claude-gateway`).
+    #[arg(long, default_value = "target/release/claude-gateway")]
+    gateway: std::path::PathBuf,
+    /// The pinned CLI.
+    #[arg(long, default_value = "node_modules/.bin/claude")]
+    claude: std::path::PathBuf,
+    #[command(subcommand)]
+    bench: Bench,
+}
+
+#[derive(Subcommand)]
+enum Bench {
+    /// Per-turn latency of live vs cold sessions, and memory held per live session.
+    Sessions {
+        /// Turns per session (the first, which starts the session, is reported apart).
+        #[arg(long, default_value_t = 10)]
+        turns: usize,
+        /// Live sessions held at once for the memory figure.
+        #[arg(long, default_value_t = 3)]
+        live: usize,
+    },
+}
+
+/// One streamed turn: time to the first body byte and to the end of the stream.
+async fn streamed_turn(
+    client: &reqwest::Client,
+    url: &str,
+    token: &str,
+    session: &str,
+    prompt: &str,
+) -> anyhow::Result<(Duration, Duration)> {
+    let started = Instant::now();
+    let mut res = client
+        .post(format!("{url}/v1/messages"))
+        .bearer_auth(token)
+        .header("x-session-id", session)
+        .json(
+            &json!({"model": "sonnet", "max_tokens": 200, "stream": true,
+                      "messages": [{"role": "user", "content": prompt}]}),
+        )
+        .send()
+        .await?;
+    anyhow::ensure!(res.status() == 200, "status {}", res.status());
+    let mut first = None;
+    while let Some(chunk) = res.chunk().await? {
+        if first.is_none() && !chunk.is_empty() {
+            first = Some(started.elapsed());
+        }
+    }
+    Ok((first.unwrap_or_default(), started.elapsed()))
+}
+
+async fn session_latencies(
+    gw: &Gateway,
+    turns: usize,
+) -> anyhow::Result<(Vec<Duration>, Vec<Duration>, (Duration, Duration))> {
+    let client = reqwest::Client::new();
+    let (mut ttfb, mut total) = (Vec::new(), Vec::new());
+    let first = streamed_turn(
+        &client,
+        &gw.url,
+        "sk-ant-oat01-bench.a",
+        "bench-session",
+        "turn 0",
+    )
+    .await?;
+    for i in 1..turns {
+        let (t, d) = streamed_turn(
+            &client,
+            &gw.url,
+            "sk-ant-oat01-bench.a",
+            "bench-session",
+            &format!("turn {i}"),
+        )
+        .await?;
+        ttfb.push(t);
+        total.push(d);
+    }
+    Ok((ttfb, total, first))
+}
+
+async fn sessions(args: &Args, turns: usize, live_count: usize) -> anyhow::Result<()> {
+    let live = Gateway::start(&args.gateway, &args.claude, &["--live-sessions-max", "16"]).await?;
+    let (live_ttfb, live_total, live_first) = session_latencies(&live, turns).await?;
+    let idle_rss = live.tree_rss_kib();
+    // Hold `live_count` live sessions (one per tenant) and measure what they cost.
+    let client = reqwest::Client::new();
+    let before = live.tree_rss_kib();
+    let before_procs = live.tree_processes();
+    for i in 0..live_count {
+        streamed_turn(
+            &client,
+            &live.url,
+            &format!("sk-ant-oat01-bench-mem{i}.a"),
+            "mem",
+            "hello",
+        )
+        .await?;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let after = live.tree_rss_kib();
+    let per_live_mib = (after.saturating_sub(before)) as f64 / live_count as f64 / 1024.0;
+    let procs = live.tree_processes() - before_procs;
+    drop(live);
+
+    let cold = Gateway::start(&args.gateway, &args.claude, &["--live-sessions-max", "0"]).await?;
+    let (cold_ttfb, cold_total, cold_first) = session_latencies(&cold, turns).await?;
+    drop(cold);
+
+    let row = |name: &str, ttfb: &[Duration], total: &[Duration]| {
+        let (t, d) = (Summary::of(ttfb), Summary::of(total));
+        format!(
+            "| {name} | {} | {:.0} | {:.0} | {:.0} | {:.0} |",
+            ttfb.len(),
+            t.median_ms,
+            t.p95_ms,
+            d.median_ms,
+            d.p95_ms
+        )
+    };
+    println!("### Live vs cold session turns (turns 2..{turns} of one session, streamed)\n");
+    println!("| path | n | first byte median ms | first byte p95 ms | complete median ms | complete p95 ms |");
+    println!("|---|---|---|---|---|---|");
+    println!("{}", row("live (process kept)", &live_ttfb, &live_total));
+    println!("{}", row("cold (`--resume`)", &cold_ttfb, &cold_total));
+    println!(
+        "\nFirst turn (process start): live gateway {:.0} ms, cold gateway {:.0} ms to complete.",
+        live_first.1.as_secs_f64() * 1000.0,
+        cold_first.1.as_secs_f64() * 1000.0
+    );
+    println!(
+        "\nMemory held per idle live session: {per_live_mib:.0} MiB RSS ({live_count} sessions, {procs} processes; gateway tree {} MiB with one live session).",
+        idle_rss / 1024
+    );
+    Ok(())
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    match args.bench {
+        Bench::Sessions { turns, live } => sessions(&args, turns.max(2), live.max(1)).await,
+    }
+}
