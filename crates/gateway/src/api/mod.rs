@@ -4,6 +4,8 @@
 pub mod anthropic;
 pub mod health;
 pub mod models;
+pub mod reply;
+pub mod sse;
 pub mod security;
 pub mod sessions;
 

@@ -8,18 +8,15 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use secrecy::ExposeSecret;
 use serde_json::Value;
-use tokio::sync::mpsc;
 
-use super::sse;
 use super::types::{MessagesRequest, Role, ToolActivity};
 use crate::app::SharedState;
 use crate::conversation::{self, TurnRequest};
 use crate::error::ApiError;
 use crate::sessions::{ClientSessionId, SessionError};
 use crate::tenant::credential::Credential;
-use crate::turn::assemble::{message_start, Event};
-use crate::turn::message::MessageBuilder;
-use crate::turn::Item;
+use crate::api::reply::{self, Opening};
+use crate::api::sse;
 
 /// Model names are passed to the CLI; keep them to the characters real ids and aliases use.
 fn validate_model(model: &str) -> Result<(), ApiError> {
@@ -165,115 +162,17 @@ pub async fn create(
     {
         extensions.push(("refreshed_oauth_credentials", creds));
     }
-    let id = format!("msg_{}", uuid::Uuid::new_v4().simple());
-    let opening = Opening {
-        id: &id,
-        model: &req.model,
-        extensions,
-    };
+    let opening = Opening::new(&req.model, extensions);
     let mut response = if req.stream {
-        stream(&state, started.events, opening).await?
+        let held = reply::hold(started.events, &opening, state.config.first_output_timeout()).await?;
+        sse::response(held, state.config.ping_interval(), sse::anthropic)
     } else {
-        collect(started.events, opening).await?
+        Json(reply::collect(started.events, &opening).await?).into_response()
     };
     if let Ok(v) = HeaderValue::from_str(started.session.as_str()) {
         response.headers_mut().insert("x-session-id", v);
     }
     Ok(response)
-}
-
-/// What the opening `message_start` carries.
-struct Opening<'a> {
-    id: &'a str,
-    /// The requested model, used until the upstream reports the resolved one.
-    model: &'a str,
-    extensions: Vec<(&'static str, Value)>,
-}
-
-impl Opening<'_> {
-    fn event(&self, started: Option<(String, Option<Value>)>) -> Event {
-        let (model, usage) = started.unwrap_or_else(|| (self.model.to_owned(), None));
-        let mut event = message_start(self.id, &model, usage.as_ref());
-        for (key, value) in &self.extensions {
-            event.data["message"][*key] = value.clone();
-        }
-        event
-    }
-}
-
-/// Waits for the whole run and answers with the complete message.
-async fn collect(mut rx: mpsc::Receiver<Item>, opening: Opening<'_>) -> Result<Response, ApiError> {
-    let mut events = Vec::new();
-    let mut started: Option<(String, Option<Value>)> = None;
-    loop {
-        match rx.recv().await {
-            Some(Item::Started { model, usage }) => started = Some((model, usage)),
-            Some(Item::Events(e)) => events.extend(e),
-            Some(Item::Done(e, _)) => {
-                events.extend(e);
-                break;
-            }
-            Some(Item::Failed(e)) => return Err(e.into()),
-            None => {
-                return Err(ApiError::BadGateway(
-                    "the run ended without a result".into(),
-                ))
-            }
-        }
-    }
-    let mut builder = MessageBuilder::default();
-    builder.apply(&opening.event(started));
-    for e in &events {
-        builder.apply(e);
-    }
-    Ok(Json(builder.finish()).into_response())
-}
-
-/// Holds the headers until the model's first output (or the configured bound), so that a
-/// failure before it still gets its real status; then relays the rest as SSE.
-async fn stream(
-    state: &SharedState,
-    mut rx: mpsc::Receiver<Item>,
-    opening: Opening<'_>,
-) -> Result<Response, ApiError> {
-    let deadline = tokio::time::Instant::now() + state.config.first_output_timeout();
-    let mut buffered: Vec<Event> = Vec::new();
-    let mut started: Option<(String, Option<Value>)> = None;
-    let mut finished = false;
-    loop {
-        let item = match tokio::time::timeout_at(deadline, rx.recv()).await {
-            Err(_) => break,
-            Ok(item) => item,
-        };
-        match item {
-            Some(Item::Started { model, usage }) => started = Some((model, usage)),
-            Some(Item::Events(events)) => {
-                let output = events.iter().any(Event::is_output);
-                buffered.extend(events);
-                if output {
-                    break;
-                }
-            }
-            Some(Item::Done(events, _)) => {
-                buffered.extend(events);
-                finished = true;
-                break;
-            }
-            Some(Item::Failed(e)) => return Err(e.into()),
-            None => {
-                return Err(ApiError::BadGateway(
-                    "the run ended without a result".into(),
-                ))
-            }
-        }
-    }
-    let mut first = vec![opening.event(started)];
-    first.extend(buffered);
-    Ok(sse::response(
-        first,
-        (!finished).then_some(rx),
-        state.config.ping_interval(),
-    ))
 }
 
 #[cfg(test)]

@@ -1,5 +1,4 @@
 //! The Anthropic Messages API.
 
 pub mod messages;
-pub mod sse;
 pub mod types;

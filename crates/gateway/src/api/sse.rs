@@ -1,5 +1,6 @@
-//! The streaming response: Anthropic's SSE event sequence relayed as the CLI produces it, with
-//! `ping` events on a quiet stream and a failure after the first byte sent as an `error` event.
+//! Server-sent events: a held stream's events relayed as the CLI produces them, rendered in
+//! the caller's dialect, with keep-alives on a quiet stream and a failure after the first byte
+//! sent as an in-stream error.
 
 use std::collections::VecDeque;
 use std::convert::Infallible;
@@ -11,62 +12,72 @@ use futures::Stream;
 use serde_json::json;
 use tokio::sync::mpsc;
 
+use crate::api::reply::Held;
 use crate::error::ApiError;
 use crate::turn::assemble::Event;
 use crate::turn::Item;
 
+/// Renders one Anthropic event (or the `ping` keep-alive) as the dialect's SSE events.
+pub type Render = fn(&Event) -> Vec<SseEvent>;
+
+/// Anthropic's own rendering: the event name and its JSON.
+pub fn anthropic(event: &Event) -> Vec<SseEvent> {
+    vec![SseEvent::default()
+        .event(event.name)
+        .data(event.data.to_string())]
+}
+
 struct RelayState {
     pending: VecDeque<Event>,
+    out: VecDeque<SseEvent>,
     rx: Option<mpsc::Receiver<Item>>,
     ping: tokio::time::Interval,
+    render: Render,
 }
 
-fn to_sse(event: &Event) -> SseEvent {
-    SseEvent::default()
-        .event(event.name)
-        .data(event.data.to_string())
-}
-
-fn error_event(e: ApiError) -> Event {
+/// An `error` event carrying the failure in Anthropic's error shape.
+pub fn error_event(e: ApiError) -> Event {
     Event {
         name: "error",
         data: e.body(),
     }
 }
 
-/// Streams `first` (already received) and then whatever `rx` delivers.
-pub fn response(
-    first: Vec<Event>,
-    rx: Option<mpsc::Receiver<Item>>,
-    ping_every: Duration,
-) -> Response {
+/// Streams `held` and then whatever its channel delivers.
+pub fn response(held: Held, ping_every: Duration, render: Render) -> Response {
     let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + ping_every, ping_every);
     ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let state = RelayState {
-        pending: first.into(),
-        rx,
+        pending: held.first.into(),
+        out: VecDeque::new(),
+        rx: held.rest,
         ping,
+        render,
     };
     let mut response = Sse::new(relay(state)).into_response();
     // Proxies such as nginx buffer event streams unless told not to.
-    response.headers_mut().insert(
-        "x-accel-buffering",
-        axum::http::HeaderValue::from_static("no"),
-    );
+    response
+        .headers_mut()
+        .insert("x-accel-buffering", axum::http::HeaderValue::from_static("no"));
     response
 }
 
 fn relay(state: RelayState) -> impl Stream<Item = Result<SseEvent, Infallible>> {
     futures::stream::unfold(state, |mut s| async move {
         loop {
+            if let Some(out) = s.out.pop_front() {
+                return Some((Ok(out), s));
+            }
             if let Some(event) = s.pending.pop_front() {
-                return Some((Ok(to_sse(&event)), s));
+                s.out.extend((s.render)(&event));
+                continue;
             }
             let rx = s.rx.as_mut()?;
             let item = tokio::select! {
                 item = rx.recv() => item,
                 _ = s.ping.tick() => {
-                    return Some((Ok(to_sse(&Event { name: "ping", data: json!({"type":"ping"}) })), s));
+                    s.out.extend((s.render)(&Event { name: "ping", data: json!({"type":"ping"}) }));
+                    continue;
                 }
             };
             s.ping.reset();
