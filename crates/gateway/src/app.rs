@@ -204,6 +204,7 @@ pub fn router(state: SharedState) -> Router {
         .route("/v1/security", get(api::security::security))
         .route("/v1/models/{id}", get(api::models::get))
         .route("/v1/messages", post(api::anthropic::messages::create))
+        .route("/v1/chat/completions", post(api::openai::chat::create))
         .route("/v1/sessions", get(api::sessions::list))
         .route(
             "/v1/sessions/{id}",

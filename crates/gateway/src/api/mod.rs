@@ -4,10 +4,11 @@
 pub mod anthropic;
 pub mod health;
 pub mod models;
+pub mod openai;
 pub mod reply;
-pub mod sse;
 pub mod security;
 pub mod sessions;
+pub mod sse;
 
 use crate::error::ApiError;
 
@@ -22,4 +23,63 @@ pub async fn authenticate(
 ) -> Result<crate::tenant::identity::TenantId, ApiError> {
     let credential = crate::tenant::credential::Credential::from_request(headers, None)?;
     Ok(state.identity.resolve(&credential).await?)
+}
+
+/// Model names are passed to the CLI; keep them to the characters real ids and aliases use.
+pub fn validate_model(model: &str) -> Result<(), ApiError> {
+    let ok = !model.is_empty()
+        && model.len() <= 128
+        && model.bytes().all(|b| {
+            b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':' | b'[' | b']')
+        });
+    if ok {
+        Ok(())
+    } else {
+        Err(ApiError::InvalidRequest(
+            "model: expected a model alias (opus, sonnet, haiku) or a model id such as claude-sonnet-4-5".into(),
+        ))
+    }
+}
+
+/// The session a request names: the `x-session-id` header, else the body's field.
+pub fn requested_session(
+    headers: &axum::http::HeaderMap,
+    body: Option<&str>,
+) -> Result<Option<crate::sessions::ClientSessionId>, ApiError> {
+    let header = match headers.get("x-session-id") {
+        Some(v) => Some(
+            v.to_str()
+                .map_err(|_| crate::sessions::SessionError::InvalidId)?,
+        ),
+        None => None,
+    };
+    Ok(header
+        .or(body)
+        .map(crate::sessions::ClientSessionId::parse)
+        .transpose()?)
+}
+
+/// The security level a request asks for: the `x-security-level` header, else the body's field.
+pub fn requested_level<'a>(
+    headers: &'a axum::http::HeaderMap,
+    body: Option<&'a str>,
+) -> Option<&'a str> {
+    headers
+        .get("x-security-level")
+        .map(|v| v.to_str().unwrap_or("(not text)"))
+        .or(body)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn model_names_are_restricted_to_id_characters() {
+        assert!(validate_model("claude-sonnet-4-5-20250929").is_ok());
+        assert!(validate_model("sonnet[1m]").is_ok());
+        assert!(validate_model("").is_err());
+        assert!(validate_model("sonnet --dangerously-skip-permissions").is_err());
+        assert!(validate_model("a/b").is_err());
+    }
 }

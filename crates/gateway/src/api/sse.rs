@@ -18,13 +18,15 @@ use crate::turn::assemble::Event;
 use crate::turn::Item;
 
 /// Renders one Anthropic event (or the `ping` keep-alive) as the dialect's SSE events.
-pub type Render = fn(&Event) -> Vec<SseEvent>;
+pub type Render = Box<dyn FnMut(&Event) -> Vec<SseEvent> + Send>;
 
 /// Anthropic's own rendering: the event name and its JSON.
-pub fn anthropic(event: &Event) -> Vec<SseEvent> {
-    vec![SseEvent::default()
-        .event(event.name)
-        .data(event.data.to_string())]
+pub fn anthropic() -> Render {
+    Box::new(|event| {
+        vec![SseEvent::default()
+            .event(event.name)
+            .data(event.data.to_string())]
+    })
 }
 
 struct RelayState {
@@ -56,9 +58,10 @@ pub fn response(held: Held, ping_every: Duration, render: Render) -> Response {
     };
     let mut response = Sse::new(relay(state)).into_response();
     // Proxies such as nginx buffer event streams unless told not to.
-    response
-        .headers_mut()
-        .insert("x-accel-buffering", axum::http::HeaderValue::from_static("no"));
+    response.headers_mut().insert(
+        "x-accel-buffering",
+        axum::http::HeaderValue::from_static("no"),
+    );
     response
 }
 

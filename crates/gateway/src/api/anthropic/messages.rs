@@ -10,29 +10,13 @@ use secrecy::ExposeSecret;
 use serde_json::Value;
 
 use super::types::{MessagesRequest, Role, ToolActivity};
+use crate::api::reply::{self, Opening};
+use crate::api::sse;
+use crate::api::{requested_level, requested_session, validate_model};
 use crate::app::SharedState;
 use crate::conversation::{self, TurnRequest};
 use crate::error::ApiError;
-use crate::sessions::{ClientSessionId, SessionError};
 use crate::tenant::credential::Credential;
-use crate::api::reply::{self, Opening};
-use crate::api::sse;
-
-/// Model names are passed to the CLI; keep them to the characters real ids and aliases use.
-fn validate_model(model: &str) -> Result<(), ApiError> {
-    let ok = !model.is_empty()
-        && model.len() <= 128
-        && model.bytes().all(|b| {
-            b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':' | b'[' | b']')
-        });
-    if ok {
-        Ok(())
-    } else {
-        Err(ApiError::InvalidRequest(
-            "model: expected a model alias (opus, sonnet, haiku) or a model id such as claude-sonnet-4-5".into(),
-        ))
-    }
-}
 
 fn parse_body(body: Result<Bytes, BytesRejection>) -> Result<MessagesRequest, ApiError> {
     let body = body.map_err(|e| {
@@ -72,18 +56,6 @@ fn split_turns(req: &MessagesRequest) -> Result<(History, Value), ApiError> {
     Ok((history, last.content.to_value()))
 }
 
-/// The session a request names: the `x-session-id` header, else the body's `session_id`.
-pub fn requested_session(
-    headers: &HeaderMap,
-    body: Option<&str>,
-) -> Result<Option<ClientSessionId>, ApiError> {
-    let header = match headers.get("x-session-id") {
-        Some(v) => Some(v.to_str().map_err(|_| SessionError::InvalidId)?),
-        None => None,
-    };
-    Ok(header.or(body).map(ClientSessionId::parse).transpose()?)
-}
-
 pub async fn create(
     State(state): State<SharedState>,
     headers: HeaderMap,
@@ -114,11 +86,9 @@ pub async fn create(
     }
     let (history, prompt) = split_turns(&req)?;
     let session = requested_session(&headers, req.session_id.as_deref())?;
-    let requested_level = headers
-        .get("x-security-level")
-        .map(|v| v.to_str().unwrap_or("(not text)"))
-        .or(req.security_level.as_deref());
-    let level = state.levels.resolve(requested_level)?;
+    let level = state
+        .levels
+        .resolve(requested_level(&headers, req.security_level.as_deref()))?;
     let tenant = state.identity.resolve(&credential).await?;
 
     let system_prompt = req
@@ -164,8 +134,13 @@ pub async fn create(
     }
     let opening = Opening::new(&req.model, extensions);
     let mut response = if req.stream {
-        let held = reply::hold(started.events, &opening, state.config.first_output_timeout()).await?;
-        sse::response(held, state.config.ping_interval(), sse::anthropic)
+        let held = reply::hold(
+            started.events,
+            &opening,
+            state.config.first_output_timeout(),
+        )
+        .await?;
+        sse::response(held, state.config.ping_interval(), sse::anthropic())
     } else {
         Json(reply::collect(started.events, &opening).await?).into_response()
     };
@@ -173,18 +148,4 @@ pub async fn create(
         response.headers_mut().insert("x-session-id", v);
     }
     Ok(response)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn model_names_are_restricted_to_id_characters() {
-        assert!(validate_model("claude-sonnet-4-5-20250929").is_ok());
-        assert!(validate_model("sonnet[1m]").is_ok());
-        assert!(validate_model("").is_err());
-        assert!(validate_model("sonnet --dangerously-skip-permissions").is_err());
-        assert!(validate_model("a/b").is_err());
-    }
 }

@@ -1,0 +1,294 @@
+//! `POST /v1/chat/completions`: OpenAI's Chat Completions over the same conversation turn as
+//! the Messages API, translated at the edge.
+
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::State;
+use axum::http::{HeaderMap, HeaderValue};
+use axum::response::sse::Event as SseEvent;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde_json::{json, Value};
+
+use super::types::ChatRequest;
+use crate::api::reply::{self, Opening};
+use crate::api::sse;
+use crate::api::{requested_level, requested_session, validate_model};
+use crate::app::SharedState;
+use crate::conversation::{self, TurnRequest};
+use crate::error::ApiError;
+use crate::telemetry::redact;
+use crate::tenant::credential::Credential;
+use crate::turn::assemble::Event;
+
+pub async fn create(
+    State(state): State<SharedState>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    match handle(state, headers, body).await {
+        Ok(response) => response,
+        Err(e) => openai_error_response(e),
+    }
+}
+
+/// An error in OpenAI's shape (`{"error": {"message", "type", "param", "code"}}`): the OpenAI
+/// SDKs raise their exception types from the status and read the message from here.
+fn openai_error_body(kind: &str, message: &str) -> Value {
+    json!({"error": {"message": message, "type": kind, "param": null, "code": kind}})
+}
+
+fn openai_error_response(e: ApiError) -> Response {
+    let kind = e.error_type();
+    let message = redact(&e.to_string());
+    // ApiError's response carries the status, the log line and retry-after; only the body differs.
+    let mut response = e.into_response();
+    *response.body_mut() = axum::body::Body::from(openai_error_body(kind, &message).to_string());
+    response
+}
+
+fn bad(message: impl Into<String>) -> ApiError {
+    ApiError::InvalidRequest(message.into())
+}
+
+async fn handle(
+    state: SharedState,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let credential = Credential::from_request(&headers, None)?;
+    let body = body.map_err(|e| bad(format!("could not read the request body: {e}")))?;
+    let req: ChatRequest =
+        serde_json::from_slice(&body).map_err(|e| bad(format!("invalid request body: {e}")))?;
+    validate_model(&req.model)?;
+    if req.n.is_some_and(|n| n > 1) {
+        return Err(bad("n: only one choice (n = 1) is supported"));
+    }
+    if req.tools.as_ref().is_some_and(|t| !t.is_empty())
+        || req.functions.as_ref().is_some_and(|f| !f.is_empty())
+    {
+        return Err(bad(
+            "tools: client-defined tools are not supported; the model uses the Claude Code CLI's own tools",
+        ));
+    }
+    if let Some(kind) = req
+        .response_format
+        .as_ref()
+        .and_then(|f| f.get("type"))
+        .and_then(Value::as_str)
+    {
+        if kind != "text" {
+            return Err(bad(format!(
+                "response_format: type {kind:?} is not supported; only \"text\""
+            )));
+        }
+    }
+
+    let mut system = Vec::new();
+    let mut turns: Vec<(&'static str, Value)> = Vec::new();
+    for (i, m) in req.messages.iter().enumerate() {
+        let text = match &m.content {
+            Some(c) => c.text().map_err(|e| bad(format!("messages[{i}]: {e}")))?,
+            None => String::new(),
+        };
+        match m.role.as_str() {
+            "system" | "developer" => system.push(text),
+            "user" => turns.push(("user", Value::String(text))),
+            "assistant" => turns.push(("assistant", Value::String(text))),
+            other => {
+                return Err(bad(format!(
+                    "messages[{i}]: role {other:?} is not supported (system, developer, user, assistant)"
+                )))
+            }
+        }
+    }
+    let prompt = match turns.pop() {
+        Some(("user", content)) => content,
+        _ => {
+            return Err(bad(
+                "messages: the last non-system message must have role \"user\"",
+            ))
+        }
+    };
+    let session = requested_session(&headers, req.session_id.as_deref().or(req.user.as_deref()))?;
+    let level = state
+        .levels
+        .resolve(requested_level(&headers, req.security_level.as_deref()))?;
+    let tenant = state.identity.resolve(&credential).await?;
+    let system_prompt = Some(system.join("\n\n"))
+        .filter(|s| !s.is_empty())
+        .map(|s| (s, state.config.system_prompt_mode));
+    let started = conversation::start(
+        &state,
+        TurnRequest {
+            credential,
+            tenant,
+            session,
+            model: req.model.clone(),
+            system_prompt,
+            history: turns,
+            prompt,
+            max_output_tokens: req.max_completion_tokens.or(req.max_tokens),
+            level,
+            show_tools: false,
+        },
+    )
+    .await?;
+
+    let session_id = started.session.as_str().to_owned();
+    let opening = Opening::new(&req.model, Vec::new());
+    let mut response = if req.stream {
+        let held = reply::hold(
+            started.events,
+            &opening,
+            state.config.first_output_timeout(),
+        )
+        .await?;
+        let include_usage = req.stream_options.is_some_and(|o| o.include_usage);
+        let render = chunk_renderer(session_id.clone(), include_usage);
+        sse::response(held, state.config.ping_interval(), render)
+    } else {
+        let message = reply::collect(started.events, &opening).await?;
+        Json(completion(&message, &session_id)).into_response()
+    };
+    if let Ok(v) = HeaderValue::from_str(&session_id) {
+        response.headers_mut().insert("x-session-id", v);
+    }
+    Ok(response)
+}
+
+fn now_secs() -> u64 {
+    crate::sessions::now_secs()
+}
+
+fn completion_id(message_id: &str) -> String {
+    format!(
+        "chatcmpl-{}",
+        message_id.strip_prefix("msg_").unwrap_or(message_id)
+    )
+}
+
+fn finish_reason(stop_reason: Option<&str>) -> &'static str {
+    match stop_reason {
+        Some("max_tokens") => "length",
+        Some("refusal") => "content_filter",
+        _ => "stop",
+    }
+}
+
+fn usage(anthropic: &Value) -> Value {
+    let n = |k: &str| anthropic.get(k).and_then(Value::as_u64).unwrap_or(0);
+    let prompt =
+        n("input_tokens") + n("cache_read_input_tokens") + n("cache_creation_input_tokens");
+    let completion = n("output_tokens");
+    json!({"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion})
+}
+
+/// A complete Anthropic message as a `chat.completion`.
+fn completion(message: &Value, session_id: &str) -> Value {
+    let text: String = message["content"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|b| b["type"] == "text")
+        .filter_map(|b| b["text"].as_str())
+        .collect();
+    json!({
+        "id": completion_id(message["id"].as_str().unwrap_or_default()),
+        "object": "chat.completion",
+        "created": now_secs(),
+        "model": message["model"],
+        "choices": [{
+            "index": 0,
+            "message": {"role": "assistant", "content": text, "refusal": null},
+            "finish_reason": finish_reason(message["stop_reason"].as_str()),
+            "logprobs": null,
+        }],
+        "usage": usage(&message["usage"]),
+        "session_id": session_id,
+    })
+}
+
+/// Renders Anthropic events as `chat.completion.chunk`s, ending with `[DONE]`.
+fn chunk_renderer(session_id: String, include_usage: bool) -> sse::Render {
+    let mut id = String::new();
+    let mut model = Value::Null;
+    let created = now_secs();
+    let mut final_usage = Value::Null;
+    Box::new(move |event: &Event| {
+        let chunk = |id: &str, model: &Value, choices: Value| {
+            json!({"id": id, "object": "chat.completion.chunk", "created": created,
+                   "model": model, "choices": choices})
+        };
+        let data = |v: Value| SseEvent::default().data(v.to_string());
+        match event.name {
+            "message_start" => {
+                id = completion_id(event.data["message"]["id"].as_str().unwrap_or_default());
+                model = event.data["message"]["model"].clone();
+                let mut first = chunk(
+                    &id,
+                    &model,
+                    json!([{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": null}]),
+                );
+                first["session_id"] = json!(session_id);
+                vec![data(first)]
+            }
+            "content_block_delta" => match event.data["delta"]["text"].as_str() {
+                Some(text) if event.data["delta"]["type"] == "text_delta" => vec![data(chunk(
+                    &id,
+                    &model,
+                    json!([{"index": 0, "delta": {"content": text}, "finish_reason": null}]),
+                ))],
+                _ => Vec::new(),
+            },
+            "message_delta" => {
+                final_usage = usage(&event.data["usage"]);
+                let reason = finish_reason(event.data["delta"]["stop_reason"].as_str());
+                vec![data(chunk(
+                    &id,
+                    &model,
+                    json!([{"index": 0, "delta": {}, "finish_reason": reason}]),
+                ))]
+            }
+            "message_stop" => {
+                let mut out = Vec::new();
+                if include_usage {
+                    let mut last = chunk(&id, &model, json!([]));
+                    last["usage"] = final_usage.clone();
+                    out.push(data(last));
+                }
+                out.push(SseEvent::default().data("[DONE]"));
+                out
+            }
+            "error" => {
+                let kind = event.data["error"]["type"].as_str().unwrap_or("api_error");
+                let message = event.data["error"]["message"].as_str().unwrap_or_default();
+                vec![
+                    data(openai_error_body(kind, message)),
+                    SseEvent::default().data("[DONE]"),
+                ]
+            }
+            "ping" => vec![SseEvent::default().comment("ping")],
+            _ => Vec::new(),
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_message_becomes_a_chat_completion() {
+        let message = json!({"id": "msg_abc", "model": "claude-x", "stop_reason": "max_tokens",
+            "content": [{"type": "text", "text": "Hel"}, {"type": "tool_use"}, {"type": "text", "text": "lo"}],
+            "usage": {"input_tokens": 3, "cache_read_input_tokens": 2, "output_tokens": 4}});
+        let c = completion(&message, "s1");
+        assert_eq!(c["id"], "chatcmpl-abc");
+        assert_eq!(c["choices"][0]["message"]["content"], "Hello");
+        assert_eq!(c["choices"][0]["finish_reason"], "length");
+        assert_eq!(c["usage"]["prompt_tokens"], 5);
+        assert_eq!(c["usage"]["total_tokens"], 9);
+        assert_eq!(c["session_id"], "s1");
+    }
+}

@@ -1,0 +1,86 @@
+//! Wire types of OpenAI's Chat Completions API as the gateway accepts them.
+
+use serde::Deserialize;
+use serde_json::Value;
+
+/// `POST /v1/chat/completions` body.
+///
+/// Accepted and ignored (the CLI has no way to honour them): `temperature`, `top_p`,
+/// `presence_penalty`, `frequency_penalty`, `logit_bias`, `logprobs`, `top_logprobs`, `seed`,
+/// `stop`, `service_tier`, `parallel_tool_calls`, `store`, `reasoning_effort`, `metadata`,
+/// `response_format` of type `text`, and unknown fields. Refused with 400: client `tools` /
+/// `functions`, `n` > 1, non-text `response_format`, non-text content parts.
+#[derive(Debug, Deserialize)]
+pub struct ChatRequest {
+    pub model: String,
+    pub messages: Vec<ChatMessage>,
+    #[serde(default)]
+    pub stream: bool,
+    #[serde(default)]
+    pub stream_options: Option<StreamOptions>,
+    #[serde(default)]
+    pub max_tokens: Option<u32>,
+    #[serde(default)]
+    pub max_completion_tokens: Option<u32>,
+    #[serde(default)]
+    pub n: Option<u32>,
+    #[serde(default)]
+    pub tools: Option<Vec<Value>>,
+    #[serde(default)]
+    pub functions: Option<Vec<Value>>,
+    #[serde(default)]
+    pub response_format: Option<Value>,
+    /// OpenAI's end-user id; the gateway reads it as a session id when no other is given.
+    #[serde(default)]
+    pub user: Option<String>,
+    /// Gateway extension: the session to continue (`X-Session-ID` wins).
+    #[serde(default)]
+    pub session_id: Option<String>,
+    /// Gateway extension: a stricter security level.
+    #[serde(default)]
+    pub security_level: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct StreamOptions {
+    #[serde(default)]
+    pub include_usage: bool,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct ChatMessage {
+    pub role: String,
+    #[serde(default)]
+    pub content: Option<ChatContent>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum ChatContent {
+    Text(String),
+    Parts(Vec<Value>),
+}
+
+impl ChatContent {
+    /// The text of the content; a part that is not text is refused.
+    pub fn text(&self) -> Result<String, String> {
+        match self {
+            ChatContent::Text(s) => Ok(s.clone()),
+            ChatContent::Parts(parts) => parts
+                .iter()
+                .map(|p| match p.get("type").and_then(Value::as_str) {
+                    Some("text") => Ok(p
+                        .get("text")
+                        .and_then(Value::as_str)
+                        .unwrap_or_default()
+                        .to_owned()),
+                    other => Err(format!(
+                        "content part type {:?} is not supported; send text parts",
+                        other.unwrap_or("(none)")
+                    )),
+                })
+                .collect::<Result<Vec<_>, _>>()
+                .map(|texts| texts.join("\n")),
+        }
+    }
+}

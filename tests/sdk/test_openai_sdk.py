@@ -1,0 +1,102 @@
+"""The official Python `openai` SDK against the gateway's /v1/chat/completions, unchanged."""
+
+import json
+import uuid
+
+import openai
+import pytest
+
+TOKEN = "sk-ant-oat01-sdkuser.openai"
+
+
+def client(gateway, token=TOKEN):
+    return openai.OpenAI(base_url=f"{gateway}/v1", api_key=token, max_retries=0)
+
+
+def test_create_returns_a_chat_completion(gateway, upstream):
+    completion = client(gateway).chat.completions.create(
+        model="sonnet",
+        messages=[
+            {"role": "system", "content": "marker-oai-system be brief"},
+            {"role": "user", "content": "marker-oai-create hello"},
+        ],
+        temperature=0.3,
+    )
+    assert completion.object == "chat.completion"
+    choice = completion.choices[0]
+    assert choice.message.role == "assistant"
+    assert choice.message.content == "Hello from fake-anthropic. You said: marker-oai-create hello"
+    assert choice.finish_reason == "stop"
+    assert completion.usage.completion_tokens > 0
+    assert completion.usage.total_tokens == completion.usage.prompt_tokens + completion.usage.completion_tokens
+    seen = upstream.messages_containing("marker-oai-create")
+    assert seen[0]["headers"]["authorization"] == f"Bearer {TOKEN}"
+    assert "marker-oai-system be brief" in json.dumps(seen[0]["body"]["system"])
+
+
+def test_stream_yields_chunks_usage_and_done(gateway):
+    stream = client(gateway).chat.completions.create(
+        model="sonnet",
+        stream=True,
+        stream_options={"include_usage": True},
+        messages=[{"role": "user", "content": [{"type": "text", "text": "marker-oai-stream"}]}],
+    )
+    chunks = list(stream)
+    assert chunks[0].choices[0].delta.role == "assistant"
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text == "Hello from fake-anthropic. You said: marker-oai-stream"
+    finishes = [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason]
+    assert finishes == ["stop"]
+    assert chunks[-1].choices == []
+    assert chunks[-1].usage.completion_tokens > 0
+    assert all(c.object == "chat.completion.chunk" for c in chunks)
+
+
+def test_bad_token_raises_authentication_error(gateway):
+    with pytest.raises(openai.AuthenticationError) as info:
+        client(gateway, "sk-ant-oat01-invalid.openai").chat.completions.create(
+            model="sonnet", messages=[{"role": "user", "content": "hi"}]
+        )
+    assert info.value.status_code == 401
+    assert "invalid.openai" not in str(info.value)
+
+
+def test_unsupported_features_are_clear_400s(gateway):
+    c = client(gateway)
+    with pytest.raises(openai.BadRequestError, match="n = 1"):
+        c.chat.completions.create(model="sonnet", n=2, messages=[{"role": "user", "content": "hi"}])
+    tool = {"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}
+    with pytest.raises(openai.BadRequestError, match="tools"):
+        c.chat.completions.create(model="sonnet", tools=[tool], messages=[{"role": "user", "content": "hi"}])
+    with pytest.raises(openai.BadRequestError, match="image_url"):
+        c.chat.completions.create(
+            model="sonnet",
+            messages=[{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "data:,"}}]}],
+        )
+
+
+def test_two_turn_session(gateway, upstream):
+    c = client(gateway)
+    session = f"oai-{uuid.uuid4()}"
+    first = c.chat.completions.create(
+        model="sonnet",
+        messages=[{"role": "user", "content": "marker-oai-turn1 my name is Zed"}],
+        extra_headers={"X-Session-ID": session},
+    )
+    assert first.model_extra["session_id"] == session
+    c.chat.completions.create(
+        model="sonnet",
+        messages=[{"role": "user", "content": "marker-oai-turn2 what is my name"}],
+        extra_headers={"X-Session-ID": session},
+    )
+    last = upstream.messages_containing("marker-oai-turn2")[-1]
+    roles = [m["role"] for m in last["body"]["messages"] if m["role"] in ("user", "assistant")]
+    assert roles == ["user", "assistant", "user"]
+    assert "marker-oai-turn1" in json.dumps(last["body"]["messages"][0])
+
+
+def test_models_list_and_retrieve(gateway):
+    c = client(gateway)
+    ids = [m.id for m in c.models.list()]
+    assert "sonnet" in ids
+    assert c.models.retrieve("sonnet").id == "sonnet"
