@@ -9,6 +9,7 @@ use axum::routing::{get, post};
 use axum::Router;
 use tower_http::trace::TraceLayer;
 
+use crate::admission::{Admission, RateLimits};
 use crate::api;
 use crate::config::Config;
 use crate::runner::live::{LiveLimits, LivePool};
@@ -34,6 +35,8 @@ pub struct AppState {
     pub refresher: Refresher,
     pub sessions: SessionStore,
     pub live: LivePool,
+    pub admission: Admission,
+    pub rate: RateLimits,
     pub install_key: Arc<InstallKey>,
     pub levels: LevelPolicy,
     /// Why runs are not sandboxed, when the operator chose `--insecure-no-sandbox`.
@@ -139,11 +142,15 @@ impl AppState {
             max_per_tenant: config.live_sessions_per_tenant,
             idle: std::time::Duration::from_secs(config.live_session_idle_secs),
         });
+        let admission = Admission::new(config.concurrency_limits());
+        let rate = RateLimits::new(config.rate_limit_per_ip, config.rate_limit_per_tenant);
         Ok(Self {
             config,
             runner,
             sessions,
             live,
+            admission,
+            rate,
             install_key,
             claude: ClaudeInfo { bin, version },
             identity,
@@ -211,6 +218,10 @@ pub fn router(state: SharedState) -> Router {
             get(api::sessions::get).delete(api::sessions::delete),
         )
         .fallback(api::not_found)
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            api::limit_client_ip,
+        ))
         .layer(DefaultBodyLimit::max(body_limit))
         .layer(TraceLayer::new_for_http())
         .with_state(state)
@@ -279,6 +290,7 @@ async fn reap_live_sessions(state: SharedState) {
     let mut tick = tokio::time::interval(every);
     loop {
         tick.tick().await;
+        state.rate.prune();
         let retired = state.live.reap();
         if retired > 0 {
             tracing::debug!(retired, "retired idle live sessions");

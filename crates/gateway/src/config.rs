@@ -150,6 +150,44 @@ pub struct Config {
     )]
     pub live_session_idle_secs: u64,
 
+    /// CLI runs going on at once across all tenants (default: from memory and cores, ~300 MiB
+    /// per cold run).
+    #[arg(long, env = "CLAUDE_GATEWAY_MAX_CONCURRENT_RUNS")]
+    pub max_concurrent_runs: Option<usize>,
+
+    /// CLI runs one tenant may have going on at once.
+    #[arg(
+        long,
+        env = "CLAUDE_GATEWAY_MAX_CONCURRENT_RUNS_PER_TENANT",
+        default_value_t = 2
+    )]
+    pub max_concurrent_runs_per_tenant: usize,
+
+    /// Requests that may wait for a run slot; beyond that they are refused at once.
+    #[arg(long, env = "CLAUDE_GATEWAY_MAX_QUEUED_REQUESTS", default_value_t = 64)]
+    pub max_queued_requests: usize,
+
+    /// How long a request waits for a run slot, in seconds.
+    #[arg(long, env = "CLAUDE_GATEWAY_QUEUE_TIMEOUT_SECS", default_value_t = 30)]
+    pub queue_timeout_secs: u64,
+
+    /// Requests per minute per tenant (0: no limit).
+    #[arg(
+        long,
+        env = "CLAUDE_GATEWAY_RATE_LIMIT_PER_TENANT",
+        default_value_t = 60
+    )]
+    pub rate_limit_per_tenant: u32,
+
+    /// Requests per minute per client IP (0: no limit). Behind a proxy, set --trusted-proxies
+    /// too, or every client shares the proxy's address.
+    #[arg(long, env = "CLAUDE_GATEWAY_RATE_LIMIT_PER_IP", default_value_t = 0)]
+    pub rate_limit_per_ip: u32,
+
+    /// Proxies (addresses or CIDR ranges, comma-separated) whose X-Forwarded-For is believed.
+    #[arg(long, env = "CLAUDE_GATEWAY_TRUSTED_PROXIES", value_delimiter = ',')]
+    pub trusted_proxies: Vec<ipnet::IpNet>,
+
     /// Where expired OAuth access tokens are refreshed (default: {ANTHROPIC_BASE_URL}/v1/oauth/token).
     #[arg(long, env = "CLAUDE_GATEWAY_OAUTH_TOKEN_URL")]
     pub oauth_token_url: Option<String>,
@@ -244,6 +282,17 @@ impl Config {
             max_file_bytes: self.sandbox_max_file_mb << 20,
             max_cpu_secs: self.sandbox_max_cpu_secs,
             ..Limits::default()
+        }
+    }
+
+    pub fn concurrency_limits(&self) -> crate::admission::ConcurrencyLimits {
+        crate::admission::ConcurrencyLimits {
+            max_runs: self
+                .max_concurrent_runs
+                .unwrap_or_else(crate::admission::ConcurrencyLimits::default_max_runs),
+            max_runs_per_tenant: self.max_concurrent_runs_per_tenant,
+            max_queued: self.max_queued_requests,
+            queue_timeout: Duration::from_secs(self.queue_timeout_secs),
         }
     }
 

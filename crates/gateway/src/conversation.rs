@@ -82,12 +82,14 @@ pub async fn start(state: &Arc<AppState>, req: TurnRequest) -> Result<StartedTur
     let version = state.claude.version.as_ref().map_err(|_| {
         ApiError::BadGateway("the Claude Code CLI is not installed on this gateway".into())
     })?;
+    state.rate.check_tenant(&req.tenant)?;
     let id = req
         .session
         .clone()
         .unwrap_or_else(ClientSessionId::generate);
     let key = sessions.key(&req.tenant, &id);
     let guard = sessions.lock(key, &id).await?;
+    let permit = state.admission.admit(&req.tenant).await?;
     let existing = sessions.load(&req.tenant, &id)?;
     let projects = sessions.projects_dir(&req.tenant)?;
     let cli_cwd = state.runner.cli_cwd(&workspace);
@@ -190,7 +192,7 @@ pub async fn start(state: &Arc<AppState>, req: TurnRequest) -> Result<StartedTur
     let hooks = turn::Hooks {
         on_result,
         // The session stays locked until its process has exited or been kept.
-        hold: Box::new(guard),
+        hold: Box::new((guard, permit)),
         keep,
     };
     let events = turn::start(process, UserInput::new(req.prompt), req.show_tools, hooks);

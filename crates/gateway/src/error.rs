@@ -29,6 +29,8 @@ pub enum ApiError {
     RateLimited {
         message: String,
         retry_after: Option<u64>,
+        /// The requests-per-minute limit that was hit, when the gateway's own.
+        limit: Option<u32>,
     },
     #[error("{0}")]
     Overloaded(String),
@@ -95,6 +97,7 @@ impl ApiError {
             429 => ApiError::RateLimited {
                 message,
                 retry_after: None,
+                limit: None,
             },
             529 => ApiError::Overloaded(message),
             _ => ApiError::BadGateway(format!("upstream error {status}: {message}")),
@@ -151,6 +154,33 @@ impl From<crate::sessions::SessionError> for ApiError {
     }
 }
 
+impl From<crate::admission::RateLimited> for ApiError {
+    fn from(e: crate::admission::RateLimited) -> Self {
+        let secs = e.retry_after.as_secs() + u64::from(e.retry_after.subsec_nanos() > 0);
+        ApiError::RateLimited {
+            message: format!(
+                "rate limit exceeded: {} requests per minute per {}; retry in {secs} s",
+                e.per_minute, e.scope
+            ),
+            retry_after: Some(secs.max(1)),
+            limit: Some(e.per_minute),
+        }
+    }
+}
+
+impl From<crate::admission::AdmissionError> for ApiError {
+    fn from(e: crate::admission::AdmissionError) -> Self {
+        match e {
+            crate::admission::AdmissionError::TenantBusy(_) => ApiError::RateLimited {
+                message: e.to_string(),
+                retry_after: Some(1),
+                limit: None,
+            },
+            crate::admission::AdmissionError::Overloaded(_) => ApiError::Overloaded(e.to_string()),
+        }
+    }
+}
+
 impl From<RunError> for ApiError {
     fn from(e: RunError) -> Self {
         match e {
@@ -185,12 +215,26 @@ impl IntoResponse for ApiError {
         }
         let mut response = (status, Json(self.body())).into_response();
         if let ApiError::RateLimited {
-            retry_after: Some(secs),
-            ..
+            retry_after, limit, ..
         } = self
         {
-            if let Ok(v) = HeaderValue::from_str(&secs.to_string()) {
-                response.headers_mut().insert("retry-after", v);
+            let headers = response.headers_mut();
+            let mut set = |name: &'static str, value: String| {
+                if let Ok(v) = HeaderValue::from_str(&value) {
+                    headers.insert(name, v);
+                }
+            };
+            if let Some(secs) = retry_after {
+                set("retry-after", secs.to_string());
+            }
+            if let Some(limit) = limit {
+                set("anthropic-ratelimit-requests-limit", limit.to_string());
+                set("anthropic-ratelimit-requests-remaining", "0".into());
+                let reset_ms = crate::clock::now_ms() + retry_after.unwrap_or(0) * 1000;
+                set(
+                    "anthropic-ratelimit-requests-reset",
+                    crate::clock::iso8601(reset_ms as i64),
+                );
             }
         }
         response

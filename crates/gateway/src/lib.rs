@@ -4,8 +4,10 @@
 //! ([`runner`]) → its output assembled into Anthropic message events ([`turn`]) → the HTTP
 //! response. [`error`] maps every failure to Anthropic's error shape in one place.
 
+pub mod admission;
 pub mod api;
 pub mod app;
+pub mod clock;
 pub mod config;
 pub mod conversation;
 pub mod error;

@@ -25,6 +25,8 @@ async fn sandboxed_gateway() -> Gateway {
             "16",
             "--run-timeout-secs",
             "90",
+            "--max-concurrent-runs-per-tenant",
+            "4",
         ])
         .env("GATEWAY_SECRET_CANARY", GATEWAY_CANARY)
         .start()

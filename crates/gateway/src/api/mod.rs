@@ -16,6 +16,32 @@ pub async fn not_found(uri: axum::http::Uri) -> ApiError {
     ApiError::NotFound(format!("no route for {}", uri.path()))
 }
 
+/// Applies the per-IP rate limit to everything but the probes a platform sends.
+pub async fn limit_client_ip(
+    axum::extract::State(state): axum::extract::State<crate::app::SharedState>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let path = request.uri().path();
+    let exempt = matches!(path, "/health" | "/ready" | "/metrics");
+    let peer = request
+        .extensions()
+        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+        .map(|c| c.0.ip());
+    if let (false, Some(peer)) = (exempt, peer) {
+        let forwarded = request
+            .headers()
+            .get("x-forwarded-for")
+            .and_then(|v| v.to_str().ok());
+        let ip = crate::admission::client_ip(peer, forwarded, &state.config.trusted_proxies);
+        if let Err(limited) = state.rate.check_ip(ip) {
+            return ApiError::from(limited).into_response();
+        }
+    }
+    next.run(request).await
+}
+
 /// The tenant of a request that carries its credential in a header (the non-message routes).
 pub async fn authenticate(
     state: &crate::app::AppState,

@@ -13,7 +13,7 @@ pub mod transcript;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use tokio::sync::OwnedMutexGuard;
@@ -79,12 +79,7 @@ pub struct SessionMeta {
     pub model: String,
 }
 
-pub fn now_secs() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
-}
+pub use crate::clock::now_secs;
 
 fn storage(e: std::io::Error) -> SessionError {
     SessionError::Storage(e.to_string())

@@ -8,6 +8,8 @@ use std::path::Path;
 use serde_json::{json, Value};
 use uuid::Uuid;
 
+use crate::clock;
+
 /// The directory name the CLI uses for a working directory: every character that is not ASCII
 /// alphanumeric becomes `-` (`/workspace` → `-workspace`).
 pub fn project_dir_name(cwd: &Path) -> String {
@@ -34,13 +36,10 @@ pub fn write_seed(
 ) -> std::io::Result<()> {
     let mut lines = Vec::with_capacity(history.len());
     let mut parent: Option<String> = None;
-    let start = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0);
+    let start = clock::now_ms() as i64;
     for (i, turn) in history.iter().enumerate() {
         let uuid = Uuid::new_v4().to_string();
-        let timestamp = iso8601(start - (history.len() - i) as i64 * 1000);
+        let timestamp = clock::iso8601(start - (history.len() - i) as i64 * 1000);
         let message = if turn.role == "assistant" {
             let content = match &turn.content {
                 Value::String(text) => json!([{"type": "text", "text": text}]),
@@ -126,34 +125,6 @@ pub fn read_messages(path: &Path) -> std::io::Result<Vec<Value>> {
     Ok(messages)
 }
 
-fn iso8601(millis: i64) -> String {
-    let secs = millis.div_euclid(1000);
-    let ms = millis.rem_euclid(1000);
-    let days = secs.div_euclid(86_400);
-    let rem = secs.rem_euclid(86_400);
-    let (y, m, d) = civil_from_days(days);
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{ms:03}Z",
-        rem / 3600,
-        (rem % 3600) / 60,
-        rem % 60
-    )
-}
-
-/// Days since 1970-01-01 to a civil date (Howard Hinnant's algorithm).
-fn civil_from_days(z: i64) -> (i64, u32, u32) {
-    let z = z + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let y = yoe + era * 400;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    (if m <= 2 { y + 1 } else { y }, m, d)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -162,12 +133,6 @@ mod tests {
     fn project_dir_names_follow_the_clis_rule() {
         assert_eq!(project_dir_name(Path::new("/workspace")), "-workspace");
         assert_eq!(project_dir_name(Path::new("/tmp/exp/ws4")), "-tmp-exp-ws4");
-    }
-
-    #[test]
-    fn timestamps_are_iso8601() {
-        assert_eq!(iso8601(0), "1970-01-01T00:00:00.000Z");
-        assert_eq!(iso8601(1_795_395_827_482), "2026-11-23T01:03:47.482Z");
     }
 
     #[test]
