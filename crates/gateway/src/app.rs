@@ -207,6 +207,7 @@ pub fn router(state: SharedState) -> Router {
     Router::new()
         .route("/health", get(api::health::health))
         .route("/ready", get(api::health::ready))
+        .route("/metrics", get(api::health::metrics))
         .route("/v1/models", get(api::models::list))
         .route("/v1/security", get(api::security::security))
         .route("/v1/models/{id}", get(api::models::get))
@@ -223,6 +224,7 @@ pub fn router(state: SharedState) -> Router {
             api::limit_client_ip,
         ))
         .layer(DefaultBodyLimit::max(body_limit))
+        .route_layer(axum::middleware::from_fn(crate::telemetry::metrics::track))
         .layer(TraceLayer::new_for_http())
         .with_state(state)
 }
@@ -241,6 +243,7 @@ pub async fn serve(mut config: Config) -> Result<(), StartupError> {
         None
     };
     let addr = config.listen_addr();
+    crate::telemetry::metrics::handle();
     let state = Arc::new(AppState::new(config).await?);
     tokio::spawn(expire_sessions(state.clone()));
     tokio::spawn(reap_live_sessions(state.clone()));

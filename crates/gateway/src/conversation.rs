@@ -148,7 +148,13 @@ pub async fn start(state: &Arc<AppState>, req: TurnRequest) -> Result<StartedTur
     let tenant = req.tenant.clone();
     let session_id = id.clone();
     let model = req.model.clone();
+    let model_label = crate::telemetry::metrics::model_label(&req.model, &state.config.models);
     let on_result = Box::new(move |result: &crate::runner::protocol::ResultLine| {
+        crate::telemetry::metrics::record_usage(
+            &model_label,
+            &result.usage.clone().unwrap_or_default(),
+            result.total_cost_usd,
+        );
         let now = now_secs();
         let cli_session_id = result
             .session_id

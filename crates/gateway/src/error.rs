@@ -195,7 +195,11 @@ impl From<RunError> for ApiError {
 impl From<TurnError> for ApiError {
     fn from(e: TurnError) -> Self {
         match e {
-            TurnError::Upstream { status, message } => ApiError::from_upstream(status, &message),
+            TurnError::Upstream { status, message } => {
+                metrics::counter!("gateway_upstream_errors_total", "status" => status.to_string())
+                    .increment(1);
+                ApiError::from_upstream(status, &message)
+            }
             TurnError::Cli(message) => ApiError::BadGateway(format!(
                 "the Claude Code CLI reported an error: {}",
                 redact(&message)

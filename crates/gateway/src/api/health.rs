@@ -36,3 +36,15 @@ pub async fn ready(State(state): State<SharedState>) -> impl IntoResponse {
         ),
     }
 }
+
+/// `GET /metrics`: Prometheus text format.
+pub async fn metrics(State(state): State<SharedState>) -> impl IntoResponse {
+    // Gauges of the moment are read at scrape time.
+    ::metrics::gauge!("gateway_running_runs").set(state.admission.running() as f64);
+    ::metrics::gauge!("gateway_queued_requests_now").set(state.admission.queued() as f64);
+    ::metrics::gauge!("gateway_live_sessions").set(state.live.len() as f64);
+    (
+        [("content-type", "text/plain; version=0.0.4")],
+        crate::telemetry::metrics::handle().render(),
+    )
+}

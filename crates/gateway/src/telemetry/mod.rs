@@ -1,6 +1,7 @@
 //! Logs (and, later, metrics). Nothing here ever records a credential.
 
 pub mod logging;
+pub mod metrics;
 
 /// Replaces anything shaped like an Anthropic credential (`sk-ant-…`) in `text`: applied to text
 /// the gateway did not write itself (CLI stderr, upstream messages) before it is logged or

@@ -94,6 +94,8 @@ async fn drive(
             process.close_input();
         }
         let mut started = false;
+        let began = std::time::Instant::now();
+        let mut first_output = false;
         loop {
             let line = tokio::select! {
                 _ = tx.closed() => return,
@@ -121,6 +123,13 @@ async fn drive(
                 }
             }
             let Some(item) = item else { continue };
+            if let Item::Events(events) = &item {
+                if !first_output && events.iter().any(Event::is_output) {
+                    first_output = true;
+                    metrics::histogram!("gateway_time_to_first_token_seconds")
+                        .record(began.elapsed().as_secs_f64());
+                }
+            }
             if let Item::Done(_, result) = &item {
                 // A result counts even if the client has gone: the transcript holds the turn.
                 on_result(result);
