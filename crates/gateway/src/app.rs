@@ -254,13 +254,33 @@ pub async fn serve(mut config: Config) -> Result<(), StartupError> {
     tracing::info!(addr = %local, "claude-gateway listening");
     // Scripts and tests that start the binary read the address from this line.
     println!("claude-gateway listening on http://{local}");
-    axum::serve(
-        listener,
-        router(state).into_make_service_with_connect_info::<std::net::SocketAddr>(),
-    )
-    .with_graceful_shutdown(shutdown_signal())
-    .await
-    .map_err(StartupError::Serve)
+    let grace = std::time::Duration::from_secs(state.config.shutdown_grace_secs);
+    let stopping = Arc::new(tokio::sync::Notify::new());
+    let server = {
+        let stopping = stopping.clone();
+        axum::serve(
+            listener,
+            router(state.clone()).into_make_service_with_connect_info::<std::net::SocketAddr>(),
+        )
+        .with_graceful_shutdown(async move {
+            shutdown_signal().await;
+            // No new connections from here; running requests get `grace` to finish.
+            stopping.notify_one();
+        })
+    };
+    let deadline = async {
+        stopping.notified().await;
+        tokio::time::sleep(grace).await;
+    };
+    tokio::select! {
+        result = server => result.map_err(StartupError::Serve)?,
+        _ = deadline => tracing::warn!(grace_secs = grace.as_secs(), "shutdown grace expired; ending the requests still running"),
+    }
+    // Whatever still runs (requests past the grace, live sessions) is killed with its process
+    // group as its owner is dropped; run dirs are removed the same way.
+    state.live.clear();
+    tracing::info!("stopped");
+    Ok(())
 }
 
 /// Removes idle sessions now and then.

@@ -237,6 +237,11 @@ pub struct Config {
     #[arg(long, env = "CLAUDE_GATEWAY_MAX_BODY_BYTES", default_value_t = 32 * 1024 * 1024)]
     pub max_body_bytes: usize,
 
+    /// After SIGTERM (Cloud Run's stop signal) or Ctrl-C, how long running requests may
+    /// finish before they are ended, in seconds. Cloud Run allows 10 s in all.
+    #[arg(long, env = "CLAUDE_GATEWAY_SHUTDOWN_GRACE_SECS", default_value_t = 8)]
+    pub shutdown_grace_secs: u64,
+
     /// Log format.
     #[arg(
         long,

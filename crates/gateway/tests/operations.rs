@@ -2,7 +2,9 @@
 
 mod common;
 
-use common::{body, scripted, Gateway};
+use std::time::Duration;
+
+use common::{body, eventually, scripted, Gateway};
 use serde_json::json;
 
 const ALICE: &str = "sk-ant-oat01-alice.operations-SECRET";
@@ -43,4 +45,95 @@ async fn metrics_count_requests_tokens_and_latency_without_secrets_in_labels() {
     for secret in ["SECRET", "metrics-session-id-77", "alice"] {
         assert!(!text.contains(secret), "{secret} appeared in the metrics");
     }
+}
+
+fn slow_stream(marker: &str, chunks: u64) -> serde_json::Value {
+    let mut req = body(&scripted(
+        marker,
+        json!({"reply": "a slow answer", "chunks": chunks, "chunk_delay_ms": 1000}),
+    ));
+    req["stream"] = json!(true);
+    req
+}
+
+#[tokio::test]
+async fn a_client_leaving_mid_stream_leaves_no_process_or_dir_behind() {
+    let gw = Gateway::start().await;
+    let mut res = gw.messages(ALICE, slow_stream("marker-leave", 20)).await;
+    let _ = res.chunk().await.expect("first chunk");
+    assert!(gw.descendants() > 0, "the run is going");
+    drop(res);
+    assert!(
+        eventually(Duration::from_secs(2), || gw.descendants() == 0
+            && gw.leftover_run_dirs() == 0)
+        .await,
+        "processes {} dirs {}",
+        gw.descendants(),
+        gw.leftover_run_dirs()
+    );
+}
+
+#[tokio::test]
+async fn a_non_streaming_client_that_gives_up_ends_its_run() {
+    let gw = Gateway::start().await;
+    let mut req = slow_stream("marker-give-up", 20);
+    req["stream"] = json!(false);
+    let res = reqwest::Client::new()
+        .post(format!("{}/v1/messages", gw.url))
+        .bearer_auth(ALICE)
+        .timeout(Duration::from_secs(3))
+        .json(&req)
+        .send()
+        .await;
+    assert!(res.is_err(), "the client timed out");
+    assert!(
+        eventually(Duration::from_secs(2), || gw.descendants() == 0
+            && gw.leftover_run_dirs() == 0)
+        .await
+    );
+}
+
+#[tokio::test]
+async fn sigterm_lets_running_requests_finish_then_exits_zero() {
+    let mut gw = Gateway::start().await;
+    let mut res = gw.messages(ALICE, slow_stream("marker-drain", 3)).await;
+    let _ = res.chunk().await.expect("first chunk");
+    gw.terminate();
+    let mut body = Vec::new();
+    while let Ok(Some(chunk)) = res.chunk().await {
+        body.extend_from_slice(&chunk);
+    }
+    let text = String::from_utf8_lossy(&body);
+    assert!(
+        text.contains("message_stop"),
+        "the running request finished: {text}"
+    );
+    let status = gw.wait_exit(Duration::from_secs(15)).await.expect("exited");
+    assert!(status.success(), "{status:?}");
+    assert_eq!(gw.leftover_run_dirs(), 0);
+}
+
+#[tokio::test]
+async fn sigterm_ends_requests_that_outlive_the_grace() {
+    let mut gw = Gateway::builder()
+        .args(&["--shutdown-grace-secs", "1"])
+        .start()
+        .await;
+    let pid = gw.pid();
+    let mut res = gw.messages(ALICE, slow_stream("marker-outlive", 60)).await;
+    let _ = res.chunk().await.expect("first chunk");
+    assert!(!common::descendants_of(pid).is_empty());
+    gw.terminate();
+    let status = gw
+        .wait_exit(Duration::from_secs(10))
+        .await
+        .expect("exited within the grace");
+    assert!(status.success(), "{status:?}");
+    assert!(
+        eventually(Duration::from_secs(2), || common::descendants_of(pid)
+            .is_empty())
+        .await,
+        "no CLI outlives the gateway"
+    );
+    assert_eq!(gw.leftover_run_dirs(), 0);
 }

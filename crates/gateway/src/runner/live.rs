@@ -127,6 +127,11 @@ impl LivePool {
         }
     }
 
+    /// Ends every kept process at once (shutdown).
+    pub fn clear(&self) {
+        self.lock().clear();
+    }
+
     /// Retires processes idle for longer than the limit; returns how many.
     pub fn reap(&self) -> usize {
         let idle = self.limits.idle;
