@@ -5,6 +5,7 @@ builds them first."""
 import json
 import os
 import pathlib
+import re
 import subprocess
 import tempfile
 import urllib.request
@@ -15,18 +16,18 @@ ROOT = pathlib.Path(__file__).resolve().parents[2]
 TARGET = pathlib.Path(os.environ.get("CARGO_TARGET_DIR", ROOT / "target")) / "debug"
 
 
-def _start(cmd, prefix, env=None):
+def _start(cmd, prefix, env=None, log=None):
     proc = subprocess.Popen(
         cmd,
         stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
+        stderr=log or subprocess.DEVNULL,
         text=True,
         env=env,
     )
     for line in proc.stdout:
         if line.startswith(prefix):
             return proc, line[len(prefix):].strip()
-    raise RuntimeError(f"{cmd[0]} exited before listening: {proc.stderr.read()}")
+    raise RuntimeError(f"{cmd[0]} exited before listening")
 
 
 class Upstream:
@@ -62,8 +63,10 @@ def gateway(upstream):
     env = {
         "PATH": os.environ.get("PATH", ""),
         "ANTHROPIC_BASE_URL": upstream.url,
-        "RUST_LOG": "info",
+        "RUST_LOG": "debug",
     }
+    log_path = pathlib.Path(data) / "gateway.log"
+    log = open(log_path, "w")
     proc, url = _start(
         [
             str(TARGET / "claude-gateway"),
@@ -79,7 +82,14 @@ def gateway(upstream):
         ],
         "claude-gateway listening on ",
         env=env,
+        log=log,
     )
     yield url
     proc.terminate()
-    proc.wait(timeout=10)
+    proc.wait(timeout=15)
+    log.close()
+    # The whole SDK run's log output holds no credential.
+    text = log_path.read_text()
+    leaked = [m for m in re.findall(r"sk-ant-[A-Za-z0-9_.\[\]-]{0,30}", text) if not m.startswith("sk-ant-[redacted]")]
+    assert "request finished" in text
+    assert not leaked, f"credentials in the gateway's logs: {leaked}"

@@ -7,7 +7,6 @@ use std::sync::Arc;
 use axum::extract::DefaultBodyLimit;
 use axum::routing::{get, post};
 use axum::Router;
-use tower_http::trace::TraceLayer;
 
 use crate::admission::{Admission, RateLimits};
 use crate::api;
@@ -225,7 +224,7 @@ pub fn router(state: SharedState) -> Router {
         ))
         .layer(DefaultBodyLimit::max(body_limit))
         .route_layer(axum::middleware::from_fn(crate::telemetry::metrics::track))
-        .layer(TraceLayer::new_for_http())
+        .layer(axum::middleware::from_fn(crate::telemetry::request_span))
         .with_state(state)
 }
 

@@ -82,6 +82,7 @@ pub async fn start(state: &Arc<AppState>, req: TurnRequest) -> Result<StartedTur
     let version = state.claude.version.as_ref().map_err(|_| {
         ApiError::BadGateway("the Claude Code CLI is not installed on this gateway".into())
     })?;
+    tracing::Span::current().record("tenant", req.tenant.fingerprint());
     state.rate.check_tenant(&req.tenant)?;
     let id = req
         .session
@@ -138,7 +139,7 @@ pub async fn start(state: &Arc<AppState>, req: TurnRequest) -> Result<StartedTur
     tracing::info!(
         tenant = req.tenant.fingerprint(),
         model = %req.model,
-        level = req.level.as_str(),
+        security_level = req.level.as_str(),
         resumed = existing.is_some(),
         live = reused,
         "starting CLI run"

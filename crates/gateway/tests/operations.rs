@@ -137,3 +137,57 @@ async fn sigterm_ends_requests_that_outlive_the_grace() {
     );
     assert_eq!(gw.leftover_run_dirs(), 0);
 }
+
+#[tokio::test]
+async fn log_lines_are_cloud_logging_json_with_the_request_id_and_trace() {
+    let gw = Gateway::start().await;
+    let res = gw
+        .post("/v1/messages")
+        .bearer_auth(ALICE)
+        .header(
+            "x-cloud-trace-context",
+            "105445aa7843bc8bf206b12000100000/1;o=1",
+        )
+        .header("x-request-id", "req-test-42")
+        .json(&body("marker-logs"))
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(
+        res.headers()
+            .get("x-request-id")
+            .and_then(|v| v.to_str().ok()),
+        Some("req-test-42")
+    );
+    assert_eq!(res.status(), 200);
+    let logs = gw.stop().await;
+    let lines: Vec<serde_json::Value> = logs
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|_| panic!("not JSON: {l}")))
+        .collect();
+    assert!(lines
+        .iter()
+        .all(|l| l["severity"].is_string() && l["message"].is_string()));
+    let of_request: Vec<_> = lines
+        .iter()
+        .filter(|l| l["request_id"] == "req-test-42")
+        .collect();
+    assert!(of_request.len() >= 2, "{of_request:?}");
+    assert!(of_request.iter().all(|l| l["logging.googleapis.com/trace"]
+        .as_str()
+        .is_some_and(|t| t.ends_with("105445aa7843bc8bf206b12000100000"))));
+    let finished = of_request
+        .iter()
+        .find(|l| l["message"] == "request finished")
+        .expect("the request line");
+    assert_eq!(finished["httpRequest"]["status"], 200);
+    assert_eq!(finished["httpRequest"]["requestMethod"], "POST");
+    assert!(
+        finished["tenant"].as_str().is_some_and(|t| t.len() == 12),
+        "the tenant's fingerprint"
+    );
+    assert!(
+        !logs.contains("alice"),
+        "tenants appear only as fingerprints"
+    );
+}

@@ -3,6 +3,71 @@
 pub mod logging;
 pub mod metrics;
 
+use axum::extract::Request;
+use axum::middleware::Next;
+use axum::response::Response;
+use tracing::Instrument;
+
+/// A request id from the client's `x-request-id` when it is a plain token, else a new one.
+fn request_id(request: &Request) -> String {
+    request
+        .headers()
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| {
+            !v.is_empty()
+                && v.len() <= 64
+                && v.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        })
+        .map(str::to_owned)
+        .unwrap_or_else(|| uuid::Uuid::new_v4().to_string())
+}
+
+/// Runs each request in a span carrying its id, its trace and (once known) its tenant's
+/// fingerprint, so every log line of the request has them; logs one `httpRequest` line when
+/// the response goes out, and returns the id as `x-request-id`.
+pub async fn request_span(request: Request, next: Next) -> Response {
+    let id = request_id(&request);
+    let span = tracing::info_span!(
+        "request",
+        request_id = %id,
+        trace = tracing::field::Empty,
+        tenant = tracing::field::Empty
+    );
+    if let Some(trace) = logging::trace_of(request.headers()) {
+        span.record("trace", trace.as_str());
+    }
+    let method = request.method().to_string();
+    let url = request.uri().path().to_owned();
+    let user_agent = request
+        .headers()
+        .get(axum::http::header::USER_AGENT)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    let remote_ip = request
+        .extensions()
+        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+        .map(|c| c.0.ip().to_string());
+    let started = std::time::Instant::now();
+    let mut response = next.run(request).instrument(span.clone()).await;
+    if let Ok(v) = axum::http::HeaderValue::from_str(&id) {
+        response.headers_mut().insert("x-request-id", v);
+    }
+    span.in_scope(|| {
+        tracing::info!(
+            http_method = %method,
+            http_url = %url,
+            http_status = response.status().as_u16(),
+            http_latency_secs = started.elapsed().as_secs_f64(),
+            http_remote_ip = remote_ip.as_deref().unwrap_or(""),
+            http_user_agent = user_agent.as_deref().unwrap_or(""),
+            "request finished"
+        )
+    });
+    response
+}
+
 /// Replaces anything shaped like an Anthropic credential (`sk-ant-…`) in `text`: applied to text
 /// the gateway did not write itself (CLI stderr, upstream messages) before it is logged or
 /// returned to a client.

@@ -63,15 +63,19 @@ pub fn start(
     hooks: Hooks,
 ) -> mpsc::Receiver<Item> {
     let (tx, rx) = mpsc::channel(64);
-    tokio::spawn(async move {
-        let Hooks {
-            on_result,
-            hold,
-            keep,
-        } = hooks;
-        drive(process, input, show_tools, &tx, on_result, keep).await;
-        drop(hold);
-    });
+    let span = tracing::Span::current();
+    tokio::spawn(tracing::Instrument::instrument(
+        async move {
+            let Hooks {
+                on_result,
+                hold,
+                keep,
+            } = hooks;
+            drive(process, input, show_tools, &tx, on_result, keep).await;
+            drop(hold);
+        },
+        span,
+    ));
     rx
 }
 

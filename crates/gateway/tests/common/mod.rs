@@ -262,6 +262,8 @@ impl Gateway {
     pub async fn stop(mut self) -> String {
         let _ = self.child.start_kill();
         let _ = self.child.wait().await;
+        // Give the log reader a moment to drain what the process wrote last.
+        tokio::time::sleep(Duration::from_millis(100)).await;
         self.logs()
     }
 }
@@ -375,5 +377,28 @@ pub async fn eventually(limit: Duration, mut check: impl FnMut() -> bool) -> boo
             return false;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Every credential-shaped string in `logs` that is not redacted.
+pub fn leaked_credentials(logs: &str) -> Vec<String> {
+    logs.match_indices("sk-ant-")
+        .map(|(i, _)| logs[i..].chars().take(40).collect::<String>())
+        .filter(|s| !s.starts_with("sk-ant-[redacted]"))
+        .collect()
+}
+
+impl Drop for Gateway {
+    /// Every test doubles as a log scan: whatever the test did, no credential reached the
+    /// gateway's log output (debug level included).
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            return;
+        }
+        let leaked = leaked_credentials(&self.logs());
+        assert!(
+            leaked.is_empty(),
+            "credentials in the gateway's logs: {leaked:?}"
+        );
     }
 }
