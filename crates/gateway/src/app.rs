@@ -201,9 +201,35 @@ async fn prepare_sandbox(
     Ok((Some(sandbox), None))
 }
 
+/// CORS for browser clients, when the operator names the origins.
+fn cors(origins: &[String]) -> Option<tower_http::cors::CorsLayer> {
+    use tower_http::cors::{AllowOrigin, Any, CorsLayer};
+    if origins.is_empty() {
+        return None;
+    }
+    let layer = CorsLayer::new()
+        .allow_methods(Any)
+        .allow_headers(Any)
+        .expose_headers([
+            axum::http::HeaderName::from_static("x-session-id"),
+            axum::http::HeaderName::from_static("x-request-id"),
+        ]);
+    Some(if origins.iter().any(|o| o == "*") {
+        layer.allow_origin(Any)
+    } else {
+        let list = origins
+            .iter()
+            .filter_map(|o| axum::http::HeaderValue::from_str(o).ok())
+            .collect::<Vec<_>>();
+        layer.allow_origin(AllowOrigin::list(list))
+    })
+}
+
 pub fn router(state: SharedState) -> Router {
     let body_limit = state.config.max_body_bytes;
+    let cors = cors(&state.config.cors_allow_origins);
     Router::new()
+        .route("/", get(api::docs::root))
         .route("/health", get(api::health::health))
         .route("/ready", get(api::health::ready))
         .route("/metrics", get(api::health::metrics))
@@ -217,6 +243,10 @@ pub fn router(state: SharedState) -> Router {
             "/v1/sessions/{id}",
             get(api::sessions::get).delete(api::sessions::delete),
         )
+        .merge(utoipa_swagger_ui::SwaggerUi::new("/docs").url(
+            "/openapi.json",
+            <api::docs::ApiDoc as utoipa::OpenApi>::openapi(),
+        ))
         .fallback(api::not_found)
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
@@ -224,6 +254,7 @@ pub fn router(state: SharedState) -> Router {
         ))
         .layer(DefaultBodyLimit::max(body_limit))
         .route_layer(axum::middleware::from_fn(crate::telemetry::metrics::track))
+        .layer(tower::util::option_layer(cors))
         .layer(axum::middleware::from_fn(crate::telemetry::request_span))
         .with_state(state)
 }

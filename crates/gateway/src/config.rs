@@ -242,6 +242,11 @@ pub struct Config {
     #[arg(long, env = "CLAUDE_GATEWAY_SHUTDOWN_GRACE_SECS", default_value_t = 8)]
     pub shutdown_grace_secs: u64,
 
+    /// Origins allowed to call the API from a browser (comma-separated; `*` for any). Empty:
+    /// CORS off.
+    #[arg(long, env = "CLAUDE_GATEWAY_CORS_ALLOW_ORIGINS", value_delimiter = ',')]
+    pub cors_allow_origins: Vec<String>,
+
     /// Log format.
     #[arg(
         long,

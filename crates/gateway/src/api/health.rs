@@ -9,11 +9,14 @@ use serde_json::json;
 use crate::app::SharedState;
 
 /// Liveness: the process serves HTTP.
+#[utoipa::path(get, path = "/health", tag = "Operations", security(), responses((status = 200, body = Object)))]
 pub async fn health() -> impl IntoResponse {
     Json(json!({"status": "ok", "version": env!("CARGO_PKG_VERSION")}))
 }
 
 /// Readiness: the CLI is present and answers `--version`.
+#[utoipa::path(get, path = "/ready", tag = "Operations", security(),
+    responses((status = 200, body = Object), (status = 503, description = "Not ready, with reasons", body = Object)))]
 pub async fn ready(State(state): State<SharedState>) -> impl IntoResponse {
     match &state.claude.version {
         Ok(version) => {
@@ -38,6 +41,7 @@ pub async fn ready(State(state): State<SharedState>) -> impl IntoResponse {
 }
 
 /// `GET /metrics`: Prometheus text format.
+#[utoipa::path(get, path = "/metrics", tag = "Operations", security(), responses((status = 200, content_type = "text/plain")))]
 pub async fn metrics(State(state): State<SharedState>) -> impl IntoResponse {
     // Gauges of the moment are read at scrape time.
     ::metrics::gauge!("gateway_running_runs").set(state.admission.running() as f64);

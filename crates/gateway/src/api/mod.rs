@@ -2,6 +2,7 @@
 //! gateway's internals; failures go through [`crate::error::ApiError`].
 
 pub mod anthropic;
+pub mod docs;
 pub mod health;
 pub mod models;
 pub mod openai;

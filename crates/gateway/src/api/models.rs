@@ -31,6 +31,8 @@ fn model_json(id: &str) -> Value {
     })
 }
 
+#[utoipa::path(get, path = "/v1/models", tag = "Operations",
+    responses((status = 200, description = "The configured models, in a shape both the Anthropic and the OpenAI SDKs accept", body = Object)))]
 pub async fn list(State(state): State<SharedState>) -> Json<Value> {
     let data: Vec<Value> = state.config.models.iter().map(|m| model_json(m)).collect();
     Json(json!({
@@ -42,6 +44,9 @@ pub async fn list(State(state): State<SharedState>) -> Json<Value> {
     }))
 }
 
+#[utoipa::path(get, path = "/v1/models/{id}", tag = "Operations",
+    params(("id" = String, Path, description = "A model alias or id")),
+    responses((status = 200, body = Object), (status = 404, body = crate::api::docs::ErrorBody)))]
 pub async fn get(
     State(state): State<SharedState>,
     Path(id): Path<String>,

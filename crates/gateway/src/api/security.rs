@@ -18,6 +18,8 @@ fn level_json(level: SecurityLevel) -> Value {
     })
 }
 
+#[utoipa::path(get, path = "/v1/security", tag = "Operations", security(),
+    responses((status = 200, description = "Levels, sandbox status and limits, MCP policy, tenant identity", body = Object)))]
 pub async fn security(State(state): State<SharedState>) -> Json<Value> {
     let levels = [
         SecurityLevel::Paranoid,

@@ -22,6 +22,9 @@ fn summary(meta: &SessionMeta) -> Value {
 }
 
 /// `GET /v1/sessions`
+#[utoipa::path(get, path = "/v1/sessions", tag = "Sessions",
+    responses((status = 200, description = "The tenant's sessions, most recent first", body = Object),
+              (status = 401, body = crate::api::docs::ErrorBody)))]
 pub async fn list(
     State(state): State<SharedState>,
     headers: HeaderMap,
@@ -35,6 +38,11 @@ pub async fn list(
 }
 
 /// `GET /v1/sessions/{id}`: metadata and the conversation in Anthropic's message format.
+#[utoipa::path(get, path = "/v1/sessions/{id}", tag = "Sessions",
+    params(("id" = String, Path, description = "The client's session id")),
+    responses((status = 200, description = "Metadata and messages in Anthropic's format", body = Object),
+              (status = 400, body = crate::api::docs::ErrorBody),
+              (status = 404, description = "No such session for this tenant", body = crate::api::docs::ErrorBody)))]
 pub async fn get(
     State(state): State<SharedState>,
     headers: HeaderMap,
@@ -85,6 +93,11 @@ async fn settled_messages(
 }
 
 /// `DELETE /v1/sessions/{id}`: forgets the conversation; the id then starts a fresh one.
+#[utoipa::path(delete, path = "/v1/sessions/{id}", tag = "Sessions",
+    params(("id" = String, Path, description = "The client's session id")),
+    responses((status = 204, description = "Forgotten"),
+              (status = 404, body = crate::api::docs::ErrorBody),
+              (status = 409, body = crate::api::docs::ErrorBody)))]
 pub async fn delete(
     State(state): State<SharedState>,
     headers: HeaderMap,

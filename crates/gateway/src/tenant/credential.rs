@@ -48,15 +48,19 @@ pub enum CredentialError {
 }
 
 /// The `oauth_credentials` body object of the original spec.
-#[derive(Deserialize, Default)]
+#[derive(Deserialize, Default, utoipa::ToSchema)]
 pub struct OAuthCredentials {
+    #[schema(value_type = Option<String>)]
     pub access_token: Option<SecretString>,
     #[serde(default)]
+    #[schema(value_type = Option<String>)]
     pub refresh_token: Option<SecretString>,
     /// Milliseconds or seconds since the epoch, as clients send either.
     #[serde(default)]
+    #[schema(value_type = Option<u64>)]
     pub expires_at: Option<serde_json::Value>,
     #[serde(default)]
+    #[schema(value_type = Option<Vec<String>>)]
     pub scopes: Option<serde_json::Value>,
     #[serde(default)]
     pub subscription_type: Option<String>,

@@ -56,6 +56,23 @@ fn split_turns(req: &MessagesRequest) -> Result<(History, Value), ApiError> {
     Ok((history, last.content.to_value()))
 }
 
+/// An Anthropic `message`; with `stream: true`, Anthropic's event stream (`text/event-stream`).
+#[utoipa::path(post, path = "/v1/messages", tag = "Anthropic",
+    request_body = super::types::MessagesRequest,
+    params(("x-session-id" = Option<String>, Header, description = "The session to continue, [A-Za-z0-9._:-]{1,128}"),
+        ("x-security-level" = Option<String>, Header, description = "A stricter level: PARANOID, BALANCED or DEVELOPER")),
+    responses(
+        (status = 200, description = "The message (or its event stream)", body = crate::api::docs::MessageResponse),
+        (status = 400, description = "Invalid request", body = crate::api::docs::ErrorBody),
+        (status = 401, description = "No or unrecognised credential, or the upstream refused it", body = crate::api::docs::ErrorBody),
+        (status = 403, description = "A looser security level than allowed", body = crate::api::docs::ErrorBody),
+        (status = 409, description = "The session is busy with another turn", body = crate::api::docs::ErrorBody),
+        (status = 413, description = "Body too large", body = crate::api::docs::ErrorBody),
+        (status = 429, description = "Rate limited (retry-after, anthropic-ratelimit-* headers)", body = crate::api::docs::ErrorBody),
+        (status = 502, description = "The CLI or the upstream failed", body = crate::api::docs::ErrorBody),
+        (status = 504, description = "The run exceeded its time limit", body = crate::api::docs::ErrorBody),
+        (status = 529, description = "Upstream or gateway overloaded", body = crate::api::docs::ErrorBody)
+    ))]
 pub async fn create(
     State(state): State<SharedState>,
     headers: HeaderMap,

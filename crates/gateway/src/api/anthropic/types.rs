@@ -11,27 +11,33 @@ use crate::tenant::credential::OAuthCredentials;
 /// Accepted and ignored, because the CLI has no way to honour them: `temperature`, `top_p`,
 /// `top_k`, `stop_sequences`, `thinking`, `service_tier`, `tool_choice` (with no `tools`),
 /// `container`, `context_management`. Any other unknown field is ignored too, as the API grows.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 pub struct MessagesRequest {
     pub model: String,
     pub messages: Vec<InputMessage>,
+    /// A string or a list of text blocks.
     #[serde(default)]
+    #[schema(value_type = Option<Object>)]
     pub system: Option<SystemField>,
     /// Passed to the CLI as its per-turn output limit.
     #[serde(default)]
     pub max_tokens: Option<u32>,
     #[serde(default)]
     pub stream: bool,
+    /// Accepted and ignored.
     #[serde(default)]
+    #[schema(value_type = Option<Object>)]
     pub metadata: Option<Value>,
     /// Client-defined tools cannot be offered: the CLI runs its own tools.
     #[serde(default)]
+    #[schema(value_type = Option<Vec<Object>>)]
     pub tools: Option<Vec<Value>>,
     /// The original spec's credential object (an alternative to the auth headers).
     #[serde(default)]
     pub oauth_credentials: Option<OAuthCredentials>,
     /// Gateway extension: how `system` combines with the CLI's own system prompt.
     #[serde(default)]
+    #[schema(value_type = Option<String>, example = "append")]
     pub system_prompt_mode: Option<SystemPromptMode>,
     /// Gateway extension: the session to continue (`x-session-id` wins).
     #[serde(default)]
@@ -44,7 +50,9 @@ pub struct MessagesRequest {
     pub tool_activity: Option<ToolActivity>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, serde::Serialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, serde::Serialize, utoipa::ToSchema,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum ToolActivity {
     /// Only the model's text (and thinking) reaches the client: one plain assistant message.
@@ -55,16 +63,18 @@ pub enum ToolActivity {
     Blocks,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Role {
     User,
     Assistant,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 pub struct InputMessage {
     pub role: Role,
+    /// A string or a list of content blocks (text, image, document).
+    #[schema(value_type = Object)]
     pub content: Content,
 }
 

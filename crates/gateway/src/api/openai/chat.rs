@@ -21,6 +21,23 @@ use crate::telemetry::redact;
 use crate::tenant::credential::Credential;
 use crate::turn::assemble::Event;
 
+/// A `chat.completion`; with `stream: true`, `chat.completion.chunk` events ending in `[DONE]`.
+#[utoipa::path(post, path = "/v1/chat/completions", tag = "OpenAI",
+    request_body = super::types::ChatRequest,
+    params(("x-session-id" = Option<String>, Header, description = "The session to continue, [A-Za-z0-9._:-]{1,128}"),
+        ("x-security-level" = Option<String>, Header, description = "A stricter level: PARANOID, BALANCED or DEVELOPER")),
+    responses(
+        (status = 200, description = "The completion (or its chunk stream); errors use OpenAI's shape", body = Object),
+        (status = 400, description = "Invalid request", body = crate::api::docs::ErrorBody),
+        (status = 401, description = "No or unrecognised credential, or the upstream refused it", body = crate::api::docs::ErrorBody),
+        (status = 403, description = "A looser security level than allowed", body = crate::api::docs::ErrorBody),
+        (status = 409, description = "The session is busy with another turn", body = crate::api::docs::ErrorBody),
+        (status = 413, description = "Body too large", body = crate::api::docs::ErrorBody),
+        (status = 429, description = "Rate limited (retry-after, anthropic-ratelimit-* headers)", body = crate::api::docs::ErrorBody),
+        (status = 502, description = "The CLI or the upstream failed", body = crate::api::docs::ErrorBody),
+        (status = 504, description = "The run exceeded its time limit", body = crate::api::docs::ErrorBody),
+        (status = 529, description = "Upstream or gateway overloaded", body = crate::api::docs::ErrorBody)
+    ))]
 pub async fn create(
     State(state): State<SharedState>,
     headers: HeaderMap,

@@ -10,7 +10,7 @@ use serde_json::Value;
 /// `stop`, `service_tier`, `parallel_tool_calls`, `store`, `reasoning_effort`, `metadata`,
 /// `response_format` of type `text`, and unknown fields. Refused with 400: client `tools` /
 /// `functions`, `n` > 1, non-text `response_format`, non-text content parts.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 pub struct ChatRequest {
     pub model: String,
     pub messages: Vec<ChatMessage>,
@@ -25,10 +25,13 @@ pub struct ChatRequest {
     #[serde(default)]
     pub n: Option<u32>,
     #[serde(default)]
+    #[schema(value_type = Option<Vec<Object>>)]
     pub tools: Option<Vec<Value>>,
     #[serde(default)]
+    #[schema(value_type = Option<Vec<Object>>)]
     pub functions: Option<Vec<Value>>,
     #[serde(default)]
+    #[schema(value_type = Option<Object>)]
     pub response_format: Option<Value>,
     /// OpenAI's end-user id; the gateway reads it as a session id when no other is given.
     #[serde(default)]
@@ -41,16 +44,19 @@ pub struct ChatRequest {
     pub security_level: Option<String>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 pub struct StreamOptions {
     #[serde(default)]
     pub include_usage: bool,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 pub struct ChatMessage {
+    /// system, developer, user or assistant.
     pub role: String,
+    /// A string or a list of text parts.
     #[serde(default)]
+    #[schema(value_type = Option<Object>)]
     pub content: Option<ChatContent>,
 }
 
