@@ -27,6 +27,12 @@ fi
 node_modules/.bin/claude --version
 
 if [ "${1:-}" = "--tests" ]; then
+  # Headless Chromium for the documentation page test.
+  if ! command -v chromium >/dev/null 2>&1; then
+    if [ "$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq chromium
+  fi
   if [ ! -x .venv/bin/python ]; then
     python3 -m venv .venv
   fi

@@ -10,3 +10,4 @@ cargo clippy --all-targets --locked -- -D warnings
 cargo build --locked --workspace --bins
 cargo test --locked --workspace
 .venv/bin/python -m pytest -q tests/sdk
+scripts/check-deploy.sh

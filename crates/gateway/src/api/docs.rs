@@ -147,7 +147,7 @@ fn wants_html(headers: &HeaderMap) -> bool {
 }
 
 /// The gateway describes itself: JSON for programs, a page for browsers.
-#[utoipa::path(get, path = "/", tag = "Operations",
+#[utoipa::path(get, path = "/", tag = "Operations", security(),
     responses((status = 200, description = "Endpoints, parameters, curl examples, session patterns and the effective security configuration", body = Object)))]
 pub async fn root(State(state): State<SharedState>, headers: HeaderMap) -> Response {
     let base = headers

@@ -40,7 +40,7 @@ pub async fn ready(State(state): State<SharedState>) -> impl IntoResponse {
     }
 }
 
-/// `GET /metrics`: Prometheus text format.
+/// Prometheus metrics (text format).
 #[utoipa::path(get, path = "/metrics", tag = "Operations", security(), responses((status = 200, content_type = "text/plain")))]
 pub async fn metrics(State(state): State<SharedState>) -> impl IntoResponse {
     // Gauges of the moment are read at scrape time.

@@ -21,7 +21,7 @@ fn summary(meta: &SessionMeta) -> Value {
     })
 }
 
-/// `GET /v1/sessions`
+/// The tenant's sessions, most recently used first.
 #[utoipa::path(get, path = "/v1/sessions", tag = "Sessions",
     responses((status = 200, description = "The tenant's sessions, most recent first", body = Object),
               (status = 401, body = crate::api::docs::ErrorBody)))]
@@ -37,7 +37,7 @@ pub async fn list(
     })))
 }
 
-/// `GET /v1/sessions/{id}`: metadata and the conversation in Anthropic's message format.
+/// A session's metadata and its conversation in Anthropic's message format.
 #[utoipa::path(get, path = "/v1/sessions/{id}", tag = "Sessions",
     params(("id" = String, Path, description = "The client's session id")),
     responses((status = 200, description = "Metadata and messages in Anthropic's format", body = Object),
@@ -92,7 +92,7 @@ async fn settled_messages(
     }
 }
 
-/// `DELETE /v1/sessions/{id}`: forgets the conversation; the id then starts a fresh one.
+/// Forgets a session; its id then starts a fresh conversation.
 #[utoipa::path(delete, path = "/v1/sessions/{id}", tag = "Sessions",
     params(("id" = String, Path, description = "The client's session id")),
     responses((status = 204, description = "Forgotten"),
