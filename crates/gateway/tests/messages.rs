@@ -283,8 +283,13 @@ async fn a_run_over_its_time_limit_is_504_and_cleaned_up() {
     let (status, err) = error_of(gw.messages(ALICE, req).await).await;
     assert_eq!(status, 504);
     assert_eq!(err["error"]["type"], "timeout_error");
-    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
-    assert_eq!(gw.leftover_run_dirs(), 0);
+    assert!(
+        common::eventually(std::time::Duration::from_secs(2), || {
+            gw.leftover_run_dirs() == 0 && gw.descendants() == 0
+        })
+        .await,
+        "nothing is left of the run"
+    );
 }
 
 #[tokio::test]
@@ -544,4 +549,17 @@ async fn demo_mode_serves_a_round_trip_with_its_built_in_upstream() {
     assert!(msg["content"][0]["text"]
         .as_str()
         .is_some_and(|t| t.ends_with("demo hello")));
+}
+
+#[tokio::test]
+async fn an_oversized_body_is_413_request_too_large() {
+    let gw = Gateway::builder()
+        .args(&["--max-body-bytes", "1000"])
+        .start()
+        .await;
+    let res = gw.messages(ALICE, body(&"x".repeat(5000))).await;
+    assert_eq!(res.status(), 413);
+    let err: Value = res.json().await.expect("json");
+    assert_eq!(err["error"]["type"], "request_too_large");
+    assert!(gw.upstream().is_empty());
 }

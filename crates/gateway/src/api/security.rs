@@ -47,6 +47,19 @@ pub async fn security(State(state): State<SharedState>) -> Json<Value> {
         "request_level": "header `x-security-level` or body `security_level`; stricter than the maximum only",
         "levels": levels.iter().map(|l| level_json(*l)).collect::<Vec<_>>(),
         "sandbox": sandbox,
+        "limits": {
+            "concurrency": state.admission.limits(),
+            "rate_limit_per_tenant_per_minute": state.config.rate_limit_per_tenant,
+            "rate_limit_per_ip_per_minute": state.config.rate_limit_per_ip,
+            "run_timeout_secs": state.config.run_timeout_secs,
+            "max_body_bytes": state.config.max_body_bytes,
+            "live_sessions": {
+                "max": state.config.live_sessions_max,
+                "per_tenant": state.config.live_sessions_per_tenant,
+                "idle_secs": state.config.live_session_idle_secs,
+            },
+        },
+        "mcp": {"supported": false, "note": "per-request MCP servers are not offered yet"},
         "tenant_identity": state.identity.mode(),
     }))
 }
