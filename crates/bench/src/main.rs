@@ -4,6 +4,7 @@
 //! `cargo run --release -p gateway-bench -- sessions` prints a Markdown table.
 
 mod gateway;
+mod load;
 mod stats;
 
 use std::time::{Duration, Instant};
@@ -28,6 +29,31 @@ struct Args {
 
 #[derive(Subcommand)]
 enum Bench {
+    /// What the gateway adds to a bare CLI run: wall time and time to first text, with and
+    /// without the sandbox.
+    Overhead {
+        #[arg(long, default_value_t = 10)]
+        runs: usize,
+    },
+    /// Requests per second answered with 401 / 429 without spawning anything.
+    Rejection {
+        #[arg(long, default_value_t = 5)]
+        seconds: u64,
+        #[arg(long, default_value_t = 64)]
+        connections: usize,
+    },
+    /// 50 concurrent slow streams, and 1,000 queued requests: completion, spread, memory.
+    Concurrency {
+        #[arg(long, default_value_t = 50)]
+        streams: usize,
+        #[arg(long, default_value_t = 1000)]
+        queued: usize,
+    },
+    /// Latency of turn N of one session (N = 1, 10, 50), live and cold.
+    Growth {
+        #[arg(long, default_value_t = 50)]
+        turns: usize,
+    },
     /// Per-turn latency of live vs cold sessions, and memory held per live session.
     Sessions {
         /// Turns per session (the first, which starts the session, is reported apart).
@@ -40,7 +66,7 @@ enum Bench {
 }
 
 /// One streamed turn: time to the first body byte and to the end of the stream.
-async fn streamed_turn(
+pub(crate) async fn streamed_turn(
     client: &reqwest::Client,
     url: &str,
     token: &str,
@@ -155,8 +181,36 @@ async fn sessions(args: &Args, turns: usize, live_count: usize) -> anyhow::Resul
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let args = Args::parse();
+    let mut args = Args::parse();
+    // Children run in other working directories: give them absolute paths.
+    args.gateway = std::fs::canonicalize(&args.gateway)?;
+    args.claude = std::fs::canonicalize(&args.claude)?;
     match args.bench {
         Bench::Sessions { turns, live } => sessions(&args, turns.max(2), live.max(1)).await,
+        Bench::Overhead { runs } => load::overhead(&args.gateway, &args.claude, runs.max(1)).await,
+        Bench::Rejection {
+            seconds,
+            connections,
+        } => {
+            load::rejection(
+                &args.gateway,
+                &args.claude,
+                seconds.min(60),
+                connections.min(512),
+            )
+            .await
+        }
+        Bench::Concurrency { streams, queued } => {
+            load::concurrency(
+                &args.gateway,
+                &args.claude,
+                streams.min(200),
+                queued.min(5000),
+            )
+            .await
+        }
+        Bench::Growth { turns } => {
+            load::growth(&args.gateway, &args.claude, turns.clamp(1, 100)).await
+        }
     }
 }

@@ -1,0 +1,476 @@
+//! The load benchmarks: overhead over the bare CLI, the rejection path, concurrency and
+//! queued connections, and cost growth with session length. Loopback only, bounded loops.
+
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use fake_anthropic::FakeAnthropic;
+use serde_json::json;
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+
+use crate::gateway::Gateway;
+use crate::stats::Summary;
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+fn table_row(name: &str, ttft: &[Duration], wall: &[Duration]) -> String {
+    let (t, w) = (Summary::of(ttft), Summary::of(wall));
+    format!(
+        "| {name} | {} | {:.0} | {:.0} | {:.0} | {:.0} |",
+        wall.len(),
+        t.median_ms,
+        t.p95_ms,
+        w.median_ms,
+        w.p95_ms
+    )
+}
+
+/// One bare CLI run, as the gateway would start it (stream-json both ways), without the
+/// gateway: time to the first text delta and to exit.
+async fn bare_cli(
+    claude: &Path,
+    base_url: &str,
+    prompt: &str,
+) -> anyhow::Result<(Duration, Duration)> {
+    let home = tempfile::tempdir()?;
+    let work = tempfile::tempdir()?;
+    let started = Instant::now();
+    let mut child = tokio::process::Command::new(claude)
+        .args([
+            "-p",
+            "--output-format=stream-json",
+            "--input-format=stream-json",
+            "--verbose",
+            "--include-partial-messages",
+            "--model=sonnet",
+        ])
+        .env_clear()
+        .env("PATH", "/usr/local/bin:/usr/bin:/bin")
+        .env("HOME", home.path())
+        .env("ANTHROPIC_BASE_URL", base_url)
+        .env("CLAUDE_CODE_OAUTH_TOKEN", "sk-ant-oat01-bench.bare")
+        .env("CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC", "1")
+        .env("DISABLE_AUTOUPDATER", "1")
+        .current_dir(work.path())
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()?;
+    let mut stdin = child.stdin.take().ok_or_else(|| anyhow::anyhow!("stdin"))?;
+    let line = json!({"type": "user", "message": {"role": "user", "content": prompt}});
+    stdin.write_all(format!("{line}\n").as_bytes()).await?;
+    drop(stdin);
+    let stdout = child
+        .stdout
+        .take()
+        .ok_or_else(|| anyhow::anyhow!("stdout"))?;
+    let mut lines = BufReader::new(stdout).lines();
+    let mut first = None;
+    while let Some(line) = lines.next_line().await? {
+        if first.is_none() && line.contains("\"content_block_delta\"") {
+            first = Some(started.elapsed());
+        }
+    }
+    child.wait().await?;
+    Ok((first.unwrap_or_default(), started.elapsed()))
+}
+
+/// One streamed request through the gateway: time to the first text delta and to the end.
+async fn gateway_request(
+    client: &reqwest::Client,
+    url: &str,
+    prompt: &str,
+) -> anyhow::Result<(Duration, Duration)> {
+    let started = Instant::now();
+    let mut res = client
+        .post(format!("{url}/v1/messages"))
+        .bearer_auth("sk-ant-oat01-bench.overhead")
+        .json(
+            &json!({"model": "sonnet", "max_tokens": 200, "stream": true,
+                      "messages": [{"role": "user", "content": prompt}]}),
+        )
+        .send()
+        .await?;
+    anyhow::ensure!(res.status() == 200, "status {}", res.status());
+    let mut first = None;
+    while let Some(chunk) = res.chunk().await? {
+        if first.is_none() && String::from_utf8_lossy(&chunk).contains("content_block_delta") {
+            first = Some(started.elapsed());
+        }
+    }
+    Ok((first.unwrap_or_default(), started.elapsed()))
+}
+
+pub async fn overhead(bin: &Path, claude: &Path, runs: usize) -> anyhow::Result<()> {
+    let sandboxed = Gateway::start(bin, claude, &[]).await?;
+    let bare_sandbox = Gateway::start(bin, claude, &["--insecure-no-sandbox"]).await?;
+    let fake = FakeAnthropic::start(([127, 0, 0, 1], 0).into()).await?;
+    let client = reqwest::Client::new();
+    let prompt = "benchmark prompt";
+    let (mut bare, mut with, mut without) = (Vec::new(), Vec::new(), Vec::new());
+    // One warm-up of each, then interleaved runs so drift affects all three alike.
+    bare_cli(claude, &fake.base_url(), prompt).await?;
+    gateway_request(&client, &sandboxed.url, prompt).await?;
+    gateway_request(&client, &bare_sandbox.url, prompt).await?;
+    for _ in 0..runs {
+        bare.push(bare_cli(claude, &fake.base_url(), prompt).await?);
+        with.push(gateway_request(&client, &sandboxed.url, prompt).await?);
+        without.push(gateway_request(&client, &bare_sandbox.url, prompt).await?);
+    }
+    let split = |v: &[(Duration, Duration)]| -> (Vec<Duration>, Vec<Duration>) {
+        v.iter().copied().unzip()
+    };
+    let (bt, bw) = split(&bare);
+    let (st, sw) = split(&with);
+    let (nt, nw) = split(&without);
+    println!("### Overhead: one streamed request through the gateway vs the bare CLI\n");
+    println!("| path | n | first text median ms | first text p95 ms | complete median ms | complete p95 ms |");
+    println!("|---|---|---|---|---|---|");
+    println!("{}", table_row("bare CLI", &bt, &bw));
+    println!("{}", table_row("gateway, sandboxed", &st, &sw));
+    println!("{}", table_row("gateway, no sandbox", &nt, &nw));
+    let median = |v: &[Duration]| Summary::of(v).median_ms;
+    for (name, t, w) in [("sandboxed", &st, &sw), ("no sandbox", &nt, &nw)] {
+        println!(
+            "\nGateway ({name}) adds {:+.0} ms to first text ({:.2}×) and {:+.0} ms to completion ({:.2}×) at the median.",
+            median(t) - median(&bt),
+            median(t) / median(&bt).max(1e-9),
+            median(w) - median(&bw),
+            median(w) / median(&bw).max(1e-9),
+        );
+    }
+    Ok(())
+}
+
+/// Sends requests on `connections` keep-alive clients for `seconds`; counts answers by status.
+async fn hammer(
+    url: String,
+    seconds: u64,
+    connections: usize,
+    build: Arc<dyn Fn(&reqwest::Client) -> reqwest::RequestBuilder + Send + Sync>,
+) -> (u64, u64, f64) {
+    let ok_status = Arc::new(AtomicU64::new(0));
+    let other = Arc::new(AtomicU64::new(0));
+    let deadline = Instant::now() + Duration::from_secs(seconds);
+    let started = Instant::now();
+    let tasks: Vec<_> = (0..connections)
+        .map(|_| {
+            let (ok_status, other, build) = (ok_status.clone(), other.clone(), build.clone());
+            let _ = &url;
+            tokio::spawn(async move {
+                let client = reqwest::Client::builder()
+                    .pool_max_idle_per_host(1)
+                    .build()
+                    .unwrap_or_default();
+                while Instant::now() < deadline {
+                    match build(&client).send().await {
+                        Ok(res) => {
+                            let status = res.status().as_u16();
+                            let _ = res.bytes().await;
+                            if status == 401 || status == 429 {
+                                ok_status.fetch_add(1, Ordering::Relaxed);
+                            } else {
+                                other.fetch_add(1, Ordering::Relaxed);
+                            }
+                        }
+                        Err(_) => {
+                            other.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                }
+            })
+        })
+        .collect();
+    for t in tasks {
+        let _ = t.await;
+    }
+    let secs = started.elapsed().as_secs_f64();
+    (
+        ok_status.load(Ordering::Relaxed),
+        other.load(Ordering::Relaxed),
+        secs,
+    )
+}
+
+pub async fn rejection(
+    bin: &Path,
+    claude: &Path,
+    seconds: u64,
+    connections: usize,
+) -> anyhow::Result<()> {
+    let gw = Gateway::start(
+        bin,
+        claude,
+        &["--rate-limit-per-ip", "1"],
+    )
+    .await?;
+    let body = json!({"model": "sonnet", "max_tokens": 10, "messages": [{"role": "user", "content": "x"}]});
+    println!(
+        "### Rejection path ({connections} keep-alive connections, {seconds} s each, loopback)\n"
+    );
+    println!("| refusal | answered | other | requests/s | gateway RSS after |");
+    println!("|---|---|---|---|---|");
+    // 401: a gateway without the IP limit, so every request reaches the credential check.
+    let open = Gateway::start(bin, claude, &[]).await?;
+    let url = open.url.clone();
+    let b = body.clone();
+    let (n, other, secs) = hammer(
+        url.clone(),
+        seconds,
+        connections,
+        Arc::new(move |c| c.post(format!("{url}/v1/messages")).json(&b)),
+    )
+    .await;
+    println!(
+        "| 401 no credential | {n} | {other} | {:.0} | {} MiB |",
+        n as f64 / secs,
+        open.tree_rss_kib() / 1024
+    );
+    let url = gw.url.clone();
+    let b = body.clone();
+    let (n, other, secs) = hammer(
+        url.clone(),
+        seconds,
+        connections,
+        Arc::new(move |c| {
+            c.post(format!("{url}/v1/messages"))
+                .bearer_auth("sk-ant-oat01-bench.rate")
+                .json(&b)
+        }),
+    )
+    .await;
+    println!(
+        "| 429 rate limited (per IP) | {n} | {other} | {:.0} | {} MiB |",
+        n as f64 / secs,
+        gw.tree_rss_kib() / 1024
+    );
+    Ok(())
+}
+
+pub async fn concurrency(
+    bin: &Path,
+    claude: &Path,
+    streams: usize,
+    queued: usize,
+) -> anyhow::Result<()> {
+    // 50 slow streams at once: every one must complete.
+    let gw = Gateway::start(
+        bin,
+        claude,
+        &[
+            "--max-concurrent-runs",
+            &streams.to_string(),
+            "--max-concurrent-runs-per-tenant",
+            &streams.to_string(),
+            "--rate-limit-per-tenant",
+            "0",
+            "--run-timeout-secs",
+            "600",
+        ],
+    )
+    .await?;
+    let idle_rss = gw.rss_kib();
+    let client = reqwest::Client::new();
+    let prompt = "slow stream\nFAKE-SCRIPT: {\"reply\": \"one two three four five six\", \"chunks\": 6, \"chunk_delay_ms\": 500}";
+    let peak = Arc::new(AtomicU64::new(0));
+    let peak_cli = Arc::new(AtomicU64::new(0));
+    let sampling = {
+        let (peak, peak_cli) = (peak.clone(), peak_cli.clone());
+        let pid = gw.pid();
+        tokio::spawn(async move {
+            for _ in 0..2400 {
+                if let Some(pid) = pid {
+                    let (own, children) = crate::gateway::rss_split(pid);
+                    peak.fetch_max(own, Ordering::Relaxed);
+                    peak_cli.fetch_max(children, Ordering::Relaxed);
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        })
+    };
+    let started = Instant::now();
+    let runs = (0..streams).map(|i| {
+        let client = client.clone();
+        let url = gw.url.clone();
+        async move {
+            let sent = Instant::now();
+            let res = client
+                .post(format!("{url}/v1/messages"))
+                .bearer_auth(format!("sk-ant-oat01-bench-c{i}.a"))
+                .json(
+                    &json!({"model": "sonnet", "max_tokens": 100, "stream": true,
+                              "messages": [{"role": "user", "content": prompt}]}),
+                )
+                .send()
+                .await;
+            let mut res = match res {
+                Ok(r) if r.status() == 200 => r,
+                _ => return None,
+            };
+            let mut first = None;
+            let mut text = String::new();
+            while let Ok(Some(chunk)) = res.chunk().await {
+                first.get_or_insert_with(|| sent.elapsed());
+                text.push_str(&String::from_utf8_lossy(&chunk));
+            }
+            text.contains("message_stop")
+                .then(|| (first.unwrap_or_default(), sent.elapsed()))
+        }
+    });
+    let results = futures::future::join_all(runs).await;
+    let wall = started.elapsed();
+    sampling.abort();
+    let done: Vec<(Duration, Duration)> = results.iter().flatten().copied().collect();
+    let (ttfb, total): (Vec<Duration>, Vec<Duration>) = done.iter().copied().unzip();
+    let spread = ttfb.iter().max().copied().unwrap_or_default()
+        - ttfb.iter().min().copied().unwrap_or_default();
+    println!("### Concurrency: {streams} concurrent slow streams (3 s of output each)\n");
+    println!("| completed | lost | first byte median / p95 / spread ms | complete median / p95 ms | all done in s | gateway RSS idle → peak MiB | CLI runs peak RSS MiB (all) | per run MiB |");
+    println!("|---|---|---|---|---|---|---|---|");
+    let (t, c) = (Summary::of(&ttfb), Summary::of(&total));
+    let peak_cli_mib = peak_cli.load(Ordering::Relaxed) / 1024;
+    println!(
+        "| {} | {} | {:.0} / {:.0} / {:.0} | {:.0} / {:.0} | {:.1} | {} → {} | {} | {} |",
+        done.len(),
+        streams - done.len(),
+        t.median_ms,
+        t.p95_ms,
+        ms(spread),
+        c.median_ms,
+        c.p95_ms,
+        wall.as_secs_f64(),
+        idle_rss / 1024,
+        peak.load(Ordering::Relaxed) / 1024,
+        peak_cli_mib,
+        peak_cli_mib / streams.max(1) as u64,
+    );
+    drop(gw);
+
+    // 1,000 requests waiting in the queue behind one slow run.
+    let gw = Gateway::start(
+        bin,
+        claude,
+        &[
+            "--max-concurrent-runs",
+            "1",
+            "--max-queued-requests",
+            &(queued + 10).to_string(),
+            "--queue-timeout-secs",
+            "120",
+            "--rate-limit-per-tenant",
+            "0",
+            "--tenant-identity",
+            "token",
+        ],
+    )
+    .await?;
+    let idle = gw.rss_kib();
+    let blocker = {
+        let client = client.clone();
+        let url = gw.url.clone();
+        tokio::spawn(async move {
+            let _ = client
+                .post(format!("{url}/v1/messages"))
+                .bearer_auth("sk-ant-oat01-bench-blocker.a")
+                .json(
+                    &json!({"model": "sonnet", "max_tokens": 100, "messages": [{"role": "user",
+                    "content": "hold\nFAKE-SCRIPT: {\"first_byte_delay_ms\": 30000}"}]}),
+                )
+                .send()
+                .await;
+        })
+    };
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let waiting: Vec<_> = (0..queued)
+        .map(|i| {
+            let url = gw.url.clone();
+            tokio::spawn(async move {
+                let client = reqwest::Client::new();
+                let _ = client
+                    .post(format!("{url}/v1/messages"))
+                    .bearer_auth(format!("sk-ant-oat01-bench-q{i}.a"))
+                    .timeout(Duration::from_secs(20))
+                    .json(&json!({"model": "sonnet", "max_tokens": 10, "messages": [{"role": "user", "content": "q"}]}))
+                    .send()
+                    .await;
+            })
+        })
+        .collect();
+    let mut queued_now = 0;
+    for _ in 0..100 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        queued_now = gw
+            .metric("gateway_queued_requests_now")
+            .await
+            .unwrap_or(0.0) as usize;
+        if queued_now >= queued {
+            break;
+        }
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let with_queue = gw.rss_kib();
+    println!("\n### {queued} requests queued behind one run\n");
+    println!("| queued (gauge) | gateway RSS idle MiB | gateway RSS with the queue MiB |");
+    println!("|---|---|---|");
+    println!(
+        "| {queued_now} | {:.1} | {:.1} |",
+        idle as f64 / 1024.0,
+        with_queue as f64 / 1024.0
+    );
+    for w in waiting {
+        w.abort();
+    }
+    blocker.abort();
+    Ok(())
+}
+
+pub async fn growth(bin: &Path, claude: &Path, turns: usize) -> anyhow::Result<()> {
+    let marks: Vec<usize> = [1, 10, 50].into_iter().filter(|n| *n <= turns).collect();
+    println!("### Cost growth: latency of turn N of one session\n");
+    println!(
+        "| path | {} |",
+        marks
+            .iter()
+            .map(|n| format!("turn {n} ms"))
+            .collect::<Vec<_>>()
+            .join(" | ")
+    );
+    println!(
+        "|---|{}|",
+        marks.iter().map(|_| "---").collect::<Vec<_>>().join("|")
+    );
+    for (name, args) in [
+        (
+            "live",
+            vec!["--live-sessions-max", "4", "--rate-limit-per-tenant", "0"],
+        ),
+        (
+            "cold",
+            vec!["--live-sessions-max", "0", "--rate-limit-per-tenant", "0"],
+        ),
+    ] {
+        let gw = Gateway::start(bin, claude, &args).await?;
+        let client = reqwest::Client::new();
+        let mut at = Vec::new();
+        for n in 1..=turns {
+            let (_, total) = crate::streamed_turn(
+                &client,
+                &gw.url,
+                "sk-ant-oat01-bench.growth",
+                "growth",
+                &format!("turn {n} of a long conversation"),
+            )
+            .await?;
+            if marks.contains(&n) {
+                at.push(format!("{:.0}", ms(total)));
+            }
+        }
+        println!("| {name} | {} |", at.join(" | "));
+    }
+    Ok(())
+}
