@@ -203,12 +203,7 @@ pub async fn rejection(
     seconds: u64,
     connections: usize,
 ) -> anyhow::Result<()> {
-    let gw = Gateway::start(
-        bin,
-        claude,
-        &["--rate-limit-per-ip", "1"],
-    )
-    .await?;
+    let gw = Gateway::start(bin, claude, &["--rate-limit-per-ip", "1"]).await?;
     let body = json!({"model": "sonnet", "max_tokens": 10, "messages": [{"role": "user", "content": "x"}]});
     println!(
         "### Rejection path ({connections} keep-alive connections, {seconds} s each, loopback)\n"

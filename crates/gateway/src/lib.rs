@@ -11,6 +11,7 @@ pub mod clock;
 pub mod config;
 pub mod conversation;
 pub mod error;
+pub mod mcp;
 pub mod runner;
 pub mod sandbox;
 pub mod sessions;

@@ -1,0 +1,3 @@
+//! Per-request MCP servers.
+
+pub mod ssrf;
