@@ -33,6 +33,12 @@ if [ "${1:-}" = "--tests" ]; then
     $SUDO apt-get update -qq
     DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq chromium
   fi
+  # Real MCP servers for the MCP tests, in their own npm prefix (mounted at /opt/mcp).
+  mcp_sum=$(sha256sum tests/mcp-servers/package-lock.json | cut -d' ' -f1)
+  if [ "$(cat tests/mcp-servers/node_modules/.installed-from 2>/dev/null)" != "$mcp_sum" ]; then
+    npm ci --prefix tests/mcp-servers --no-audit --no-fund
+    echo "$mcp_sum" > tests/mcp-servers/node_modules/.installed-from
+  fi
   if [ ! -x .venv/bin/python ]; then
     python3 -m venv .venv
   fi

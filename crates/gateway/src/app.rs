@@ -11,6 +11,7 @@ use axum::Router;
 use crate::admission::{Admission, RateLimits};
 use crate::api;
 use crate::config::Config;
+use crate::mcp::McpPolicy;
 use crate::runner::live::{LiveLimits, LivePool};
 use crate::runner::{locate, rundir, Runner, RunnerSettings};
 use crate::sandbox::{Bwrap, LevelPolicy, SandboxError};
@@ -38,6 +39,7 @@ pub struct AppState {
     pub rate: RateLimits,
     pub install_key: Arc<InstallKey>,
     pub levels: LevelPolicy,
+    pub mcp: McpPolicy,
     /// Why runs are not sandboxed, when the operator chose `--insecure-no-sandbox`.
     pub sandbox_disabled: Option<String>,
     tenants_dir: PathBuf,
@@ -55,6 +57,8 @@ pub enum StartupError {
     Demo(std::io::Error),
     #[error("server error: {0}")]
     Serve(std::io::Error),
+    #[error(transparent)]
+    Mcp(#[from] crate::mcp::McpError),
     #[error("{0}; refusing to start without a sandbox (pass --insecure-no-sandbox to run PARANOID-only without one)")]
     Sandbox(SandboxError),
 }
@@ -141,6 +145,14 @@ impl AppState {
             max_per_tenant: config.live_sessions_per_tenant,
             idle: std::time::Duration::from_secs(config.live_session_idle_secs),
         });
+        let mcp = McpPolicy {
+            allowed_commands: config.mcp_allowed_commands.clone(),
+            allowed_hosts: config.mcp_allowed_hosts.clone(),
+            presets: match &config.mcp_presets_file {
+                Some(path) => McpPolicy::load_presets(path)?,
+                None => Default::default(),
+            },
+        };
         let admission = Admission::new(config.concurrency_limits());
         let rate = RateLimits::new(config.rate_limit_per_ip, config.rate_limit_per_tenant);
         Ok(Self {
@@ -150,6 +162,7 @@ impl AppState {
             live,
             admission,
             rate,
+            mcp,
             install_key,
             claude: ClaudeInfo { bin, version },
             identity,
@@ -183,7 +196,11 @@ async fn prepare_sandbox(
 ) -> Result<(Option<Bwrap>, Option<String>), StartupError> {
     let probed = async {
         let cli = cli.unwrap_or(Path::new("claude"));
-        let sandbox = Bwrap::new(cli, etc_dir.to_path_buf(), config.sandbox_limits())?;
+        let mut sandbox = Bwrap::new(cli, etc_dir.to_path_buf(), config.sandbox_limits())?;
+        sandbox.mcp_dir = config
+            .mcp_dir
+            .as_ref()
+            .map(|d| std::fs::canonicalize(d).unwrap_or_else(|_| d.clone()));
         sandbox.probe().await?;
         Ok::<_, SandboxError>(sandbox)
     }

@@ -247,6 +247,28 @@ pub struct Config {
     #[arg(long, env = "CLAUDE_GATEWAY_CORS_ALLOW_ORIGINS", value_delimiter = ',')]
     pub cors_allow_origins: Vec<String>,
 
+    /// A directory of MCP server installations (e.g. a node_modules), visible read-only inside
+    /// every sandbox at /opt/mcp, so local servers can run from it.
+    #[arg(long, env = "CLAUDE_GATEWAY_MCP_DIR")]
+    pub mcp_dir: Option<PathBuf>,
+
+    /// Commands local MCP servers may run at BALANCED (comma-separated, exact).
+    #[arg(
+        long,
+        env = "CLAUDE_GATEWAY_MCP_ALLOWED_COMMANDS",
+        value_delimiter = ','
+    )]
+    pub mcp_allowed_commands: Vec<String>,
+
+    /// Hosts remote MCP servers may use whatever their address (comma-separated).
+    #[arg(long, env = "CLAUDE_GATEWAY_MCP_ALLOWED_HOSTS", value_delimiter = ',')]
+    pub mcp_allowed_hosts: Vec<String>,
+
+    /// A JSON file of operator-defined MCP servers `{name: config}`, which a request enables
+    /// with `{"<server>": {"preset": "<name>"}}`.
+    #[arg(long, env = "CLAUDE_GATEWAY_MCP_PRESETS_FILE")]
+    pub mcp_presets_file: Option<PathBuf>,
+
     /// Log format.
     #[arg(
         long,

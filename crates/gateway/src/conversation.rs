@@ -33,6 +33,8 @@ pub struct TurnRequest {
     pub max_output_tokens: Option<u32>,
     pub level: SecurityLevel,
     pub show_tools: bool,
+    /// The request's MCP servers (already parsed; the policy is applied here).
+    pub mcp: std::collections::BTreeMap<String, crate::mcp::ServerConfig>,
 }
 
 /// Chooses how a new session starts: fresh, or resuming a transcript written from the
@@ -83,6 +85,7 @@ pub async fn start(state: &Arc<AppState>, req: TurnRequest) -> Result<StartedTur
         ApiError::BadGateway("the Claude Code CLI is not installed on this gateway".into())
     })?;
     tracing::Span::current().record("tenant", req.tenant.fingerprint());
+    let mcp = state.mcp.resolve(req.level, &req.mcp)?;
     state.rate.check_tenant(&req.tenant)?;
     let id = req
         .session
@@ -103,6 +106,7 @@ pub async fn start(state: &Arc<AppState>, req: TurnRequest) -> Result<StartedTur
             req.system_prompt.as_ref().map(|(text, mode)| (text, mode)),
             req.level.as_str(),
             req.max_output_tokens,
+            mcp.as_ref().map(|m| &m.config_json),
             req.credential.secret().expose_secret(),
         ])
         .to_string()
@@ -132,6 +136,7 @@ pub async fn start(state: &Arc<AppState>, req: TurnRequest) -> Result<StartedTur
                 projects_dir: Some(projects),
                 max_output_tokens: req.max_output_tokens,
                 level: req.level,
+                mcp,
             };
             state.runner.start(&spec)?
         }

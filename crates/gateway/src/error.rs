@@ -181,6 +181,23 @@ impl From<crate::admission::AdmissionError> for ApiError {
     }
 }
 
+impl From<crate::mcp::McpError> for ApiError {
+    fn from(e: crate::mcp::McpError) -> Self {
+        use crate::mcp::McpError as M;
+        match e {
+            M::Forbidden { .. } | M::Refused { .. } => ApiError::Permission(e.to_string()),
+            M::Presets(..) => ApiError::Internal(e.to_string()),
+            M::Config(_) | M::RemoteNotOffered(_) => ApiError::InvalidRequest(e.to_string()),
+        }
+    }
+}
+
+impl From<crate::mcp::ConfigError> for ApiError {
+    fn from(e: crate::mcp::ConfigError) -> Self {
+        ApiError::InvalidRequest(e.to_string())
+    }
+}
+
 impl From<RunError> for ApiError {
     fn from(e: RunError) -> Self {
         match e {

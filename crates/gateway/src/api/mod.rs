@@ -86,6 +86,25 @@ pub fn requested_session(
         .transpose()?)
 }
 
+/// The MCP servers a request names: the body's `mcp_servers` and the `X-MCP-Config` header
+/// (whose entries win for a name in both).
+pub fn requested_mcp(
+    headers: &axum::http::HeaderMap,
+    body: Option<&serde_json::Value>,
+) -> Result<std::collections::BTreeMap<String, crate::mcp::ServerConfig>, ApiError> {
+    let mut servers = match body {
+        Some(v) if !v.is_null() => crate::mcp::config::parse(v)?,
+        _ => Default::default(),
+    };
+    if let Some(h) = headers.get("x-mcp-config") {
+        let text = h.to_str().map_err(|_| {
+            ApiError::InvalidRequest("MCP config: X-MCP-Config is not valid text".into())
+        })?;
+        servers.extend(crate::mcp::config::parse_text(text)?);
+    }
+    Ok(servers)
+}
+
 /// The security level a request asks for: the `x-security-level` header, else the body's field.
 pub fn requested_level<'a>(
     headers: &'a axum::http::HeaderMap,

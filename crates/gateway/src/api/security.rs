@@ -59,7 +59,20 @@ pub async fn security(State(state): State<SharedState>) -> Json<Value> {
                 "idle_secs": state.config.live_session_idle_secs,
             },
         },
-        "mcp": {"supported": false, "note": "per-request MCP servers are not offered yet"},
+        "mcp": {
+            "local": {
+                "PARANOID": "none",
+                "BALANCED": {"allowed_commands": state.mcp.allowed_commands},
+                "DEVELOPER": "any command",
+                "runs_in": "the tenant's sandbox, as children of the CLI",
+                "presets": state.mcp.presets.keys().collect::<Vec<_>>(),
+            },
+            "remote": {
+                "offered": false,
+                "address_policy": "loopback, private, link-local (metadata), shared, unique-local, unspecified, multicast and documentation addresses refused in every spelling",
+                "allowed_hosts": state.mcp.allowed_hosts,
+            },
+        },
         "tenant_identity": state.identity.mode(),
     }))
 }

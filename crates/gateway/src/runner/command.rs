@@ -45,6 +45,8 @@ pub struct RunSpec {
     pub projects_dir: Option<PathBuf>,
     pub max_output_tokens: Option<u32>,
     pub level: SecurityLevel,
+    /// MCP servers for this run.
+    pub mcp: Option<crate::mcp::McpRun>,
 }
 
 /// What is fixed for the gateway's lifetime.
@@ -64,6 +66,7 @@ pub struct RunPaths<'a> {
     pub home: &'a Path,
     pub tmp: &'a Path,
     pub system_prompt_file: Option<&'a Path>,
+    pub mcp_config_file: Option<&'a Path>,
 }
 
 pub struct CommandLine {
@@ -94,7 +97,19 @@ pub fn build(settings: &RunnerSettings, spec: &RunSpec, paths: &RunPaths<'_>) ->
         arg.push(file);
         args.push(arg);
     }
-    let policy = spec.level.tool_policy();
+    let mut policy = spec.level.tool_policy();
+    if let (Some(mcp), Some(file)) = (&spec.mcp, paths.mcp_config_file) {
+        let mut arg = OsString::from("--mcp-config=");
+        arg.push(file);
+        args.push(arg);
+        // Only the request's servers: nothing from any settings file.
+        args.push("--strict-mcp-config".into());
+        if policy.permission_mode != "bypassPermissions" {
+            policy
+                .allowed
+                .extend(mcp.servers.iter().map(|name| format!("mcp__{name}")));
+        }
+    }
     if let Some(tools) = &policy.tools {
         args.push(format!("--tools={}", tools.join(",")).into());
     }
@@ -159,6 +174,7 @@ mod tests {
             projects_dir: None,
             max_output_tokens: Some(100),
             level: SecurityLevel::Balanced,
+            mcp: None,
         }
     }
 
@@ -177,6 +193,7 @@ mod tests {
             home: Path::new("/run/x/home"),
             tmp: Path::new("/run/x/tmp"),
             system_prompt_file: Some(Path::new("/run/x/system.txt")),
+            mcp_config_file: None,
         }
     }
 

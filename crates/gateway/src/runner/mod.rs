@@ -65,6 +65,13 @@ impl Runner {
             ),
             None => None,
         };
+        let mcp_file = match &spec.mcp {
+            Some(mcp) => Some(
+                dir.write_file("mcp.json", mcp.config_json.as_bytes())
+                    .map_err(RunError::RunDir)?,
+            ),
+            None => None,
+        };
         let home = dir.home();
         let tmp = dir.tmp();
         let cmd = match &self.sandbox {
@@ -78,6 +85,7 @@ impl Runner {
                     system_prompt_file: system_file
                         .as_ref()
                         .map(|_| Path::new(bwrap::SYSTEM_PROMPT)),
+                    mcp_config_file: mcp_file.as_ref().map(|_| Path::new(bwrap::MCP_CONFIG)),
                 };
                 let inner = command::build(&self.settings, spec, &paths);
                 sandbox.wrap(
@@ -87,6 +95,7 @@ impl Runner {
                         workspace: &spec.workspace,
                         system_prompt: system_file.as_deref(),
                         projects: spec.projects_dir.as_deref(),
+                        mcp_config: mcp_file.as_deref(),
                     },
                 )
             }
@@ -103,6 +112,7 @@ impl Runner {
                     home: &home,
                     tmp: &tmp,
                     system_prompt_file: system_file.as_deref(),
+                    mcp_config_file: mcp_file.as_deref(),
                 };
                 command::build(&self.settings, spec, &paths)
             }

@@ -21,6 +21,9 @@ pub const CLI_DIR: &str = "/opt/claude";
 pub const SYSTEM_PROMPT: &str = "/run/gateway/system-prompt.txt";
 pub const TMP: &str = "/tmp";
 pub const PROJECTS: &str = "/home/claude/.claude/projects";
+pub const MCP_CONFIG: &str = "/run/gateway/mcp.json";
+/// Where the operator's MCP server installations (`--mcp-dir`) appear, read-only.
+pub const MCP_DIR: &str = "/opt/mcp";
 const PRLIMIT: &str = "/usr/bin/prlimit";
 const NICE: &str = "/usr/bin/nice";
 /// Sandboxed work runs at a lower CPU priority than the gateway, so a tenant's busy loop or
@@ -47,6 +50,8 @@ pub struct Bwrap {
     /// Holds the generated `passwd` and `group`.
     pub etc_dir: PathBuf,
     pub limits: Limits,
+    /// The operator's MCP server installations, bound read-only at [`MCP_DIR`].
+    pub mcp_dir: Option<PathBuf>,
 }
 
 /// The host paths a run mounts.
@@ -56,6 +61,7 @@ pub struct Mounts<'a> {
     pub system_prompt: Option<&'a Path>,
     /// The tenant's transcripts, mounted as the CLI's `~/.claude/projects`.
     pub projects: Option<&'a Path>,
+    pub mcp_config: Option<&'a Path>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -99,6 +105,7 @@ impl Bwrap {
             cli_name: cli_name.to_os_string(),
             etc_dir,
             limits,
+            mcp_dir: None,
         })
     }
 
@@ -183,6 +190,20 @@ impl Bwrap {
                 PROJECTS.into(),
             ]);
         }
+        if let Some(file) = mounts.mcp_config {
+            args.extend([
+                "--ro-bind".into(),
+                file.as_os_str().to_owned(),
+                MCP_CONFIG.into(),
+            ]);
+        }
+        if let Some(dir) = &self.mcp_dir {
+            args.extend([
+                "--ro-bind-try".into(),
+                dir.as_os_str().to_owned(),
+                MCP_DIR.into(),
+            ]);
+        }
         if let Some(file) = mounts.system_prompt {
             args.extend([
                 "--ro-bind".into(),
@@ -245,6 +266,7 @@ mod tests {
             cli_name: "claude.exe".into(),
             etc_dir: "/data/sandbox-etc".into(),
             limits: Limits::default(),
+            mcp_dir: None,
         }
     }
 
@@ -262,6 +284,7 @@ mod tests {
                 workspace: Path::new("/data/tenants/t1/workspace"),
                 system_prompt: None,
                 projects: None,
+                mcp_config: None,
             },
         )
     }

@@ -12,7 +12,7 @@ use serde_json::Value;
 use super::types::{MessagesRequest, Role, ToolActivity};
 use crate::api::reply::{self, Opening};
 use crate::api::sse;
-use crate::api::{requested_level, requested_session, validate_model};
+use crate::api::{requested_level, requested_mcp, requested_session, validate_model};
 use crate::app::SharedState;
 use crate::conversation::{self, TurnRequest};
 use crate::error::ApiError;
@@ -106,6 +106,7 @@ pub async fn create(
     let level = state
         .levels
         .resolve(requested_level(&headers, req.security_level.as_deref()))?;
+    let mcp = requested_mcp(&headers, req.mcp_servers.as_ref())?;
     let tenant = state.identity.resolve(&credential).await?;
 
     let system_prompt = req
@@ -133,6 +134,7 @@ pub async fn create(
             max_output_tokens: req.max_tokens,
             level,
             show_tools: req.tool_activity.unwrap_or_default() == ToolActivity::Blocks,
+            mcp,
         },
     )
     .await?;

@@ -39,6 +39,10 @@ pub struct MessagesRequest {
     #[serde(default)]
     #[schema(value_type = Option<String>, example = "append")]
     pub system_prompt_mode: Option<SystemPromptMode>,
+    /// Gateway extension: MCP servers for this request, `{name: config}` (see `X-MCP-Config`).
+    #[serde(default)]
+    #[schema(value_type = Option<Object>)]
+    pub mcp_servers: Option<Value>,
     /// Gateway extension: the session to continue (`x-session-id` wins).
     #[serde(default)]
     pub session_id: Option<String>,

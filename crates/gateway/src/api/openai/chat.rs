@@ -13,7 +13,7 @@ use serde_json::{json, Value};
 use super::types::ChatRequest;
 use crate::api::reply::{self, Opening};
 use crate::api::sse;
-use crate::api::{requested_level, requested_session, validate_model};
+use crate::api::{requested_level, requested_mcp, requested_session, validate_model};
 use crate::app::SharedState;
 use crate::conversation::{self, TurnRequest};
 use crate::error::ApiError;
@@ -131,6 +131,7 @@ async fn handle(
     let level = state
         .levels
         .resolve(requested_level(&headers, req.security_level.as_deref()))?;
+    let mcp = requested_mcp(&headers, req.mcp_servers.as_ref())?;
     let tenant = state.identity.resolve(&credential).await?;
     let system_prompt = Some(system.join("\n\n"))
         .filter(|s| !s.is_empty())
@@ -148,6 +149,7 @@ async fn handle(
             max_output_tokens: req.max_completion_tokens.or(req.max_tokens),
             level,
             show_tools: false,
+            mcp,
         },
     )
     .await?;
