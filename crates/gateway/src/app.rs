@@ -252,6 +252,10 @@ pub fn router(state: SharedState) -> Router {
         .route("/metrics", get(api::health::metrics))
         .route("/v1/models", get(api::models::list))
         .route("/v1/security", get(api::security::security))
+        .route(
+            "/v1/mcp/tools",
+            get(api::mcp_tools::list).post(api::mcp_tools::list),
+        )
         .route("/v1/models/{id}", get(api::models::get))
         .route("/v1/messages", post(api::anthropic::messages::create))
         .route("/v1/chat/completions", post(api::openai::chat::create))

@@ -269,6 +269,10 @@ pub struct Config {
     #[arg(long, env = "CLAUDE_GATEWAY_MCP_PRESETS_FILE")]
     pub mcp_presets_file: Option<PathBuf>,
 
+    /// How long one MCP server may take to start and list its tools, in seconds.
+    #[arg(long, env = "CLAUDE_GATEWAY_MCP_TIMEOUT_SECS", default_value_t = 20)]
+    pub mcp_timeout_secs: u64,
+
     /// Log format.
     #[arg(
         long,

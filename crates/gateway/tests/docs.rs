@@ -19,6 +19,7 @@ async fn openapi_covers_every_route_and_the_extension_fields() {
         "/v1/sessions",
         "/v1/sessions/{id}",
         "/v1/security",
+        "/v1/mcp/tools",
         "/health",
         "/ready",
         "/metrics",

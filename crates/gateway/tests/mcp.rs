@@ -189,3 +189,57 @@ async fn remote_servers_at_internal_addresses_are_refused_in_every_spelling() {
     assert!(message.contains("not offered"), "{message}");
     assert!(!message.contains("tok-SECRET"));
 }
+
+#[tokio::test]
+async fn mcp_tools_lists_each_servers_tools_with_per_server_errors() {
+    let gw = gateway().await;
+    let servers = json!({
+        "memory": memory_server()["memory"].clone(),
+        "broken": {"command": "node", "args": ["/opt/mcp/does-not-exist.js"]},
+        "py": {"command": "python3"},
+        "meta": {"url": "http://169.254.169.254/"}
+    });
+    let res = gw
+        .post("/v1/mcp/tools")
+        .bearer_auth(ALICE)
+        .json(&json!({"mcp_servers": servers}))
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(res.status(), 200);
+    let listed: Value = res.json().await.expect("json");
+    let by_name = |name: &str| {
+        listed["servers"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|s| s["name"] == name)
+            .cloned()
+            .unwrap_or(Value::Null)
+    };
+    let memory = by_name("memory");
+    assert_eq!(memory["status"], "ok", "{listed}");
+    let tools = memory["tools"].as_array().expect("tools");
+    let create = tools
+        .iter()
+        .find(|t| t["name"] == "create_entities")
+        .expect("create_entities");
+    assert!(create["description"]
+        .as_str()
+        .is_some_and(|d| !d.is_empty()));
+    assert_eq!(create["input_schema"]["type"], "object");
+    assert_eq!(by_name("broken")["status"], "error");
+    assert_eq!(by_name("py")["status"], "refused");
+    assert_eq!(by_name("meta")["status"], "refused");
+    // The header form, via GET.
+    let res = gw
+        .get("/v1/mcp/tools")
+        .bearer_auth(ALICE)
+        .header("x-mcp-config", memory_server().to_string())
+        .send()
+        .await
+        .expect("sent");
+    let listed: Value = res.json().await.expect("json");
+    assert_eq!(listed["servers"][0]["status"], "ok");
+    assert!(common::eventually(std::time::Duration::from_secs(2), || gw.descendants() == 0).await);
+}

@@ -4,6 +4,7 @@
 pub mod anthropic;
 pub mod docs;
 pub mod health;
+pub mod mcp_tools;
 pub mod models;
 pub mod openai;
 pub mod reply;

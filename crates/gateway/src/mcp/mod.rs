@@ -9,6 +9,7 @@
 
 pub mod config;
 pub mod ssrf;
+pub mod tools;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -71,6 +72,65 @@ impl McpPolicy {
         self.allowed_commands.iter().any(|c| c == command)
     }
 
+    /// The local server a request's entry amounts to at `level`, or why it may not run.
+    pub fn effective(
+        &self,
+        level: SecurityLevel,
+        name: &str,
+        config: &ServerConfig,
+    ) -> Result<LocalServer, McpError> {
+        let (config, preset) = match config {
+            ServerConfig::Preset(preset) => match self.presets.get(preset) {
+                Some(c) => (c, true),
+                None => {
+                    return Err(ConfigError::Field {
+                        server: name.to_owned(),
+                        field: "preset".into(),
+                        problem: format!("no operator preset named {preset:?}"),
+                    }
+                    .into())
+                }
+            },
+            other => (other, false),
+        };
+        let forbidden = |reason: String| McpError::Forbidden {
+            server: name.to_owned(),
+            reason,
+        };
+        match config {
+            ServerConfig::Local { command, args, env } => {
+                match level {
+                    SecurityLevel::Paranoid => {
+                        return Err(forbidden(
+                            "local MCP servers are not allowed at PARANOID".into(),
+                        ))
+                    }
+                    SecurityLevel::Balanced if !preset && !self.command_allowed(command) => {
+                        return Err(forbidden(format!(
+                            "command {command:?} is not on this gateway's allowlist for BALANCED"
+                        )))
+                    }
+                    _ => {}
+                }
+                Ok(LocalServer {
+                    command: command.clone(),
+                    args: args.clone(),
+                    env: env.clone(),
+                })
+            }
+            ServerConfig::Remote(remote) => {
+                ssrf::check_url(&remote.url, &self.allowed_hosts).map_err(|refusal| {
+                    McpError::Refused {
+                        server: name.to_owned(),
+                        refusal,
+                    }
+                })?;
+                Err(McpError::RemoteNotOffered(name.to_owned()))
+            }
+            ServerConfig::Preset(_) => Err(forbidden("a preset cannot name another preset".into())),
+        }
+    }
+
     /// Applies the policy at `level`; `None` when the request names no server.
     pub fn resolve(
         &self,
@@ -82,62 +142,25 @@ impl McpPolicy {
         }
         let mut servers = serde_json::Map::new();
         for (name, config) in requested {
-            let (config, preset) = match config {
-                ServerConfig::Preset(preset) => match self.presets.get(preset) {
-                    Some(c) => (c, true),
-                    None => {
-                        return Err(ConfigError::Field {
-                            server: name.clone(),
-                            field: "preset".into(),
-                            problem: format!("no operator preset named {preset:?}"),
-                        }
-                        .into())
-                    }
-                },
-                other => (other, false),
-            };
-            let forbidden = |reason: &str| McpError::Forbidden {
-                server: name.clone(),
-                reason: reason.into(),
-            };
-            match config {
-                ServerConfig::Local { command, args, env } => {
-                    match level {
-                        SecurityLevel::Paranoid => {
-                            return Err(forbidden("local MCP servers are not allowed at PARANOID"))
-                        }
-                        SecurityLevel::Balanced if !preset && !self.command_allowed(command) => {
-                            return Err(forbidden(&format!(
-                                "command {command:?} is not on this gateway's allowlist for BALANCED"
-                            )))
-                        }
-                        _ => {}
-                    }
-                    servers.insert(
-                        name.clone(),
-                        json!({"type": "stdio", "command": command, "args": args, "env": env}),
-                    );
-                }
-                ServerConfig::Remote(remote) => {
-                    let (_, _) =
-                        ssrf::check_url(&remote.url, &self.allowed_hosts).map_err(|refusal| {
-                            McpError::Refused {
-                                server: name.clone(),
-                                refusal,
-                            }
-                        })?;
-                    return Err(McpError::RemoteNotOffered(name.clone()));
-                }
-                ServerConfig::Preset(_) => {
-                    return Err(forbidden("a preset cannot name another preset"))
-                }
-            }
+            let local = self.effective(level, name, config)?;
+            servers.insert(
+                name.clone(),
+                json!({"type": "stdio", "command": local.command, "args": local.args, "env": local.env}),
+            );
         }
         Ok(Some(McpRun {
             servers: servers.keys().cloned().collect(),
             config_json: json!({"mcpServers": servers}).to_string(),
         }))
     }
+}
+
+/// A local server as it will run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LocalServer {
+    pub command: String,
+    pub args: Vec<String>,
+    pub env: BTreeMap<String, String>,
 }
 
 #[cfg(test)]

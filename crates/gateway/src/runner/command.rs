@@ -73,6 +73,8 @@ pub struct CommandLine {
     pub program: PathBuf,
     pub args: Vec<OsString>,
     pub env: Vec<(&'static str, OsString)>,
+    /// Variables named by a request (an MCP server's `env`).
+    pub extra_env: Vec<(String, String)>,
     pub cwd: PathBuf,
 }
 
@@ -155,6 +157,7 @@ pub fn build(settings: &RunnerSettings, spec: &RunSpec, paths: &RunPaths<'_>) ->
         program: paths.program.to_path_buf(),
         args,
         env,
+        extra_env: Vec::new(),
         cwd: paths.cwd.to_path_buf(),
     }
 }

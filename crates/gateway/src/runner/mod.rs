@@ -55,6 +55,50 @@ impl Runner {
         }
     }
 
+    /// The command line of a local MCP server started on its own (to list its tools), in the
+    /// tenant's sandbox as a run would start it, and the private dir it uses as HOME.
+    pub fn mcp_server_command(
+        &self,
+        workspace: &Path,
+        command: &str,
+        args: &[String],
+        env: &std::collections::BTreeMap<String, String>,
+    ) -> Result<(command::CommandLine, RunDir), RunError> {
+        let sandbox = self.sandbox.as_ref().ok_or_else(|| {
+            RunError::Spawn(std::io::Error::other(
+                "local MCP servers run only inside the sandbox",
+            ))
+        })?;
+        let dir = RunDir::create(&self.runs_dir).map_err(RunError::RunDir)?;
+        let mut vars: Vec<(&'static str, std::ffi::OsString)> = vec![
+            ("PATH", "/usr/local/bin:/usr/bin:/bin".into()),
+            ("HOME", bwrap::HOME.into()),
+            ("TMPDIR", bwrap::TMP.into()),
+            ("LANG", "C.UTF-8".into()),
+        ];
+        let home = dir.home();
+        let inner = command::CommandLine {
+            program: PathBuf::from(command),
+            args: args.iter().map(Into::into).collect(),
+            env: Vec::new(),
+            // The request's variables go to the server only, as the CLI would pass them.
+            extra_env: env.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+            cwd: PathBuf::from(bwrap::WORKSPACE),
+        };
+        let mut line = sandbox.wrap(
+            inner,
+            &Mounts {
+                home: &home,
+                workspace,
+                system_prompt: None,
+                projects: None,
+                mcp_config: None,
+            },
+        );
+        line.env.append(&mut vars);
+        Ok((line, dir))
+    }
+
     /// Starts the CLI for `spec`; the returned process waits for user turns on stdin.
     pub fn start(&self, spec: &RunSpec) -> Result<CliProcess, RunError> {
         let dir = RunDir::create(&self.runs_dir).map_err(RunError::RunDir)?;

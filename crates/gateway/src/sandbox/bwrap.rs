@@ -224,6 +224,7 @@ impl Bwrap {
             program: self.bwrap.clone(),
             args,
             env: inner.env,
+            extra_env: inner.extra_env,
             cwd: mounts.home.to_path_buf(),
         }
     }
@@ -275,6 +276,7 @@ mod tests {
             program: sandbox().inside_program(),
             args: vec!["-p".into(), "--model=sonnet".into()],
             env: vec![("CLAUDE_CODE_OAUTH_TOKEN", "sk-ant-oat01-secret".into())],
+            extra_env: Vec::new(),
             cwd: WORKSPACE.into(),
         };
         sandbox().wrap(

@@ -1,0 +1,113 @@
+//! `GET|POST /v1/mcp/tools`: each requested server's status and tools, asked with the official
+//! Rust MCP SDK (`rmcp`) as the client. A local server is started exactly as a run would start
+//! it (inside the tenant's sandbox); every server has its own timeout and its own error.
+
+use std::collections::BTreeMap;
+use std::process::Stdio;
+use std::time::Duration;
+
+use rmcp::transport::TokioChildProcess;
+use rmcp::ServiceExt;
+use serde::Serialize;
+use serde_json::{json, Value};
+
+use super::{LocalServer, McpError, McpPolicy, ServerConfig};
+use crate::runner::Runner;
+use crate::sandbox::SecurityLevel;
+
+#[derive(Debug, Serialize)]
+pub struct ServerTools {
+    pub name: String,
+    /// `ok`, `error` (the server failed or timed out) or `refused` (policy).
+    pub status: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    pub tools: Vec<Value>,
+}
+
+fn failed(name: &str, status: &'static str, error: String) -> ServerTools {
+    ServerTools {
+        name: name.to_owned(),
+        status,
+        error: Some(crate::telemetry::redact(&error)),
+        tools: Vec::new(),
+    }
+}
+
+/// Lists every server's tools, concurrently, each within `timeout`.
+pub async fn list(
+    policy: &McpPolicy,
+    runner: &Runner,
+    workspace: &std::path::Path,
+    level: SecurityLevel,
+    servers: &BTreeMap<String, ServerConfig>,
+    timeout: Duration,
+) -> Vec<ServerTools> {
+    let jobs = servers.iter().map(|(name, config)| async move {
+        match policy.effective(level, name, config) {
+            Err(e @ (McpError::Forbidden { .. } | McpError::Refused { .. })) => {
+                failed(name, "refused", e.to_string())
+            }
+            Err(e) => failed(name, "error", e.to_string()),
+            Ok(local) => {
+                match tokio::time::timeout(timeout, local_tools(runner, workspace, &local)).await {
+                    Err(_) => failed(
+                        name,
+                        "error",
+                        format!("no answer within {} s", timeout.as_secs()),
+                    ),
+                    Ok(Err(e)) => failed(name, "error", e),
+                    Ok(Ok(tools)) => ServerTools {
+                        name: name.clone(),
+                        status: "ok",
+                        error: None,
+                        tools,
+                    },
+                }
+            }
+        }
+    });
+    futures::future::join_all(jobs).await
+}
+
+async fn local_tools(
+    runner: &Runner,
+    workspace: &std::path::Path,
+    server: &LocalServer,
+) -> Result<Vec<Value>, String> {
+    let (line, _dir) = runner
+        .mcp_server_command(workspace, &server.command, &server.args, &server.env)
+        .map_err(|e| e.to_string())?;
+    let mut command = tokio::process::Command::new(&line.program);
+    command
+        .args(&line.args)
+        .env_clear()
+        .envs(line.env.iter().map(|(k, v)| (k, v)))
+        .envs(line.extra_env.iter().map(|(k, v)| (k, v)))
+        .current_dir(&line.cwd)
+        .process_group(0)
+        .kill_on_drop(true);
+    let (transport, _) = TokioChildProcess::builder(command)
+        .stderr(Stdio::null())
+        .spawn()
+        .map_err(|e| format!("cannot start the server: {e}"))?;
+    let client = ()
+        .serve(transport)
+        .await
+        .map_err(|e| format!("the server did not initialise: {e}"))?;
+    let tools = client
+        .list_all_tools()
+        .await
+        .map_err(|e| format!("tools/list failed: {e}"));
+    let _ = client.cancel().await;
+    Ok(tools?
+        .into_iter()
+        .map(|t| {
+            json!({
+                "name": t.name,
+                "description": t.description,
+                "input_schema": t.input_schema,
+            })
+        })
+        .collect())
+}
