@@ -45,6 +45,39 @@ pub struct MessageResponse {
     refreshed_oauth_credentials: Option<Value>,
 }
 
+/// The refusals and failures a conversation turn can answer with.
+#[derive(utoipa::IntoResponses)]
+#[allow(dead_code)]
+pub enum TurnErrors {
+    #[response(status = 400, description = "Invalid request")]
+    BadRequest(ErrorBody),
+    #[response(
+        status = 401,
+        description = "No or unrecognised credential, or the upstream refused it"
+    )]
+    Unauthorized(ErrorBody),
+    #[response(
+        status = 403,
+        description = "A looser security level than allowed, or an MCP policy refusal"
+    )]
+    Forbidden(ErrorBody),
+    #[response(status = 409, description = "The session is busy with another turn")]
+    Busy(ErrorBody),
+    #[response(status = 413, description = "Body too large")]
+    TooLarge(ErrorBody),
+    #[response(
+        status = 429,
+        description = "Rate limited (retry-after, anthropic-ratelimit-* headers)"
+    )]
+    RateLimited(ErrorBody),
+    #[response(status = 502, description = "The CLI or the upstream failed")]
+    BadGateway(ErrorBody),
+    #[response(status = 504, description = "The run exceeded its time limit")]
+    Timeout(ErrorBody),
+    #[response(status = 529, description = "Upstream or gateway overloaded")]
+    Overloaded(ErrorBody),
+}
+
 /// A session's summary.
 #[derive(ToSchema)]
 #[allow(dead_code)]

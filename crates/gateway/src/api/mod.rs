@@ -18,6 +18,49 @@ pub async fn not_found(uri: axum::http::Uri) -> ApiError {
     ApiError::NotFound(format!("no route for {}", uri.path()))
 }
 
+/// What every conversation request says besides its messages, in whichever dialect.
+pub struct TurnContext {
+    pub tenant: crate::tenant::identity::TenantId,
+    pub session: Option<crate::sessions::ClientSessionId>,
+    pub level: crate::sandbox::SecurityLevel,
+    pub mcp: std::collections::BTreeMap<String, crate::mcp::ServerConfig>,
+}
+
+impl TurnContext {
+    /// Reads the session, level and MCP servers (headers win over the body's fields) and
+    /// resolves the tenant, refusing bad input before anything runs.
+    pub async fn resolve(
+        state: &crate::app::AppState,
+        headers: &axum::http::HeaderMap,
+        credential: &crate::tenant::credential::Credential,
+        session: Option<&str>,
+        level: Option<&str>,
+        mcp: Option<&serde_json::Value>,
+    ) -> Result<Self, ApiError> {
+        let session = requested_session(headers, session)?;
+        let level = state.levels.resolve(requested_level(headers, level))?;
+        let mcp = requested_mcp(headers, mcp)?;
+        let tenant = state.identity.resolve(credential).await?;
+        Ok(Self {
+            tenant,
+            session,
+            level,
+            mcp,
+        })
+    }
+}
+
+/// Returns the session id in `x-session-id`.
+pub fn with_session_header(
+    mut response: axum::response::Response,
+    session: &crate::sessions::ClientSessionId,
+) -> axum::response::Response {
+    if let Ok(v) = axum::http::HeaderValue::from_str(session.as_str()) {
+        response.headers_mut().insert("x-session-id", v);
+    }
+    response
+}
+
 /// Applies the per-IP rate limit to everything but the probes a platform sends.
 pub async fn limit_client_ip(
     axum::extract::State(state): axum::extract::State<crate::app::SharedState>,

@@ -3,7 +3,7 @@
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::State;
-use axum::http::{HeaderMap, HeaderValue};
+use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use secrecy::ExposeSecret;
@@ -12,7 +12,7 @@ use serde_json::Value;
 use super::types::{MessagesRequest, Role, ToolActivity};
 use crate::api::reply::{self, Opening};
 use crate::api::sse;
-use crate::api::{requested_level, requested_mcp, requested_session, validate_model};
+use crate::api::{validate_model, with_session_header, TurnContext};
 use crate::app::SharedState;
 use crate::conversation::{self, TurnRequest};
 use crate::error::ApiError;
@@ -63,15 +63,7 @@ fn split_turns(req: &MessagesRequest) -> Result<(History, Value), ApiError> {
         ("x-security-level" = Option<String>, Header, description = "A stricter level: PARANOID, BALANCED or DEVELOPER")),
     responses(
         (status = 200, description = "The message (or its event stream)", body = crate::api::docs::MessageResponse),
-        (status = 400, description = "Invalid request", body = crate::api::docs::ErrorBody),
-        (status = 401, description = "No or unrecognised credential, or the upstream refused it", body = crate::api::docs::ErrorBody),
-        (status = 403, description = "A looser security level than allowed", body = crate::api::docs::ErrorBody),
-        (status = 409, description = "The session is busy with another turn", body = crate::api::docs::ErrorBody),
-        (status = 413, description = "Body too large", body = crate::api::docs::ErrorBody),
-        (status = 429, description = "Rate limited (retry-after, anthropic-ratelimit-* headers)", body = crate::api::docs::ErrorBody),
-        (status = 502, description = "The CLI or the upstream failed", body = crate::api::docs::ErrorBody),
-        (status = 504, description = "The run exceeded its time limit", body = crate::api::docs::ErrorBody),
-        (status = 529, description = "Upstream or gateway overloaded", body = crate::api::docs::ErrorBody)
+        crate::api::docs::TurnErrors
     ))]
 pub async fn create(
     State(state): State<SharedState>,
@@ -102,12 +94,15 @@ pub async fn create(
         ));
     }
     let (history, prompt) = split_turns(&req)?;
-    let session = requested_session(&headers, req.session_id.as_deref())?;
-    let level = state
-        .levels
-        .resolve(requested_level(&headers, req.security_level.as_deref()))?;
-    let mcp = requested_mcp(&headers, req.mcp_servers.as_ref())?;
-    let tenant = state.identity.resolve(&credential).await?;
+    let ctx = TurnContext::resolve(
+        &state,
+        &headers,
+        &credential,
+        req.session_id.as_deref(),
+        req.security_level.as_deref(),
+        req.mcp_servers.as_ref(),
+    )
+    .await?;
 
     let system_prompt = req
         .system
@@ -125,16 +120,16 @@ pub async fn create(
         &state,
         TurnRequest {
             credential,
-            tenant,
-            session,
+            tenant: ctx.tenant,
+            session: ctx.session,
             model: req.model.clone(),
             system_prompt,
             history,
             prompt,
             max_output_tokens: req.max_tokens,
-            level,
+            level: ctx.level,
             show_tools: req.tool_activity.unwrap_or_default() == ToolActivity::Blocks,
-            mcp,
+            mcp: ctx.mcp,
         },
     )
     .await?;
@@ -152,7 +147,7 @@ pub async fn create(
         extensions.push(("refreshed_oauth_credentials", creds));
     }
     let opening = Opening::new(&req.model, extensions);
-    let mut response = if req.stream {
+    let response = if req.stream {
         let held = reply::hold(
             started.events,
             &opening,
@@ -163,8 +158,5 @@ pub async fn create(
     } else {
         Json(reply::collect(started.events, &opening).await?).into_response()
     };
-    if let Ok(v) = HeaderValue::from_str(started.session.as_str()) {
-        response.headers_mut().insert("x-session-id", v);
-    }
-    Ok(response)
+    Ok(with_session_header(response, &started.session))
 }

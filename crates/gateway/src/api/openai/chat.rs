@@ -4,7 +4,7 @@
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::State;
-use axum::http::{HeaderMap, HeaderValue};
+use axum::http::HeaderMap;
 use axum::response::sse::Event as SseEvent;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -13,7 +13,7 @@ use serde_json::{json, Value};
 use super::types::ChatRequest;
 use crate::api::reply::{self, Opening};
 use crate::api::sse;
-use crate::api::{requested_level, requested_mcp, requested_session, validate_model};
+use crate::api::{validate_model, with_session_header, TurnContext};
 use crate::app::SharedState;
 use crate::conversation::{self, TurnRequest};
 use crate::error::ApiError;
@@ -28,15 +28,7 @@ use crate::turn::assemble::Event;
         ("x-security-level" = Option<String>, Header, description = "A stricter level: PARANOID, BALANCED or DEVELOPER")),
     responses(
         (status = 200, description = "The completion (or its chunk stream); errors use OpenAI's shape", body = Object),
-        (status = 400, description = "Invalid request", body = crate::api::docs::ErrorBody),
-        (status = 401, description = "No or unrecognised credential, or the upstream refused it", body = crate::api::docs::ErrorBody),
-        (status = 403, description = "A looser security level than allowed", body = crate::api::docs::ErrorBody),
-        (status = 409, description = "The session is busy with another turn", body = crate::api::docs::ErrorBody),
-        (status = 413, description = "Body too large", body = crate::api::docs::ErrorBody),
-        (status = 429, description = "Rate limited (retry-after, anthropic-ratelimit-* headers)", body = crate::api::docs::ErrorBody),
-        (status = 502, description = "The CLI or the upstream failed", body = crate::api::docs::ErrorBody),
-        (status = 504, description = "The run exceeded its time limit", body = crate::api::docs::ErrorBody),
-        (status = 529, description = "Upstream or gateway overloaded", body = crate::api::docs::ErrorBody)
+        crate::api::docs::TurnErrors
     ))]
 pub async fn create(
     State(state): State<SharedState>,
@@ -127,12 +119,15 @@ async fn handle(
             ))
         }
     };
-    let session = requested_session(&headers, req.session_id.as_deref().or(req.user.as_deref()))?;
-    let level = state
-        .levels
-        .resolve(requested_level(&headers, req.security_level.as_deref()))?;
-    let mcp = requested_mcp(&headers, req.mcp_servers.as_ref())?;
-    let tenant = state.identity.resolve(&credential).await?;
+    let ctx = TurnContext::resolve(
+        &state,
+        &headers,
+        &credential,
+        req.session_id.as_deref().or(req.user.as_deref()),
+        req.security_level.as_deref(),
+        req.mcp_servers.as_ref(),
+    )
+    .await?;
     let system_prompt = Some(system.join("\n\n"))
         .filter(|s| !s.is_empty())
         .map(|s| (s, state.config.system_prompt_mode));
@@ -140,23 +135,23 @@ async fn handle(
         &state,
         TurnRequest {
             credential,
-            tenant,
-            session,
+            tenant: ctx.tenant,
+            session: ctx.session,
             model: req.model.clone(),
             system_prompt,
             history: turns,
             prompt,
             max_output_tokens: req.max_completion_tokens.or(req.max_tokens),
-            level,
+            level: ctx.level,
             show_tools: false,
-            mcp,
+            mcp: ctx.mcp,
         },
     )
     .await?;
 
     let session_id = started.session.as_str().to_owned();
     let opening = Opening::new(&req.model, Vec::new());
-    let mut response = if req.stream {
+    let response = if req.stream {
         let held = reply::hold(
             started.events,
             &opening,
@@ -170,10 +165,7 @@ async fn handle(
         let message = reply::collect(started.events, &opening).await?;
         Json(completion(&message, &session_id)).into_response()
     };
-    if let Ok(v) = HeaderValue::from_str(&session_id) {
-        response.headers_mut().insert("x-session-id", v);
-    }
-    Ok(response)
+    Ok(with_session_header(response, &started.session))
 }
 
 fn now_secs() -> u64 {
