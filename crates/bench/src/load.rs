@@ -80,30 +80,55 @@ async fn bare_cli(
     Ok((first.unwrap_or_default(), started.elapsed()))
 }
 
-/// One streamed request through the gateway: time to the first text delta and to the end.
+/// How one streamed request went.
+pub struct Timing {
+    pub first_byte: Duration,
+    pub first_text: Duration,
+    pub total: Duration,
+}
+
+/// One streamed `/v1/messages` request (in `session` when given).
+pub async fn stream(
+    client: &reqwest::Client,
+    url: &str,
+    token: &str,
+    session: Option<&str>,
+    prompt: &str,
+) -> anyhow::Result<Timing> {
+    let started = Instant::now();
+    let mut request = client
+        .post(format!("{url}/v1/messages"))
+        .bearer_auth(token)
+        .json(
+            &json!({"model": "sonnet", "max_tokens": 200, "stream": true,
+                      "messages": [{"role": "user", "content": prompt}]}),
+        );
+    if let Some(session) = session {
+        request = request.header("x-session-id", session);
+    }
+    let mut res = request.send().await?;
+    anyhow::ensure!(res.status() == 200, "status {}", res.status());
+    let (mut first_byte, mut first_text) = (None, None);
+    while let Some(chunk) = res.chunk().await? {
+        first_byte.get_or_insert_with(|| started.elapsed());
+        if first_text.is_none() && String::from_utf8_lossy(&chunk).contains("content_block_delta") {
+            first_text = Some(started.elapsed());
+        }
+    }
+    Ok(Timing {
+        first_byte: first_byte.unwrap_or_default(),
+        first_text: first_text.unwrap_or_default(),
+        total: started.elapsed(),
+    })
+}
+
 async fn gateway_request(
     client: &reqwest::Client,
     url: &str,
     prompt: &str,
 ) -> anyhow::Result<(Duration, Duration)> {
-    let started = Instant::now();
-    let mut res = client
-        .post(format!("{url}/v1/messages"))
-        .bearer_auth("sk-ant-oat01-bench.overhead")
-        .json(
-            &json!({"model": "sonnet", "max_tokens": 200, "stream": true,
-                      "messages": [{"role": "user", "content": prompt}]}),
-        )
-        .send()
-        .await?;
-    anyhow::ensure!(res.status() == 200, "status {}", res.status());
-    let mut first = None;
-    while let Some(chunk) = res.chunk().await? {
-        if first.is_none() && String::from_utf8_lossy(&chunk).contains("content_block_delta") {
-            first = Some(started.elapsed());
-        }
-    }
-    Ok((first.unwrap_or_default(), started.elapsed()))
+    let t = stream(client, url, "sk-ant-oat01-bench.overhead", None, prompt).await?;
+    Ok((t.first_text, t.total))
 }
 
 pub async fn overhead(bin: &Path, claude: &Path, runs: usize) -> anyhow::Result<()> {

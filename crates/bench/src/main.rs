@@ -7,10 +7,9 @@ mod gateway;
 mod load;
 mod stats;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use clap::{Parser, Subcommand};
-use serde_json::json;
 
 use gateway::Gateway;
 use stats::Summary;
@@ -65,7 +64,7 @@ enum Bench {
     },
 }
 
-/// One streamed turn: time to the first body byte and to the end of the stream.
+/// One streamed turn of a named session: time to the first body byte and to the end.
 pub(crate) async fn streamed_turn(
     client: &reqwest::Client,
     url: &str,
@@ -73,25 +72,8 @@ pub(crate) async fn streamed_turn(
     session: &str,
     prompt: &str,
 ) -> anyhow::Result<(Duration, Duration)> {
-    let started = Instant::now();
-    let mut res = client
-        .post(format!("{url}/v1/messages"))
-        .bearer_auth(token)
-        .header("x-session-id", session)
-        .json(
-            &json!({"model": "sonnet", "max_tokens": 200, "stream": true,
-                      "messages": [{"role": "user", "content": prompt}]}),
-        )
-        .send()
-        .await?;
-    anyhow::ensure!(res.status() == 200, "status {}", res.status());
-    let mut first = None;
-    while let Some(chunk) = res.chunk().await? {
-        if first.is_none() && !chunk.is_empty() {
-            first = Some(started.elapsed());
-        }
-    }
-    Ok((first.unwrap_or_default(), started.elapsed()))
+    let timing = load::stream(client, url, token, Some(session), prompt).await?;
+    Ok((timing.first_byte, timing.total))
 }
 
 async fn session_latencies(
