@@ -7,7 +7,7 @@ use axum::http::HeaderMap;
 use axum::Json;
 use serde_json::{json, Value};
 
-use super::{authenticate, requested_level, requested_mcp};
+use super::{authenticate, requested_level, requested_mcp, TurnExtensions};
 use crate::app::SharedState;
 use crate::error::ApiError;
 
@@ -25,22 +25,21 @@ pub async fn list(
     body: Bytes,
 ) -> Result<Json<Value>, ApiError> {
     let tenant = authenticate(&state, &headers).await?;
-    let body: Value = if body.is_empty() {
-        Value::Null
+    let body: TurnExtensions = if body.is_empty() {
+        TurnExtensions::default()
     } else {
         serde_json::from_slice(&body)
             .map_err(|e| ApiError::InvalidRequest(format!("invalid request body: {e}")))?
     };
-    let servers = requested_mcp(&headers, body.get("mcp_servers"))?;
+    let servers = requested_mcp(&headers, body.mcp_servers.as_ref())?;
     if servers.is_empty() {
         return Err(ApiError::InvalidRequest(
             "name at least one MCP server (X-MCP-Config header or mcp_servers)".into(),
         ));
     }
-    let level = state.levels.resolve(requested_level(
-        &headers,
-        body.get("security_level").and_then(Value::as_str),
-    ))?;
+    let level = state
+        .levels
+        .resolve(requested_level(&headers, body.security_level.as_deref()))?;
     let workspace = state
         .workspace(&tenant)
         .map_err(|e| ApiError::Internal(format!("cannot prepare the tenant workspace: {e}")))?;

@@ -18,6 +18,21 @@ pub async fn not_found(uri: axum::http::Uri) -> ApiError {
     ApiError::NotFound(format!("no route for {}", uri.path()))
 }
 
+/// The gateway's extension fields of a request body, the same in every dialect.
+#[derive(Debug, Default, serde::Deserialize, utoipa::ToSchema)]
+pub struct TurnExtensions {
+    /// MCP servers for this request, `{name: config}` (`X-MCP-Config` entries win).
+    #[serde(default)]
+    #[schema(value_type = Option<Object>)]
+    pub mcp_servers: Option<serde_json::Value>,
+    /// The session to continue (`X-Session-ID` wins).
+    #[serde(default)]
+    pub session_id: Option<String>,
+    /// A stricter security level (`X-Security-Level` wins).
+    #[serde(default)]
+    pub security_level: Option<String>,
+}
+
 /// What every conversation request says besides its messages, in whichever dialect.
 pub struct TurnContext {
     pub tenant: crate::tenant::identity::TenantId,
@@ -27,19 +42,21 @@ pub struct TurnContext {
 }
 
 impl TurnContext {
-    /// Reads the session, level and MCP servers (headers win over the body's fields) and
-    /// resolves the tenant, refusing bad input before anything runs.
+    /// Reads the session, level and MCP servers (headers win over the body's fields; a
+    /// dialect may offer a `session_fallback`, as OpenAI's `user`) and resolves the tenant,
+    /// refusing bad input before anything runs.
     pub async fn resolve(
         state: &crate::app::AppState,
         headers: &axum::http::HeaderMap,
         credential: &crate::tenant::credential::Credential,
-        session: Option<&str>,
-        level: Option<&str>,
-        mcp: Option<&serde_json::Value>,
+        ext: &TurnExtensions,
+        session_fallback: Option<&str>,
     ) -> Result<Self, ApiError> {
-        let session = requested_session(headers, session)?;
-        let level = state.levels.resolve(requested_level(headers, level))?;
-        let mcp = requested_mcp(headers, mcp)?;
+        let session = requested_session(headers, ext.session_id.as_deref().or(session_fallback))?;
+        let level = state
+            .levels
+            .resolve(requested_level(headers, ext.security_level.as_deref()))?;
+        let mcp = requested_mcp(headers, ext.mcp_servers.as_ref())?;
         let tenant = state.identity.resolve(credential).await?;
         Ok(Self {
             tenant,

@@ -94,15 +94,7 @@ pub async fn create(
         ));
     }
     let (history, prompt) = split_turns(&req)?;
-    let ctx = TurnContext::resolve(
-        &state,
-        &headers,
-        &credential,
-        req.session_id.as_deref(),
-        req.security_level.as_deref(),
-        req.mcp_servers.as_ref(),
-    )
-    .await?;
+    let ctx = TurnContext::resolve(&state, &headers, &credential, &req.gateway, None).await?;
 
     let system_prompt = req
         .system

@@ -39,16 +39,8 @@ pub struct MessagesRequest {
     #[serde(default)]
     #[schema(value_type = Option<String>, example = "append")]
     pub system_prompt_mode: Option<SystemPromptMode>,
-    /// Gateway extension: MCP servers for this request, `{name: config}` (see `X-MCP-Config`).
-    #[serde(default)]
-    #[schema(value_type = Option<Object>)]
-    pub mcp_servers: Option<Value>,
-    /// Gateway extension: the session to continue (`x-session-id` wins).
-    #[serde(default)]
-    pub session_id: Option<String>,
-    /// Gateway extension: a stricter security level for this request (`x-security-level` wins).
-    #[serde(default)]
-    pub security_level: Option<String>,
+    #[serde(flatten)]
+    pub gateway: crate::api::TurnExtensions,
     /// Gateway extension: show the CLI's own tool calls and results in the response.
     #[serde(default)]
     pub tool_activity: Option<ToolActivity>,

@@ -123,9 +123,8 @@ async fn handle(
         &state,
         &headers,
         &credential,
-        req.session_id.as_deref().or(req.user.as_deref()),
-        req.security_level.as_deref(),
-        req.mcp_servers.as_ref(),
+        &req.gateway,
+        req.user.as_deref(),
     )
     .await?;
     let system_prompt = Some(system.join("\n\n"))

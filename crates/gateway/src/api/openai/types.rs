@@ -36,16 +36,8 @@ pub struct ChatRequest {
     /// OpenAI's end-user id; the gateway reads it as a session id when no other is given.
     #[serde(default)]
     pub user: Option<String>,
-    /// Gateway extension: MCP servers for this request, `{name: config}` (see `X-MCP-Config`).
-    #[serde(default)]
-    #[schema(value_type = Option<Object>)]
-    pub mcp_servers: Option<Value>,
-    /// Gateway extension: the session to continue (`X-Session-ID` wins).
-    #[serde(default)]
-    pub session_id: Option<String>,
-    /// Gateway extension: a stricter security level.
-    #[serde(default)]
-    pub security_level: Option<String>,
+    #[serde(flatten)]
+    pub gateway: crate::api::TurnExtensions,
 }
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
