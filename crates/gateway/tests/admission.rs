@@ -148,7 +148,7 @@ async fn a_tenant_over_its_concurrency_waits_then_gets_429_while_others_run() {
         gw.messages(ALICE, slow("marker-conc-a")),
         gw.messages(ALICE, slow("marker-conc-b")),
         async {
-            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+            gw.until_running(1).await;
             gw.messages(BOB, slow("marker-conc-bob")).await
         }
     );
@@ -165,7 +165,7 @@ async fn a_full_gateway_refuses_with_529_and_a_queued_request_runs_when_a_slot_f
         .start()
         .await;
     let (a, b) = tokio::join!(full.messages(ALICE, slow("marker-full-a")), async {
-        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        full.until_running(1).await;
         full.messages(BOB, slow("marker-full-b")).await
     });
     assert_eq!(a.status(), 200);

@@ -222,6 +222,34 @@ impl Gateway {
             .expect("request sent")
     }
 
+    /// How many CLI runs the gateway reports as running, from `/metrics`.
+    pub async fn running_runs(&self) -> u64 {
+        let text = self
+            .get("/metrics")
+            .send()
+            .await
+            .expect("sent")
+            .text()
+            .await
+            .expect("text");
+        text.lines()
+            .find_map(|l| l.strip_prefix("gateway_running_runs "))
+            .and_then(|v| v.trim().parse::<f64>().ok())
+            .map_or(0, |v| v as u64)
+    }
+
+    /// Waits (bounded) until `n` runs hold a slot, so a test can order requests
+    /// by state rather than by sleeping.
+    pub async fn until_running(&self, n: u64) {
+        for _ in 0..300 {
+            if self.running_runs().await >= n {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("{n} runs never started");
+    }
+
     /// The run dirs still present under the data dir.
     pub fn leftover_run_dirs(&self) -> usize {
         std::fs::read_dir(self.data_dir.path().join("runs"))
