@@ -164,6 +164,8 @@ async fn sessions(args: &Args, turns: usize, live_count: usize) -> anyhow::Resul
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let mut args = Args::parse();
+    // reqwest's TLS needs a provider even though every benchmark speaks plain HTTP to loopback.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     // Children run in other working directories: give them absolute paths.
     args.gateway = std::fs::canonicalize(&args.gateway)?;
     args.claude = std::fs::canonicalize(&args.claude)?;

@@ -40,6 +40,10 @@ pub struct AppState {
     pub install_key: Arc<InstallKey>,
     pub levels: LevelPolicy,
     pub mcp: McpPolicy,
+    /// The only way to remote MCP servers: connections under the address policy.
+    pub mcp_connector: crate::mcp::remote::Connector,
+    /// Where runs reach their remote MCP servers.
+    pub mcp_bridge: crate::mcp::bridge::Bridge,
     /// Why runs are not sandboxed, when the operator chose `--insecure-no-sandbox`.
     pub sandbox_disabled: Option<String>,
     tenants_dir: PathBuf,
@@ -59,6 +63,8 @@ pub enum StartupError {
     Serve(std::io::Error),
     #[error(transparent)]
     Mcp(#[from] crate::mcp::McpError),
+    #[error("cannot start the MCP bridge on {0}: {1}")]
+    Bridge(std::net::SocketAddr, std::io::Error),
     #[error("{0}; refusing to start without a sandbox (pass --insecure-no-sandbox to run PARANOID-only without one)")]
     Sandbox(SandboxError),
 }
@@ -153,6 +159,19 @@ impl AppState {
                 None => Default::default(),
             },
         };
+        if !config.mcp_bridge_listen.ip().is_loopback() {
+            return Err(StartupError::Bridge(
+                config.mcp_bridge_listen,
+                std::io::Error::other("the MCP bridge listens on loopback only"),
+            ));
+        }
+        let mcp_bridge = crate::mcp::bridge::Bridge::start(config.mcp_bridge_listen)
+            .await
+            .map_err(|e| StartupError::Bridge(config.mcp_bridge_listen, e))?;
+        let mcp_connector = crate::mcp::remote::Connector::new(
+            &config.mcp_allowed_hosts,
+            std::time::Duration::from_secs(config.mcp_timeout_secs),
+        );
         let admission = Admission::new(config.concurrency_limits());
         let rate = RateLimits::new(config.rate_limit_per_ip, config.rate_limit_per_tenant);
         Ok(Self {
@@ -163,6 +182,8 @@ impl AppState {
             admission,
             rate,
             mcp,
+            mcp_connector,
+            mcp_bridge,
             install_key,
             claude: ClaudeInfo { bin, version },
             identity,

@@ -269,7 +269,16 @@ pub struct Config {
     #[arg(long, env = "CLAUDE_GATEWAY_MCP_PRESETS_FILE")]
     pub mcp_presets_file: Option<PathBuf>,
 
-    /// How long one MCP server may take to start and list its tools, in seconds.
+    /// Where the bridge that offers remote MCP servers to runs listens. It must be a loopback
+    /// address the sandbox can reach; port 0 picks a free one.
+    #[arg(
+        long,
+        env = "CLAUDE_GATEWAY_MCP_BRIDGE_LISTEN",
+        default_value = "127.0.0.1:0"
+    )]
+    pub mcp_bridge_listen: std::net::SocketAddr,
+
+    /// How long one MCP server may take to start (or connect) and list its tools, in seconds.
     #[arg(long, env = "CLAUDE_GATEWAY_MCP_TIMEOUT_SECS", default_value_t = 20)]
     pub mcp_timeout_secs: u64,
 

@@ -106,7 +106,7 @@ pub async fn start(state: &Arc<AppState>, req: TurnRequest) -> Result<StartedTur
             req.system_prompt.as_ref().map(|(text, mode)| (text, mode)),
             req.level.as_str(),
             req.max_output_tokens,
-            mcp.as_ref().map(|m| &m.config_json),
+            mcp.identity(),
             req.credential.secret().expose_secret(),
         ])
         .to_string()
@@ -123,6 +123,10 @@ pub async fn start(state: &Arc<AppState>, req: TurnRequest) -> Result<StartedTur
             process
         }
         None => {
+            // Remote servers are connected (and offered on the bridge) only for a new process;
+            // a live one keeps the routes it was started with.
+            let offered =
+                crate::mcp::connect_all(&mcp, &state.mcp_connector, &state.mcp_bridge).await?;
             let session_arg = match &existing {
                 Some(meta) => SessionArg::Resume(meta.cli_session_id),
                 None => seed_session(state, &req, key, &cli_cwd, version)?,
@@ -136,9 +140,13 @@ pub async fn start(state: &Arc<AppState>, req: TurnRequest) -> Result<StartedTur
                 projects_dir: Some(projects),
                 max_output_tokens: req.max_output_tokens,
                 level: req.level,
-                mcp,
+                mcp: (!mcp.servers.is_empty()).then(|| mcp.run(&offered)),
             };
-            state.runner.start(&spec)?
+            let mut process = state.runner.start(&spec)?;
+            for (_, route) in offered {
+                process.hold(Box::new(route.lease));
+            }
+            process
         }
     };
     tracing::info!(

@@ -187,7 +187,15 @@ impl From<crate::mcp::McpError> for ApiError {
         match e {
             M::Forbidden { .. } | M::Refused { .. } => ApiError::Permission(e.to_string()),
             M::Presets(..) => ApiError::Internal(e.to_string()),
-            M::Config(_) | M::RemoteNotOffered(_) => ApiError::InvalidRequest(e.to_string()),
+            M::Unreachable {
+                error:
+                    crate::mcp::remote::ConnectError::Refused(_)
+                    | crate::mcp::remote::ConnectError::Blocked(_),
+                ..
+            } => ApiError::Permission(e.to_string()),
+            // The request's own server configuration failed (wrong token, unreachable URL): a
+            // client error, so SDKs do not retry it as if the gateway were at fault.
+            M::Config(_) | M::Unreachable { .. } => ApiError::InvalidRequest(e.to_string()),
         }
     }
 }

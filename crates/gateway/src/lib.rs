@@ -17,6 +17,7 @@ pub mod sandbox;
 pub mod sessions;
 pub mod telemetry;
 pub mod tenant;
+pub mod tls;
 pub mod turn;
 
 pub use app::serve;

@@ -100,7 +100,7 @@ async fn cors_is_off_by_default_and_follows_the_configured_origins() {
         .args(&["--cors-allow-origins", "https://app.example"])
         .start()
         .await;
-    let preflight = reqwest::Client::new()
+    let preflight = common::client()
         .request(reqwest::Method::OPTIONS, format!("{}/v1/messages", on.url))
         .header("origin", "https://app.example")
         .header("access-control-request-method", "POST")

@@ -1,8 +1,12 @@
-//! Per-request MCP servers through the real CLI: a real stdio server from the npm registry
-//! (`@modelcontextprotocol/server-memory`) started inside the tenant's sandbox.
+//! Per-request MCP servers through the real CLI: real servers from the npm registry,
+//! `@modelcontextprotocol/server-memory` over stdio inside the tenant's sandbox and
+//! `@modelcontextprotocol/server-everything` over streamable HTTP and SSE behind a bearer check,
+//! reached by the gateway and bridged to the run. Every address is loopback: remote servers are
+//! reached as `localhost`, the one host the test gateways allow.
 
 mod common;
 
+use common::remote_mcp::{Everything, Gate};
 use common::{body, repo_root, scripted, tool_results, Gateway};
 use serde_json::{json, Value};
 
@@ -18,6 +22,8 @@ async fn gateway() -> Gateway {
             "node",
             "--max-security-level",
             "DEVELOPER",
+            "--mcp-allowed-hosts",
+            "localhost",
         ])
         .start()
         .await
@@ -170,7 +176,7 @@ async fn remote_servers_at_internal_addresses_are_refused_in_every_spelling() {
         "http://2130706433/mcp",
         "http://0177.0.0.1/mcp",
         "http://[::ffff:127.0.0.1]/mcp",
-        "http://localhost/mcp",
+        "http://app.localhost/mcp",
         "http://169.254.169.254/latest",
         "http://metadata.google.internal/",
     ] {
@@ -178,16 +184,6 @@ async fn remote_servers_at_internal_addresses_are_refused_in_every_spelling() {
         assert_eq!(status, 403, "{url}: {message}");
         assert!(message.contains("\"remote\""), "{message}");
     }
-    // A public address passes the check, but the gateway does not bridge remote servers yet.
-    let (status, message) = refused(
-        &gw,
-        json!({"remote": {"url": "https://mcp.example.com/mcp", "auth_type": "bearer", "auth_token": "tok-SECRET"}}),
-        "DEVELOPER",
-    )
-    .await;
-    assert_eq!(status, 400);
-    assert!(message.contains("not offered"), "{message}");
-    assert!(!message.contains("tok-SECRET"));
 }
 
 #[tokio::test]
@@ -242,4 +238,226 @@ async fn mcp_tools_lists_each_servers_tools_with_per_server_errors() {
     let listed: Value = res.json().await.expect("json");
     assert_eq!(listed["servers"][0]["status"], "ok");
     assert!(common::eventually(std::time::Duration::from_secs(2), || gw.descendants() == 0).await);
+}
+
+const HTTP_TOKEN: &str = "mcp-http-token-7f3a9c";
+const SSE_TOKEN: &str = "mcp-sse-token-41d0be";
+
+/// server-everything over streamable HTTP and over SSE, each behind its own bearer gate.
+struct Remotes {
+    http: Gate,
+    sse: Gate,
+    _servers: (Everything, Everything),
+}
+
+impl Remotes {
+    async fn start() -> Self {
+        let (http_server, sse_server) = tokio::join!(
+            Everything::start("streamableHttp"),
+            Everything::start("sse")
+        );
+        let (http, sse) = tokio::join!(
+            Gate::bearer(http_server.port, HTTP_TOKEN),
+            Gate::bearer(sse_server.port, SSE_TOKEN)
+        );
+        Self {
+            http,
+            sse,
+            _servers: (http_server, sse_server),
+        }
+    }
+
+    fn servers(&self) -> Value {
+        json!({
+            "http": {
+                "url": format!("http://localhost:{}/mcp", self.http.port),
+                "transport": "http",
+                "auth_type": "bearer",
+                "auth_token": HTTP_TOKEN,
+            },
+            "sse": {
+                "url": format!("http://localhost:{}/sse", self.sse.port),
+                "transport": "sse",
+                "auth_type": "jwt",
+                "auth_token": SSE_TOKEN,
+            },
+        })
+    }
+}
+
+async fn list_tools(gw: &Gateway, servers: Value) -> Value {
+    let res = gw
+        .post("/v1/mcp/tools")
+        .bearer_auth(ALICE)
+        .json(&json!({"mcp_servers": servers}))
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(res.status(), 200);
+    res.json().await.expect("json")
+}
+
+fn server<'a>(listed: &'a Value, name: &str) -> &'a Value {
+    listed["servers"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|s| s["name"] == name)
+        .unwrap_or(&Value::Null)
+}
+
+fn assert_no_remote_secret(gw: &Gateway, text: &str) {
+    for secret in [HTTP_TOKEN, SSE_TOKEN] {
+        assert!(!text.contains(secret), "a remote MCP token leaked: {text}");
+        assert!(
+            !gw.logs().contains(secret),
+            "a remote MCP token reached the log"
+        );
+        let upstream = serde_json::to_string(
+            &gw.upstream()
+                .iter()
+                .map(|r| (&r.headers, &r.body))
+                .collect::<Vec<_>>(),
+        )
+        .expect("json");
+        assert!(
+            !upstream.contains(secret),
+            "a remote MCP token reached the model"
+        );
+    }
+}
+
+#[tokio::test]
+async fn mcp_tools_lists_remote_servers_over_http_and_sse_and_names_a_wrong_bearer() {
+    let gw = gateway().await;
+    let remotes = Remotes::start().await;
+    let mut servers = remotes.servers();
+    servers["wrong"] = json!({
+        "url": format!("http://localhost:{}/mcp", remotes.http.port),
+        "auth_type": "bearer",
+        "auth_token": "not-the-token",
+    });
+    let listed = list_tools(&gw, servers).await;
+    for name in ["http", "sse"] {
+        let entry = server(&listed, name);
+        assert_eq!(entry["status"], "ok", "{name}: {listed}");
+        let echo = entry["tools"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|t| t["name"] == "echo")
+            .unwrap_or_else(|| panic!("{name} lists echo: {listed}"));
+        assert_eq!(echo["input_schema"]["type"], "object");
+    }
+    let wrong = server(&listed, "wrong");
+    assert_eq!(wrong["status"], "error", "{listed}");
+    let message = wrong["error"].as_str().unwrap_or_default();
+    assert!(message.contains("401"), "the error says why: {message}");
+    assert_no_remote_secret(&gw, &listed.to_string());
+}
+
+#[tokio::test]
+async fn remote_tools_reach_the_model_and_calls_return_their_real_results_through_the_bridge() {
+    let gw = gateway().await;
+    let remotes = Remotes::start().await;
+    let script = json!({"tools": [
+        {"name": "mcp__http__echo", "input": {"message": "hello over streamable http"}},
+        {"name": "mcp__sse__echo", "input": {"message": "hello over sse"}}
+    ]});
+    let mut req = body(&scripted("marker-mcp-remote", script));
+    req["mcp_servers"] = remotes.servers();
+    let res = gw.messages(ALICE, req).await;
+    assert_eq!(res.status(), 200);
+    let text = res.text().await.expect("body");
+    let calls = gw.upstream_with("marker-mcp-remote");
+    let names = tool_names(&calls[0]);
+    for tool in ["mcp__http__echo", "mcp__sse__echo", "mcp__http__get-sum"] {
+        assert!(names.iter().any(|n| n == tool), "{tool} in {names:?}");
+    }
+    let results = tool_results(&calls);
+    assert_eq!(results.len(), 2, "{results:?}");
+    assert!(
+        results[0].contains("Echo: hello over streamable http"),
+        "{results:?}"
+    );
+    assert!(results[1].contains("Echo: hello over sse"), "{results:?}");
+    assert_no_remote_secret(&gw, &text);
+    // The run is over: its routes are closed and nothing it started is left.
+    assert!(
+        common::eventually(std::time::Duration::from_secs(5), || gw.descendants() == 0
+            && gw.leftover_run_dirs() == 0)
+        .await
+    );
+}
+
+#[tokio::test]
+async fn a_remote_server_that_refuses_the_bearer_fails_the_request_naming_it() {
+    let gw = gateway().await;
+    let remotes = Remotes::start().await;
+    let mut servers = remotes.servers();
+    servers["http"]["auth_token"] = json!("not-the-token");
+    let (status, message) = refused(&gw, servers, "BALANCED").await;
+    assert_eq!(status, 400, "{message}");
+    assert!(
+        message.contains("\"http\"") && message.contains("401"),
+        "{message}"
+    );
+    assert!(
+        gw.upstream_with("marker-mcp-refused").is_empty(),
+        "no run started"
+    );
+}
+
+#[tokio::test]
+async fn redirects_to_private_addresses_or_other_origins_are_refused_before_connecting() {
+    let gw = gateway().await;
+    let target = Gate::bearer(1, HTTP_TOKEN).await;
+    let p = target.port;
+    let locations = [
+        format!("http://127.0.0.1:{p}/mcp"),
+        format!("http://2130706433:{p}/mcp"),
+        format!("http://0x7f.1:{p}/mcp"),
+        format!("http://0177.0.0.1:{p}/mcp"),
+        format!("http://[::ffff:127.0.0.1]:{p}/mcp"),
+        format!("http://[::1]:{p}/mcp"),
+        // The allowed host, but another origin (port): refused too.
+        format!("http://localhost:{p}/mcp"),
+    ];
+    let mut gates = Vec::new();
+    let mut servers = serde_json::Map::new();
+    for (i, location) in locations.iter().enumerate() {
+        let gate = Gate::redirecting(location).await;
+        servers.insert(
+            format!("r{i}"),
+            json!({"url": format!("http://localhost:{}/mcp", gate.port), "auth_type": "bearer", "auth_token": HTTP_TOKEN}),
+        );
+        gates.push(gate);
+    }
+    let listed = list_tools(&gw, Value::Object(servers)).await;
+    for (i, location) in locations.iter().enumerate() {
+        let entry = server(&listed, &format!("r{i}"));
+        assert_eq!(entry["status"], "refused", "{location}: {listed}");
+        assert!(
+            entry["error"]
+                .as_str()
+                .is_some_and(|e| e.contains("redirect")),
+            "{location}: {entry}"
+        );
+        assert!(gates[i].hits() >= 1, "the redirecting server was asked");
+    }
+    assert_eq!(target.hits(), 0, "no redirect was followed");
+    // On /v1/messages the same refusal is a 403 naming the server, before any run.
+    let redirect = Gate::redirecting(&format!("http://127.0.0.1:{p}/mcp")).await;
+    let (status, message) = refused(
+        &gw,
+        json!({"r": {"url": format!("http://localhost:{}/mcp", redirect.port)}}),
+        "BALANCED",
+    )
+    .await;
+    assert_eq!(status, 403, "{message}");
+    assert!(
+        message.contains("\"r\"") && message.contains("redirect"),
+        "{message}"
+    );
+    assert_eq!(target.hits(), 0);
 }

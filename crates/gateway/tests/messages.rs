@@ -537,7 +537,7 @@ async fn demo_mode_serves_a_round_trip_with_its_built_in_upstream() {
             break url.to_owned();
         }
     };
-    let res = reqwest::Client::new()
+    let res = common::client()
         .post(format!("{url}/v1/messages"))
         .bearer_auth("sk-ant-oat01-demo")
         .json(&body("demo hello"))

@@ -78,7 +78,7 @@ async fn a_non_streaming_client_that_gives_up_ends_its_run() {
     let gw = Gateway::start().await;
     let mut req = slow_stream("marker-give-up", 20);
     req["stream"] = json!(false);
-    let res = reqwest::Client::new()
+    let res = common::client()
         .post(format!("{}/v1/messages", gw.url))
         .bearer_auth(ALICE)
         .timeout(Duration::from_secs(3))

@@ -216,7 +216,7 @@ async fn the_session_api_lists_shows_and_deletes_only_the_tenants_sessions() {
             .send()
             .await
             .expect("sent"),
-        reqwest::Client::new()
+        common::client()
             .delete(format!("{}/v1/sessions/api-conv", gw.url))
             .bearer_auth(BOB)
             .send()
@@ -240,7 +240,7 @@ async fn the_session_api_lists_shows_and_deletes_only_the_tenants_sessions() {
     let unauth = gw.get("/v1/sessions").send().await.expect("sent");
     assert_eq!(unauth.status(), 401);
 
-    let deleted = reqwest::Client::new()
+    let deleted = common::client()
         .delete(format!("{}/v1/sessions/api-conv", gw.url))
         .bearer_auth(ALICE)
         .send()

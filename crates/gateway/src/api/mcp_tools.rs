@@ -45,6 +45,7 @@ pub async fn list(
         .map_err(|e| ApiError::Internal(format!("cannot prepare the tenant workspace: {e}")))?;
     let listed = crate::mcp::tools::list(
         &state.mcp,
+        &state.mcp_connector,
         &state.runner,
         &workspace,
         level,

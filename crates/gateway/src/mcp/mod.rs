@@ -4,10 +4,14 @@
 //! Local (stdio) servers are started by the CLI inside the tenant's sandbox, as its children,
 //! and die with it: none at PARANOID, the operator's allowlisted commands at BALANCED, any
 //! command at DEVELOPER. Operator presets (`--mcp-presets-file`) are enabled by name. Remote
-//! servers are validated against the SSRF policy ([`ssrf`]); the gateway does not yet bridge
-//! them (see the note on [`McpError::RemoteNotOffered`]).
+//! servers pass the address policy ([`ssrf`]) when named and again at every connection: the
+//! gateway alone connects to them ([`remote`]) and offers them to the run over a loopback
+//! bridge ([`bridge`]), so neither their addresses nor their credentials are the CLI's to use.
+//! At PARANOID only remote servers on the operator's allowed hosts may be named.
 
+pub mod bridge;
 pub mod config;
+pub mod remote;
 pub mod ssrf;
 pub mod tools;
 
@@ -31,11 +35,13 @@ pub enum McpError {
         server: String,
         refusal: ssrf::Refusal,
     },
-    /// Remote servers must be reached by the gateway itself (so the address check holds at
-    /// connect time, through redirects and DNS changes) and offered to the CLI over a local
-    /// bridge; until that bridge exists they are refused rather than handed to the CLI.
-    #[error("MCP server {0:?}: remote MCP servers are not offered by this gateway yet; use a local (stdio) server")]
-    RemoteNotOffered(String),
+    /// A remote server could not be connected to (refused at connect time, unreachable,
+    /// rejected the credentials, timed out): the run would otherwise go on without its tools.
+    #[error("MCP server {server:?}: {error}")]
+    Unreachable {
+        server: String,
+        error: remote::ConnectError,
+    },
     #[error("cannot read the MCP presets file {0}: {1}")]
     Presets(PathBuf, String),
 }
@@ -59,6 +65,90 @@ pub struct McpRun {
     pub servers: Vec<String>,
 }
 
+/// What a request's servers amount to under the policy, before anything is started.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Effective {
+    Local(LocalServer),
+    Remote(config::RemoteConfig),
+}
+
+/// A request's servers after the policy, before any connection.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct McpPlan {
+    pub servers: BTreeMap<String, Effective>,
+}
+
+impl McpPlan {
+    /// Everything that makes one run's servers differ from another's (secrets included: the
+    /// caller hashes it with a keyed hash).
+    pub fn identity(&self) -> String {
+        let entries: Vec<Value> = self
+            .servers
+            .iter()
+            .map(|(name, server)| match server {
+                Effective::Local(l) => json!([name, l.command, l.args, l.env]),
+                Effective::Remote(r) => json!([
+                    name,
+                    r.url,
+                    format!("{:?}", r.transport),
+                    r.auth_token,
+                    r.headers
+                ]),
+            })
+            .collect();
+        Value::Array(entries).to_string()
+    }
+
+    pub fn remote(&self) -> impl Iterator<Item = (&String, &config::RemoteConfig)> {
+        self.servers.iter().filter_map(|(name, s)| match s {
+            Effective::Remote(r) => Some((name, r)),
+            Effective::Local(_) => None,
+        })
+    }
+
+    /// The CLI's view: local servers as commands, remote ones as their bridge routes.
+    pub fn run(&self, offered: &BTreeMap<String, bridge::Offered>) -> McpRun {
+        let mut servers = serde_json::Map::new();
+        for (name, server) in &self.servers {
+            let entry = match server {
+                Effective::Local(local) => {
+                    json!({"type": "stdio", "command": local.command, "args": local.args, "env": local.env})
+                }
+                Effective::Remote(_) => match offered.get(name) {
+                    Some(route) => route.cli_entry(),
+                    None => continue,
+                },
+            };
+            servers.insert(name.clone(), entry);
+        }
+        McpRun {
+            servers: servers.keys().cloned().collect(),
+            config_json: json!({"mcpServers": servers}).to_string(),
+        }
+    }
+}
+
+/// Connects every remote server of `plan` and offers it on the bridge; the first failure is the
+/// request's error, naming its server.
+pub async fn connect_all(
+    plan: &McpPlan,
+    connector: &remote::Connector,
+    bridge: &bridge::Bridge,
+) -> Result<BTreeMap<String, bridge::Offered>, McpError> {
+    let connections = plan.remote().map(|(name, config)| async move {
+        match connector.connect(config).await {
+            Ok(client) => Ok((name.clone(), bridge.offer(client))),
+            Err(error) => Err(McpError::Unreachable {
+                server: name.clone(),
+                error,
+            }),
+        }
+    });
+    futures::future::try_join_all(connections)
+        .await
+        .map(|offered| offered.into_iter().collect())
+}
+
 impl McpPolicy {
     pub fn load_presets(path: &Path) -> Result<BTreeMap<String, ServerConfig>, McpError> {
         let text = std::fs::read_to_string(path)
@@ -78,7 +168,7 @@ impl McpPolicy {
         level: SecurityLevel,
         name: &str,
         config: &ServerConfig,
-    ) -> Result<LocalServer, McpError> {
+    ) -> Result<Effective, McpError> {
         let (config, preset) = match config {
             ServerConfig::Preset(preset) => match self.presets.get(preset) {
                 Some(c) => (c, true),
@@ -112,46 +202,47 @@ impl McpPolicy {
                     }
                     _ => {}
                 }
-                Ok(LocalServer {
+                Ok(Effective::Local(LocalServer {
                     command: command.clone(),
                     args: args.clone(),
                     env: env.clone(),
-                })
+                }))
             }
             ServerConfig::Remote(remote) => {
-                ssrf::check_url(&remote.url, &self.allowed_hosts).map_err(|refusal| {
-                    McpError::Refused {
-                        server: name.to_owned(),
-                        refusal,
-                    }
-                })?;
-                Err(McpError::RemoteNotOffered(name.to_owned()))
+                let (url, _) =
+                    ssrf::check_url(&remote.url, &self.allowed_hosts).map_err(|refusal| {
+                        McpError::Refused {
+                            server: name.to_owned(),
+                            refusal,
+                        }
+                    })?;
+                let host = url.host_str().unwrap_or_default();
+                let on_allowed_host = self
+                    .allowed_hosts
+                    .iter()
+                    .any(|h| h.eq_ignore_ascii_case(host));
+                if level == SecurityLevel::Paranoid && !preset && !on_allowed_host {
+                    return Err(forbidden(format!(
+                        "at PARANOID remote MCP servers must be on this gateway's allowed hosts; {host:?} is not"
+                    )));
+                }
+                Ok(Effective::Remote(remote.clone()))
             }
             ServerConfig::Preset(_) => Err(forbidden("a preset cannot name another preset".into())),
         }
     }
 
-    /// Applies the policy at `level`; `None` when the request names no server.
+    /// Applies the policy at `level` to every server a request names.
     pub fn resolve(
         &self,
         level: SecurityLevel,
         requested: &BTreeMap<String, ServerConfig>,
-    ) -> Result<Option<McpRun>, McpError> {
-        if requested.is_empty() {
-            return Ok(None);
-        }
-        let mut servers = serde_json::Map::new();
-        for (name, config) in requested {
-            let local = self.effective(level, name, config)?;
-            servers.insert(
-                name.clone(),
-                json!({"type": "stdio", "command": local.command, "args": local.args, "env": local.env}),
-            );
-        }
-        Ok(Some(McpRun {
-            servers: servers.keys().cloned().collect(),
-            config_json: json!({"mcpServers": servers}).to_string(),
-        }))
+    ) -> Result<McpPlan, McpError> {
+        let servers = requested
+            .iter()
+            .map(|(name, config)| Ok((name.clone(), self.effective(level, name, config)?)))
+            .collect::<Result<_, McpError>>()?;
+        Ok(McpPlan { servers })
     }
 }
 
@@ -190,7 +281,7 @@ mod tests {
         let run = policy()
             .resolve(SecurityLevel::Balanced, &node)
             .expect("allowed")
-            .expect("some");
+            .run(&BTreeMap::new());
         assert_eq!(run.servers, ["memory"]);
         assert!(run.config_json.contains("\"command\":\"node\""));
         assert!(matches!(
@@ -212,16 +303,34 @@ mod tests {
     }
 
     #[test]
-    fn remote_servers_are_checked_then_not_offered() {
+    fn remote_servers_are_checked_and_at_paranoid_only_on_allowed_hosts() {
         let metadata = servers(json!({"m": {"url": "http://169.254.169.254/"}}));
         assert!(matches!(
             policy().resolve(SecurityLevel::Developer, &metadata),
             Err(McpError::Refused { .. })
         ));
         let public = servers(json!({"p": {"url": "https://mcp.example.com/mcp"}}));
+        let plan = policy()
+            .resolve(SecurityLevel::Balanced, &public)
+            .expect("allowed");
+        assert_eq!(plan.remote().count(), 1);
         assert!(matches!(
-            policy().resolve(SecurityLevel::Developer, &public),
-            Err(McpError::RemoteNotOffered(_))
+            policy().resolve(SecurityLevel::Paranoid, &public),
+            Err(McpError::Forbidden { .. })
         ));
+        let allowed = McpPolicy {
+            allowed_hosts: vec!["mcp.example.com".into()],
+            ..policy()
+        };
+        assert!(allowed.resolve(SecurityLevel::Paranoid, &public).is_ok());
+    }
+
+    #[test]
+    fn a_remote_server_without_a_route_is_left_out_of_the_cli_config() {
+        let public = servers(json!({"p": {"url": "https://mcp.example.com/mcp"}}));
+        let plan = policy()
+            .resolve(SecurityLevel::Balanced, &public)
+            .expect("allowed");
+        assert!(plan.run(&BTreeMap::new()).servers.is_empty());
     }
 }

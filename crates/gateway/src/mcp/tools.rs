@@ -11,7 +11,8 @@ use rmcp::ServiceExt;
 use serde::Serialize;
 use serde_json::{json, Value};
 
-use super::{LocalServer, McpError, McpPolicy, ServerConfig};
+use super::remote::Connector;
+use super::{Effective, LocalServer, McpError, McpPolicy, ServerConfig};
 use crate::runner::Runner;
 use crate::sandbox::SecurityLevel;
 
@@ -37,6 +38,7 @@ fn failed(name: &str, status: &'static str, error: String) -> ServerTools {
 /// Lists every server's tools, concurrently, each within `timeout`.
 pub async fn list(
     policy: &McpPolicy,
+    connector: &Connector,
     runner: &Runner,
     workspace: &std::path::Path,
     level: SecurityLevel,
@@ -49,7 +51,31 @@ pub async fn list(
                 failed(name, "refused", e.to_string())
             }
             Err(e) => failed(name, "error", e.to_string()),
-            Ok(local) => {
+            Ok(Effective::Remote(remote)) => match connector.connect(&remote).await {
+                Err(
+                    e @ (super::remote::ConnectError::Blocked(_)
+                    | super::remote::ConnectError::Refused(_)),
+                ) => failed(name, "refused", e.to_string()),
+                Err(e) => failed(name, "error", e.to_string()),
+                Ok(client) => {
+                    let tools = tokio::time::timeout(timeout, client.list_all_tools()).await;
+                    let _ = client.cancel().await;
+                    match tools {
+                        Err(_) => failed(
+                            name,
+                            "error",
+                            format!("no answer within {} s", timeout.as_secs()),
+                        ),
+                        Ok(Err(e)) => failed(
+                            name,
+                            "error",
+                            format!("tools/list failed: {}", super::remote::describe(&e)),
+                        ),
+                        Ok(Ok(tools)) => listed(name, tools),
+                    }
+                }
+            },
+            Ok(Effective::Local(local)) => {
                 match tokio::time::timeout(timeout, local_tools(runner, workspace, &local)).await {
                     Err(_) => failed(
                         name,
@@ -57,12 +83,7 @@ pub async fn list(
                         format!("no answer within {} s", timeout.as_secs()),
                     ),
                     Ok(Err(e)) => failed(name, "error", e),
-                    Ok(Ok(tools)) => ServerTools {
-                        name: name.clone(),
-                        status: "ok",
-                        error: None,
-                        tools,
-                    },
+                    Ok(Ok(tools)) => listed(name, tools),
                 }
             }
         }
@@ -70,11 +91,29 @@ pub async fn list(
     futures::future::join_all(jobs).await
 }
 
+fn listed(name: &str, tools: Vec<rmcp::model::Tool>) -> ServerTools {
+    ServerTools {
+        name: name.to_owned(),
+        status: "ok",
+        error: None,
+        tools: tools
+            .into_iter()
+            .map(|t| {
+                json!({
+                    "name": t.name,
+                    "description": t.description,
+                    "input_schema": t.input_schema,
+                })
+            })
+            .collect(),
+    }
+}
+
 async fn local_tools(
     runner: &Runner,
     workspace: &std::path::Path,
     server: &LocalServer,
-) -> Result<Vec<Value>, String> {
+) -> Result<Vec<rmcp::model::Tool>, String> {
     let (line, _dir) = runner
         .mcp_server_command(workspace, &server.command, &server.args, &server.env)
         .map_err(|e| e.to_string())?;
@@ -100,14 +139,5 @@ async fn local_tools(
         .await
         .map_err(|e| format!("tools/list failed: {e}"));
     let _ = client.cancel().await;
-    Ok(tools?
-        .into_iter()
-        .map(|t| {
-            json!({
-                "name": t.name,
-                "description": t.description,
-                "input_schema": t.input_schema,
-            })
-        })
-        .collect())
+    tools
 }

@@ -29,6 +29,8 @@ pub struct CliProcess {
     line: Vec<u8>,
     // Dropped after the process group is killed (see Drop), so nothing still writes into it.
     _dir: RunDir,
+    /// What must live exactly as long as the process (e.g. its MCP bridge routes).
+    held: Vec<Box<dyn Send>>,
 }
 
 impl CliProcess {
@@ -74,7 +76,13 @@ impl CliProcess {
             max_line_bytes,
             line: Vec::new(),
             _dir: dir,
+            held: Vec::new(),
         })
+    }
+
+    /// Keeps `value` until the process is gone.
+    pub fn hold(&mut self, value: Box<dyn Send>) {
+        self.held.push(value);
     }
 
     /// Sends one user turn.

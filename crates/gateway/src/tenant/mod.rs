@@ -7,7 +7,7 @@ pub mod refresh;
 /// An HTTP client for the gateway's own calls to Anthropic (profile, token refresh). Redirects
 /// are not followed: a bearer token must only ever reach the host it was meant for.
 pub(crate) fn upstream_client(timeout: std::time::Duration) -> reqwest::Client {
-    reqwest::Client::builder()
+    crate::tls::client_builder()
         .timeout(timeout)
         .redirect(reqwest::redirect::Policy::none())
         .build()

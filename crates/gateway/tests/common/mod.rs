@@ -2,6 +2,8 @@
 //! fake-anthropic upstream that records what reached it. Everything listens on 127.0.0.1.
 #![allow(dead_code)]
 
+pub mod remote_mcp;
+
 use std::path::PathBuf;
 use std::process::Stdio;
 use std::sync::{Arc, Mutex};
@@ -11,6 +13,13 @@ use fake_anthropic::{FakeAnthropic, FakeHandle, RecordedRequest};
 use serde_json::{json, Value};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
+
+/// An HTTP client for tests (TLS provider installed as the gateway installs it).
+pub fn client() -> reqwest::Client {
+    claude_gateway::tls::client_builder()
+        .build()
+        .expect("client")
+}
 
 pub fn repo_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
@@ -177,11 +186,11 @@ impl Gateway {
     }
 
     pub fn post(&self, path: &str) -> reqwest::RequestBuilder {
-        reqwest::Client::new().post(format!("{}{}", self.url, path))
+        client().post(format!("{}{}", self.url, path))
     }
 
     pub fn get(&self, path: &str) -> reqwest::RequestBuilder {
-        reqwest::Client::new().get(format!("{}{}", self.url, path))
+        client().get(format!("{}{}", self.url, path))
     }
 
     /// `GET path`: the status and the JSON body.
