@@ -493,6 +493,55 @@ mod tests {
             .contains("origin"));
     }
 
+    /// Answers every name with one fixed address, like a rebinding DNS server would.
+    struct Table(SocketAddr);
+
+    impl Lookup for Table {
+        fn lookup(
+            &self,
+            _host: &str,
+        ) -> futures::future::BoxFuture<'static, std::io::Result<Vec<SocketAddr>>> {
+            let addr = self.0;
+            Box::pin(async move { Ok(vec![addr]) })
+        }
+    }
+
+    #[tokio::test]
+    async fn the_address_a_name_resolves_to_when_connecting_is_judged() {
+        // A listener on loopback that counts connections: were the check missing, the
+        // connection would land here and nowhere else.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counter = accepted.clone();
+        tokio::spawn(async move {
+            while listener.accept().await.is_ok() {
+                counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            }
+        });
+        let connector = Connector::with_lookup(&[], Duration::from_secs(5), Arc::new(Table(addr)));
+        for transport in [Transport::Http, Transport::Sse] {
+            let server = RemoteConfig {
+                url: format!("http://rebind.example.com:{}/mcp", addr.port()),
+                transport,
+                auth_type: None,
+                auth_token: None,
+                headers: Default::default(),
+            };
+            match connector.connect(&server).await {
+                Err(ConnectError::Blocked(reason)) => {
+                    assert!(reason.contains("rebind.example.com"), "{reason}");
+                    assert!(reason.contains("loopback"), "{reason}");
+                }
+                Err(other) => panic!("{transport:?}: not blocked: {other}"),
+                Ok(_) => panic!("{transport:?}: connected"),
+            }
+        }
+        assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 0);
+    }
+
     #[test]
     fn an_oversized_event_ends_the_stream() {
         let big = bytes::Bytes::from(vec![b'x'; MAX_EVENT_BYTES + 1]);
