@@ -388,6 +388,30 @@ async fn remote_tools_reach_the_model_and_calls_return_their_real_results_throug
             && gw.leftover_run_dirs() == 0)
         .await
     );
+    let metrics = gw
+        .get("/metrics")
+        .send()
+        .await
+        .expect("sent")
+        .text()
+        .await
+        .expect("text");
+    for transport in ["http", "sse"] {
+        assert!(
+            metrics
+                .lines()
+                .any(|l| l.starts_with("gateway_mcp_remote_connections_total{")
+                    && l.contains(&format!("transport=\"{transport}\""))
+                    && l.contains("outcome=\"ok\"")),
+            "{metrics}"
+        );
+    }
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l == "gateway_mcp_bridged_servers 0"),
+        "no route outlives its run: {metrics}"
+    );
 }
 
 #[tokio::test]
@@ -460,4 +484,24 @@ async fn redirects_to_private_addresses_or_other_origins_are_refused_before_conn
         "{message}"
     );
     assert_eq!(target.hits(), 0);
+}
+
+#[tokio::test]
+async fn listing_tools_counts_against_the_tenants_rate_like_a_run() {
+    let gw = Gateway::builder()
+        .args(&["--rate-limit-per-tenant", "1"])
+        .start()
+        .await;
+    // A server the policy refuses: nothing is started or connected to.
+    let servers = json!({"meta": {"url": "http://169.254.169.254/"}});
+    let list = || {
+        gw.post("/v1/mcp/tools")
+            .bearer_auth(ALICE)
+            .json(&json!({"mcp_servers": servers}))
+            .send()
+    };
+    assert_eq!(list().await.expect("sent").status(), 200);
+    let limited = list().await.expect("sent");
+    assert_eq!(limited.status(), 429);
+    assert!(limited.headers().contains_key("retry-after"));
 }

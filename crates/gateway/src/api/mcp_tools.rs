@@ -18,7 +18,9 @@ use crate::error::ApiError;
            ("x-security-level" = Option<String>, Header, description = "A stricter level")),
     responses((status = 200, description = "Per-server status and tools; one server's failure does not fail the others", body = Object),
               (status = 400, body = crate::api::docs::ErrorBody),
-              (status = 401, body = crate::api::docs::ErrorBody)))]
+              (status = 401, body = crate::api::docs::ErrorBody),
+              (status = 429, body = crate::api::docs::ErrorBody),
+              (status = 529, body = crate::api::docs::ErrorBody)))]
 pub async fn list(
     State(state): State<SharedState>,
     headers: HeaderMap,
@@ -40,6 +42,10 @@ pub async fn list(
     let level = state
         .levels
         .resolve(requested_level(&headers, body.security_level.as_deref()))?;
+    // Listing starts servers and opens connections like a run does, so it counts like one:
+    // against the tenant's rate and, while it lasts, a run slot.
+    state.rate.check_tenant(&tenant)?;
+    let _permit = state.admission.admit(&tenant).await?;
     let workspace = state
         .workspace(&tenant)
         .map_err(|e| ApiError::Internal(format!("cannot prepare the tenant workspace: {e}")))?;

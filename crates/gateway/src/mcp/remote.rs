@@ -226,10 +226,23 @@ impl Connector {
                 }
             }
         };
-        match tokio::time::timeout(self.timeout, handshake).await {
+        let result = match tokio::time::timeout(self.timeout, handshake).await {
             Err(_) => Err(ConnectError::Timeout(self.timeout.as_secs())),
             Ok(result) => result,
-        }
+        };
+        let outcome = match &result {
+            Ok(_) => "ok",
+            Err(ConnectError::Refused(_) | ConnectError::Blocked(_)) => "refused",
+            Err(ConnectError::Timeout(_)) => "timeout",
+            Err(ConnectError::Failed(_)) => "failed",
+        };
+        let transport = match server.transport {
+            Transport::Http => "http",
+            Transport::Sse => "sse",
+        };
+        metrics::counter!("gateway_mcp_remote_connections_total", "transport" => transport, "outcome" => outcome)
+            .increment(1);
+        result
     }
 }
 
