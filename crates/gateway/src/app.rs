@@ -108,8 +108,22 @@ impl AppState {
             Ok(v) => tracing::info!(claude_version = %v, "found the Claude Code CLI"),
             Err(reason) => tracing::error!(%reason, "the Claude Code CLI is not usable"),
         }
-        let (sandbox, sandbox_disabled) =
-            prepare_sandbox(&config, bin.as_deref(), &data_dir.join("sandbox-etc")).await?;
+        if !config.mcp_bridge_listen.ip().is_loopback() {
+            return Err(StartupError::Bridge(
+                config.mcp_bridge_listen,
+                std::io::Error::other("the MCP bridge listens on loopback only"),
+            ));
+        }
+        let mcp_bridge = crate::mcp::bridge::Bridge::start(config.mcp_bridge_listen)
+            .await
+            .map_err(|e| StartupError::Bridge(config.mcp_bridge_listen, e))?;
+        let (sandbox, sandbox_disabled) = prepare_sandbox(
+            &config,
+            bin.as_deref(),
+            &data_dir.join("sandbox-etc"),
+            &mcp_bridge,
+        )
+        .await?;
         let levels = LevelPolicy::new(
             config.security_level,
             config.max_security_level,
@@ -159,15 +173,6 @@ impl AppState {
                 None => Default::default(),
             },
         };
-        if !config.mcp_bridge_listen.ip().is_loopback() {
-            return Err(StartupError::Bridge(
-                config.mcp_bridge_listen,
-                std::io::Error::other("the MCP bridge listens on loopback only"),
-            ));
-        }
-        let mcp_bridge = crate::mcp::bridge::Bridge::start(config.mcp_bridge_listen)
-            .await
-            .map_err(|e| StartupError::Bridge(config.mcp_bridge_listen, e))?;
         let mcp_connector = crate::mcp::remote::Connector::new(
             &config.mcp_allowed_hosts,
             std::time::Duration::from_secs(config.mcp_timeout_secs),
@@ -214,6 +219,7 @@ async fn prepare_sandbox(
     config: &Config,
     cli: Option<&Path>,
     etc_dir: &Path,
+    bridge: &crate::mcp::bridge::Bridge,
 ) -> Result<(Option<Bwrap>, Option<String>), StartupError> {
     let probed = async {
         let cli = cli.unwrap_or(Path::new("claude"));
@@ -222,6 +228,19 @@ async fn prepare_sandbox(
             .mcp_dir
             .as_ref()
             .map(|d| std::fs::canonicalize(d).unwrap_or_else(|_| d.clone()));
+        if config.sandbox_network == crate::config::SandboxNetwork::Isolated {
+            let relay = std::env::current_exe().map_err(SandboxError::Network)?;
+            sandbox.network = Some(
+                crate::sandbox::net::start(
+                    &config.data_dir.join("net"),
+                    &config.anthropic_base_url,
+                    bridge,
+                    relay,
+                )
+                .await
+                .map_err(SandboxError::Network)?,
+            );
+        }
         sandbox.probe().await?;
         Ok::<_, SandboxError>(sandbox)
     }

@@ -26,6 +26,25 @@ pub struct Cli {
 pub enum Command {
     /// Serve the HTTP API.
     Serve(Box<Config>),
+    /// Inside a sandbox: relay loopback ports to the gateway's sockets, then run a command.
+    #[command(hide = true)]
+    SandboxRelay(RelayArgs),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum SandboxNetwork {
+    Isolated,
+    Shared,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct RelayArgs {
+    /// `ADDR=SOCKET`: listen on ADDR, pass each connection to the unix socket SOCKET.
+    #[arg(long = "forward")]
+    pub forwards: Vec<crate::sandbox::relay::Forward>,
+    /// The command to run.
+    #[arg(last = true, required = true)]
+    pub command: Vec<std::ffi::OsString>,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -89,6 +108,18 @@ pub struct Config {
     /// PARANOID is then served. Never use this for untrusted tenants.
     #[arg(long, env = "CLAUDE_GATEWAY_INSECURE_NO_SANDBOX")]
     pub insecure_no_sandbox: bool,
+
+    /// `isolated` (default): each sandbox has its own network with only loopback; the run
+    /// reaches the upstream, public HTTPS (for its tools) and its remote MCP servers through
+    /// the gateway. `shared`: sandboxes use the host's network (they can then reach whatever the
+    /// host can, e.g. a cloud metadata server).
+    #[arg(
+        long,
+        env = "CLAUDE_GATEWAY_SANDBOX_NETWORK",
+        value_enum,
+        default_value = "isolated"
+    )]
+    pub sandbox_network: SandboxNetwork,
 
     /// Processes (and threads) per run's sandbox.
     #[arg(long, env = "CLAUDE_GATEWAY_SANDBOX_MAX_PROCESSES", default_value_t = Limits::default().max_processes)]
@@ -356,6 +387,9 @@ impl Config {
             .chain(args.into_iter().map(Into::into));
         match Cli::try_parse_from(args)?.command {
             Command::Serve(config) => Ok(*config),
+            Command::SandboxRelay(_) => {
+                Err(clap::Error::new(clap::error::ErrorKind::InvalidSubcommand))
+            }
         }
     }
 }

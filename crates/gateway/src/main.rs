@@ -2,13 +2,18 @@ use clap::Parser;
 
 use claude_gateway::config::{Cli, Command};
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Command::Serve(config) => {
             claude_gateway::telemetry::logging::init(config.log_format);
-            claude_gateway::serve(*config).await?;
+            tokio::runtime::Runtime::new()?.block_on(claude_gateway::serve(*config))?;
+        }
+        Command::SandboxRelay(relay) => {
+            std::process::exit(claude_gateway::sandbox::relay::run(
+                &relay.forwards,
+                &relay.command,
+            ));
         }
     }
     Ok(())

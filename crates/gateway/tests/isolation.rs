@@ -373,3 +373,66 @@ async fn without_a_sandbox_only_paranoid_is_served_and_every_status_says_so() {
     );
     assert!(gw.logs().contains("INSECURE"));
 }
+
+/// Connects to `port` on the sandbox's loopback and says whether anything answered.
+fn probe_port(label: &str, port: u16) -> String {
+    format!("(exec 3<>/dev/tcp/127.0.0.1/{port}) 2>/dev/null && echo {label}=reached || echo {label}=unreachable")
+}
+
+/// Asks the sandbox's egress proxy to tunnel to `target` and prints its status line.
+fn via_proxy(label: &str, target: &str) -> String {
+    format!(
+        "exec 3<>/dev/tcp/127.0.0.1/3128 && printf 'CONNECT {target} HTTP/1.1\\r\\nHost: {target}\\r\\n\\r\\n' >&3 && echo \"{label}=$(head -1 <&3 | tr -d '\\r')\""
+    )
+}
+
+#[tokio::test]
+async fn a_sandbox_has_its_own_network_and_its_proxy_refuses_internal_addresses() {
+    let gw = sandboxed_gateway().await;
+    let gateway_port: u16 = gw
+        .url
+        .rsplit(':')
+        .next()
+        .and_then(|p| p.parse().ok())
+        .expect("gateway port");
+    let upstream_port: u16 = gw
+        .fake
+        .base_url()
+        .rsplit(':')
+        .next()
+        .and_then(|p| p.trim_end_matches('/').parse().ok())
+        .expect("upstream port");
+    // Every target is a loopback spelling: were a check missing, nothing would leave the host.
+    let script = [
+        probe_port("gateway", gateway_port),
+        probe_port("upstream", upstream_port),
+        via_proxy("p_gateway", &format!("127.0.0.1:{gateway_port}")),
+        via_proxy("p_decimal", &format!("2130706433:{upstream_port}")),
+        via_proxy("p_v6", &format!("[::1]:{upstream_port}")),
+        via_proxy("p_mapped", &format!("[::ffff:127.0.0.1]:{upstream_port}")),
+        via_proxy("p_name", &format!("localhost:{upstream_port}")),
+    ]
+    .join("; ");
+    let (status, _) = run_as(
+        &gw,
+        ATTACKER,
+        "DEVELOPER",
+        "marker-netns",
+        vec![bash(&script)],
+    )
+    .await;
+    assert_eq!(status, 200, "the run itself reached the model");
+    let out = tool_results(&gw.upstream_with("marker-netns")).join("\n");
+    for direct in ["gateway", "upstream"] {
+        assert!(
+            out.contains(&format!("{direct}=unreachable")),
+            "the host's {direct} is not reachable from inside: {out}"
+        );
+    }
+    for proxied in ["p_gateway", "p_decimal", "p_v6", "p_mapped", "p_name"] {
+        assert!(
+            out.contains(&format!("{proxied}=HTTP/1.1 403")),
+            "the proxy refused {proxied}: {out}"
+        );
+    }
+}

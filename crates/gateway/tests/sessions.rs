@@ -315,11 +315,11 @@ async fn invalid_session_ids_are_400() {
     assert!(gw.upstream_with("marker-bad-session").is_empty());
 }
 
-/// CLI start-ups seen by the upstream (each start checks connectivity with `HEAD /`).
+/// How many turns started a new CLI process (the gateway logs each run, live or not).
 fn cli_starts(gw: &Gateway) -> usize {
-    gw.upstream()
-        .iter()
-        .filter(|r| r.method == "HEAD" && r.path == "/")
+    gw.logs()
+        .lines()
+        .filter(|l| l.contains("starting CLI run") && l.contains("\"live\":false"))
         .count()
 }
 

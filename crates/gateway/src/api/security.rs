@@ -30,8 +30,21 @@ pub async fn security(State(state): State<SharedState>) -> Json<Value> {
         (Some(b), _) => json!({
             "enabled": true,
             "kind": "bubblewrap",
-            "namespaces": ["user", "pid", "ipc", "uts", "cgroup", "mount"],
-            "network": "shared",
+            "namespaces": match b.network {
+                Some(_) => json!(["user", "pid", "ipc", "uts", "cgroup", "mount", "network"]),
+                None => json!(["user", "pid", "ipc", "uts", "cgroup", "mount"]),
+            },
+            "network": match b.network {
+                Some(_) => json!({
+                    "mode": "isolated",
+                    "inside": "loopback only; the upstream through the gateway, public HTTPS through the gateway's CONNECT proxy (HTTPS_PROXY), remote MCP servers through the bridge",
+                    "proxy_refuses": "loopback, private, link-local (metadata), shared, unique-local, unspecified, multicast and documentation addresses, in every spelling, judged on every resolved address",
+                }),
+                None => json!({
+                    "mode": "shared",
+                    "warning": "runs share the host's network and can reach whatever it can (e.g. a cloud metadata server)",
+                }),
+            },
             "uid_inside": 1000,
             "limits": b.limits,
         }),

@@ -42,6 +42,7 @@ type Routes = Arc<Mutex<HashMap<String, Route>>>;
 #[derive(Clone)]
 pub struct Bridge {
     base: String,
+    port: u16,
     routes: Routes,
 }
 
@@ -91,19 +92,39 @@ impl Bridge {
     pub async fn start(listen: SocketAddr) -> std::io::Result<Self> {
         let listener = tokio::net::TcpListener::bind(listen).await?;
         let addr = listener.local_addr()?;
-        let routes: Routes = Arc::default();
-        let app = axum::Router::new()
-            .route("/mcp/{id}", axum::routing::any(serve_route))
-            .with_state(routes.clone());
+        let bridge = Self {
+            base: format!("http://{addr}"),
+            port: addr.port(),
+            routes: Arc::default(),
+        };
+        let app = bridge.router();
         tokio::spawn(async move {
             if let Err(e) = axum::serve(listener, app).await {
                 tracing::error!(error = %e, "the MCP bridge stopped");
             }
         });
-        Ok(Self {
-            base: format!("http://{addr}"),
-            routes,
-        })
+        Ok(bridge)
+    }
+
+    fn router(&self) -> axum::Router {
+        axum::Router::new()
+            .route("/mcp/{id}", axum::routing::any(serve_route))
+            .with_state(self.routes.clone())
+    }
+
+    /// Serves the same routes on a unix socket too: how network-isolated sandboxes reach it.
+    pub fn serve_on(&self, listener: tokio::net::UnixListener) {
+        let app = self.router();
+        tokio::spawn(async move {
+            if let Err(e) = axum::serve(listener, app).await {
+                tracing::error!(error = %e, "the MCP bridge's socket stopped");
+            }
+        });
+    }
+
+    /// The loopback port the bridge listens on.
+    pub fn port(&self) -> u16 {
+        self.port
     }
 
     /// How many remote servers are offered right now.

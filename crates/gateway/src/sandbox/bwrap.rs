@@ -1,7 +1,8 @@
 //! The bubblewrap sandbox around a CLI run.
 //!
-//! Inside: new user, pid, ipc, uts, cgroup and mount namespaces (the network is shared: the CLI
-//! must reach the upstream); uid 1000, no capabilities, no-new-privileges; read-only `/usr`
+//! Inside: new user, pid, ipc, uts, cgroup, mount and network namespaces (by default the
+//! network has nothing but loopback, and the run reaches the upstream, the web and its remote
+//! MCP servers only through the gateway's sockets: see [`super::net`]); uid 1000, no capabilities, no-new-privileges; read-only `/usr`
 //! and CLI install; a generated `/etc/passwd`; the tenant's workspace read-write at
 //! `/workspace`; the run's private directory as `HOME`; fresh `/proc`, minimal `/dev`, tmpfs
 //! `/tmp`. Nothing else of the host exists there: no other workspace, no data dir, no gateway
@@ -13,6 +14,7 @@ use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 
 use super::limits::Limits;
+use super::net::{self, IsolatedNet};
 use crate::runner::command::CommandLine;
 
 pub const HOME: &str = "/home/claude";
@@ -52,6 +54,8 @@ pub struct Bwrap {
     pub limits: Limits,
     /// The operator's MCP server installations, bound read-only at [`MCP_DIR`].
     pub mcp_dir: Option<PathBuf>,
+    /// A network of its own per sandbox, with the gateway's services; `None` shares the host's.
+    pub network: Option<IsolatedNet>,
 }
 
 /// The host paths a run mounts.
@@ -72,8 +76,10 @@ pub enum SandboxError {
     CliPath(PathBuf),
     #[error("cannot write the sandbox's /etc files: {0}")]
     Etc(std::io::Error),
-    #[error("bubblewrap cannot create a sandbox here (are user namespaces available?): {0}")]
+    #[error("bubblewrap cannot create a sandbox here (are user namespaces available? if only network namespaces are refused, --sandbox-network shared keeps the rest): {0}")]
     Probe(String),
+    #[error("cannot prepare the sandbox's network services: {0}")]
+    Network(std::io::Error),
 }
 
 impl Bwrap {
@@ -106,6 +112,7 @@ impl Bwrap {
             etc_dir,
             limits,
             mcp_dir: None,
+            network: None,
         })
     }
 
@@ -117,7 +124,6 @@ impl Bwrap {
     fn base_args(&self) -> Vec<OsString> {
         let mut args: Vec<OsString> = [
             "--unshare-all",
-            "--share-net",
             "--uid",
             "1000",
             "--gid",
@@ -169,6 +175,30 @@ impl Bwrap {
             self.cli_dir.clone().into_os_string(),
             CLI_DIR.into(),
         ]);
+        match &self.network {
+            None => args.push("--share-net".into()),
+            Some(network) => args.extend([
+                "--ro-bind".into(),
+                network.relay.clone().into_os_string(),
+                net::RELAY.into(),
+                "--ro-bind".into(),
+                network.sockets_dir.clone().into_os_string(),
+                net::INSIDE_DIR.into(),
+            ]),
+        }
+        args
+    }
+
+    /// The relay that starts a network-isolated sandbox's command.
+    fn relay_prefix(&self) -> Vec<OsString> {
+        let Some(network) = &self.network else {
+            return Vec::new();
+        };
+        let mut args: Vec<OsString> = vec![net::RELAY.into(), "sandbox-relay".into()];
+        for forward in network.forwards() {
+            args.push(format!("--forward={forward}").into());
+        }
+        args.push("--".into());
         args
     }
 
@@ -212,6 +242,7 @@ impl Bwrap {
             ]);
         }
         args.extend(["--chdir".into(), WORKSPACE.into(), "--".into()]);
+        args.extend(self.relay_prefix());
         args.extend([NICE.into(), "-n".into(), NICENESS.into()]);
         // Limits are applied inside, by prlimit, so that the process count is limited per
         // sandbox rather than across every sandbox of the gateway's host user.
@@ -220,10 +251,16 @@ impl Bwrap {
         args.push("--".into());
         args.push(inner.program.into_os_string());
         args.extend(inner.args);
+        let mut env = inner.env;
+        if let Some(network) = &self.network {
+            let inside = network.environment();
+            env.retain(|(name, _)| !inside.iter().any(|(n, _)| n == name));
+            env.extend(inside);
+        }
         CommandLine {
             program: self.bwrap.clone(),
             args,
-            env: inner.env,
+            env,
             extra_env: inner.extra_env,
             cwd: mounts.home.to_path_buf(),
         }
@@ -232,7 +269,9 @@ impl Bwrap {
     /// Checks that a sandbox can be created here, by running `true` in one.
     pub async fn probe(&self) -> Result<(), SandboxError> {
         let mut args = self.base_args();
-        args.extend(["--".into(), PRLIMIT.into()]);
+        args.push("--".into());
+        args.extend(self.relay_prefix());
+        args.push(PRLIMIT.into());
         args.extend(self.limits.prlimit_args());
         args.extend(["--".into(), "/usr/bin/true".into()]);
         let output = tokio::time::timeout(
@@ -268,6 +307,7 @@ mod tests {
             etc_dir: "/data/sandbox-etc".into(),
             limits: Limits::default(),
             mcp_dir: None,
+            network: None,
         }
     }
 
@@ -332,5 +372,59 @@ mod tests {
             "-p".into(),
             "--model=sonnet".into()
         ]));
+    }
+
+    #[test]
+    fn an_isolated_network_is_reached_only_through_the_relay_and_its_sockets() {
+        let shared = wrapped();
+        assert!(shared.args.iter().any(|a| a == "--share-net"));
+        let mut isolated = sandbox();
+        isolated.network = Some(IsolatedNet {
+            relay: "/usr/local/bin/claude-gateway".into(),
+            sockets_dir: "/data/net".into(),
+            bridge_port: 41000,
+        });
+        let inner = CommandLine {
+            program: isolated.inside_program(),
+            args: vec!["-p".into()],
+            env: vec![("ANTHROPIC_BASE_URL", "https://api.anthropic.com".into())],
+            extra_env: Vec::new(),
+            cwd: WORKSPACE.into(),
+        };
+        let cmd = isolated.wrap(
+            inner,
+            &Mounts {
+                home: Path::new("/data/runs/r1/home"),
+                workspace: Path::new("/data/tenants/t1/workspace"),
+                system_prompt: None,
+                projects: None,
+                mcp_config: None,
+            },
+        );
+        let args: Vec<String> = cmd
+            .args
+            .iter()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect();
+        assert!(!args.contains(&"--share-net".to_owned()));
+        let ro: Vec<(&str, &str)> = args
+            .windows(3)
+            .filter(|w| w[0] == "--ro-bind")
+            .map(|w| (w[1].as_str(), w[2].as_str()))
+            .collect();
+        assert!(ro.contains(&("/data/net", net::INSIDE_DIR)));
+        assert!(ro.contains(&("/usr/local/bin/claude-gateway", net::RELAY)));
+        let separator = args.iter().position(|a| a == "--").expect("separator");
+        assert_eq!(
+            args[separator + 1..separator + 3],
+            [net::RELAY, "sandbox-relay"]
+        );
+        let base_urls: Vec<_> = cmd
+            .env
+            .iter()
+            .filter(|(k, _)| *k == "ANTHROPIC_BASE_URL")
+            .map(|(_, v)| v.clone())
+            .collect();
+        assert_eq!(base_urls, ["http://127.0.0.1:4000"]);
     }
 }

@@ -4,6 +4,8 @@
 pub mod bwrap;
 pub mod level;
 pub mod limits;
+pub mod net;
+pub mod relay;
 
 pub use bwrap::{Bwrap, Mounts, SandboxError};
 pub use level::{LevelError, LevelPolicy, SecurityLevel, ToolPolicy};

@@ -1,0 +1,301 @@
+//! The network a sandboxed run has: its own namespace with nothing but loopback, plus exactly
+//! three ways out, each a unix socket the gateway serves and binds into the sandbox, reached
+//! through the in-sandbox relay ([`super::relay`]):
+//!
+//! - **upstream**: a reverse proxy to `ANTHROPIC_BASE_URL`, the CLI's only way to the model
+//!   (inside, `ANTHROPIC_BASE_URL` is `http://127.0.0.1:4000`);
+//! - **egress**: an HTTPS (`CONNECT`) proxy for the model's own tools (`pip`, `curl`,
+//!   `WebFetch`…), set as `HTTPS_PROXY`, that connects only to addresses the SSRF policy allows:
+//!   no loopback (the host's services), no private network, no link-local (the cloud metadata
+//!   server), judged on every address a name resolves to when connecting;
+//! - **bridge**: the remote-MCP bridge ([`crate::mcp::bridge`]), at the same loopback port
+//!   inside as outside, so bridge URLs read the same in both places.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::http::{HeaderName, Method, StatusCode};
+use axum::response::{IntoResponse, Response};
+
+use super::relay::Forward;
+use crate::mcp::{remote, ssrf};
+
+/// Where the sockets appear inside the sandbox.
+pub const INSIDE_DIR: &str = "/run/gateway/net";
+/// Where the gateway binary (the relay) appears inside the sandbox.
+pub const RELAY: &str = "/opt/gateway/claude-gateway";
+/// The CLI's upstream, inside.
+pub const UPSTREAM_PORT: u16 = 4000;
+/// The egress proxy, inside.
+pub const EGRESS_PORT: u16 = 3128;
+
+const UPSTREAM: &str = "upstream.sock";
+const EGRESS: &str = "egress.sock";
+const BRIDGE: &str = "bridge.sock";
+
+/// What a sandbox needs to use the gateway's network services.
+#[derive(Debug, Clone)]
+pub struct IsolatedNet {
+    /// The gateway's own binary, which serves as the relay inside.
+    pub relay: PathBuf,
+    /// The host directory holding the sockets, bound read-only at [`INSIDE_DIR`].
+    pub sockets_dir: PathBuf,
+    /// The bridge's loopback port.
+    pub bridge_port: u16,
+}
+
+impl IsolatedNet {
+    /// The relay's forwards, as the sandbox sees them.
+    pub fn forwards(&self) -> Vec<Forward> {
+        let inside = |name: &str| Path::new(INSIDE_DIR).join(name);
+        let local = |port| SocketAddr::from(([127, 0, 0, 1], port));
+        vec![
+            Forward {
+                listen: local(UPSTREAM_PORT),
+                socket: inside(UPSTREAM),
+            },
+            Forward {
+                listen: local(EGRESS_PORT),
+                socket: inside(EGRESS),
+            },
+            Forward {
+                listen: local(self.bridge_port),
+                socket: inside(BRIDGE),
+            },
+        ]
+    }
+
+    /// The environment a sandboxed program gets instead of the host's network settings.
+    pub fn environment(&self) -> Vec<(&'static str, std::ffi::OsString)> {
+        let proxy = format!("http://127.0.0.1:{EGRESS_PORT}");
+        let mut env = vec![(
+            "ANTHROPIC_BASE_URL",
+            format!("http://127.0.0.1:{UPSTREAM_PORT}").into(),
+        )];
+        for name in ["HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy"] {
+            env.push((name, proxy.clone().into()));
+        }
+        // The upstream and the bridge are reached directly, on the relay's ports.
+        for name in ["NO_PROXY", "no_proxy"] {
+            env.push((name, "127.0.0.1,localhost".into()));
+        }
+        env
+    }
+}
+
+fn bind_unix(path: &Path) -> std::io::Result<tokio::net::UnixListener> {
+    match std::fs::remove_file(path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+        _ => {}
+    }
+    tokio::net::UnixListener::bind(path)
+}
+
+/// Starts the upstream and egress services (and the bridge's socket) under `dir`.
+pub async fn start(
+    dir: &Path,
+    base_url: &str,
+    bridge: &crate::mcp::bridge::Bridge,
+    relay: PathBuf,
+) -> std::io::Result<IsolatedNet> {
+    std::os::unix::fs::DirBuilderExt::mode(std::fs::DirBuilder::new().recursive(true), 0o700)
+        .create(dir)?;
+    let upstream = Arc::new(Upstream {
+        base: base_url.trim_end_matches('/').to_owned(),
+        client: crate::tls::client_builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .map_err(std::io::Error::other)?,
+    });
+    let listener = bind_unix(&dir.join(UPSTREAM))?;
+    let app = axum::Router::new()
+        .fallback(forward_upstream)
+        .with_state(upstream);
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    let listener = bind_unix(&dir.join(EGRESS))?;
+    let app = axum::Router::new().fallback(tunnel);
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    bridge.serve_on(bind_unix(&dir.join(BRIDGE))?);
+    Ok(IsolatedNet {
+        relay,
+        sockets_dir: dir.to_path_buf(),
+        bridge_port: bridge.port(),
+    })
+}
+
+struct Upstream {
+    base: String,
+    client: reqwest::Client,
+}
+
+fn hop_by_hop(name: &HeaderName) -> bool {
+    matches!(
+        name.as_str(),
+        "host"
+            | "connection"
+            | "keep-alive"
+            | "proxy-connection"
+            | "proxy-authorization"
+            | "te"
+            | "trailer"
+            | "transfer-encoding"
+            | "upgrade"
+            | "content-length"
+    )
+}
+
+/// Passes a CLI request to the upstream and streams the answer back unchanged.
+async fn forward_upstream(State(up): State<Arc<Upstream>>, request: Request) -> Response {
+    let path = request
+        .uri()
+        .path_and_query()
+        .map_or("/", |p| p.as_str())
+        .to_owned();
+    let (parts, body) = request.into_parts();
+    let mut outgoing = up
+        .client
+        .request(parts.method, format!("{}{path}", up.base))
+        .body(reqwest::Body::wrap_stream(body.into_data_stream()));
+    for (name, value) in &parts.headers {
+        if !hop_by_hop(name) {
+            outgoing = outgoing.header(name, value);
+        }
+    }
+    match outgoing.send().await {
+        Ok(res) => {
+            let mut answer = Response::builder().status(res.status());
+            for (name, value) in res.headers() {
+                if !hop_by_hop(name) {
+                    answer = answer.header(name, value);
+                }
+            }
+            answer
+                .body(Body::from_stream(res.bytes_stream()))
+                .unwrap_or_else(|_| StatusCode::BAD_GATEWAY.into_response())
+        }
+        // reqwest's errors name the URL, never a header: nothing secret in the message.
+        Err(e) => (
+            StatusCode::BAD_GATEWAY,
+            format!(
+                "the gateway could not reach the upstream: {}",
+                remote::describe(&e)
+            ),
+        )
+            .into_response(),
+    }
+}
+
+/// Where a tunnel may go: the addresses of `host:port` if every one passes the policy.
+pub async fn tunnel_target(host: &str, port: u16) -> Result<Vec<SocketAddr>, String> {
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    let url = if host.contains(':') {
+        format!("https://[{host}]:{port}/")
+    } else {
+        format!("https://{host}:{port}/")
+    };
+    let (_, target) = ssrf::check_url(&url, &[]).map_err(|r| r.to_string())?;
+    match target {
+        ssrf::Target::Ip(ip) => Ok(vec![SocketAddr::new(ip, port)]),
+        ssrf::Target::Name(name) => {
+            let addrs: Vec<SocketAddr> = tokio::net::lookup_host((name.as_str(), port))
+                .await
+                .map_err(|e| format!("{name}: {e}"))?
+                .collect();
+            remote::judge_resolved(&name, addrs, &[]).map_err(|e| e.to_string())
+        }
+    }
+}
+
+/// `CONNECT host:port`: judged, connected, then spliced.
+async fn tunnel(request: Request) -> Response {
+    if request.method() != Method::CONNECT {
+        return (
+            StatusCode::METHOD_NOT_ALLOWED,
+            "this proxy tunnels HTTPS (CONNECT) only\n",
+        )
+            .into_response();
+    }
+    let Some((host, port)) = request
+        .uri()
+        .authority()
+        .map(|a| (a.host().to_owned(), a.port_u16().unwrap_or(443)))
+    else {
+        return (StatusCode::BAD_REQUEST, "CONNECT needs host:port\n").into_response();
+    };
+    let addrs = match tunnel_target(&host, port).await {
+        Ok(addrs) => addrs,
+        Err(reason) => {
+            return (StatusCode::FORBIDDEN, format!("refused: {reason}\n")).into_response()
+        }
+    };
+    let mut target = match tokio::net::TcpStream::connect(&addrs[..]).await {
+        Ok(stream) => stream,
+        Err(e) => return (StatusCode::BAD_GATEWAY, format!("{e}\n")).into_response(),
+    };
+    let upgrade = hyper::upgrade::on(request);
+    tokio::spawn(async move {
+        if let Ok(upgraded) = upgrade.await {
+            let mut client = hyper_util::rt::TokioIo::new(upgraded);
+            let _ = tokio::io::copy_bidirectional(&mut client, &mut target).await;
+        }
+    });
+    StatusCode::OK.into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn tunnels_go_only_to_public_addresses() {
+        assert!(tunnel_target("93.184.216.34", 443).await.is_ok());
+        assert!(tunnel_target("[2606:2800:220:1::1]", 443).await.is_ok());
+        for refused in [
+            "127.0.0.1",
+            "2130706433",
+            "0x7f.1",
+            "[::1]",
+            "[::ffff:127.0.0.1]",
+            "169.254.169.254",
+            "metadata.google.internal",
+            "localhost",
+            "10.0.0.1",
+            "192.168.1.1",
+            "[fd00::1]",
+        ] {
+            assert!(tunnel_target(refused, 443).await.is_err(), "{refused}");
+        }
+    }
+
+    #[test]
+    fn inside_the_sandbox_the_upstream_and_the_bridge_are_local_ports() {
+        let net = IsolatedNet {
+            relay: "/usr/local/bin/claude-gateway".into(),
+            sockets_dir: "/data/net".into(),
+            bridge_port: 41000,
+        };
+        let forwards: Vec<String> = net.forwards().iter().map(|f| f.to_string()).collect();
+        assert_eq!(
+            forwards,
+            [
+                "127.0.0.1:4000=/run/gateway/net/upstream.sock",
+                "127.0.0.1:3128=/run/gateway/net/egress.sock",
+                "127.0.0.1:41000=/run/gateway/net/bridge.sock",
+            ]
+        );
+        let env = net.environment();
+        assert!(env
+            .iter()
+            .any(|(k, v)| *k == "ANTHROPIC_BASE_URL" && v == "http://127.0.0.1:4000"));
+        assert!(env
+            .iter()
+            .any(|(k, v)| *k == "HTTPS_PROXY" && v == "http://127.0.0.1:3128"));
+    }
+}
