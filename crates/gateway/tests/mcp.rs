@@ -195,24 +195,8 @@ async fn mcp_tools_lists_each_servers_tools_with_per_server_errors() {
         "py": {"command": "python3"},
         "meta": {"url": "http://169.254.169.254/"}
     });
-    let res = gw
-        .post("/v1/mcp/tools")
-        .bearer_auth(ALICE)
-        .json(&json!({"mcp_servers": servers}))
-        .send()
-        .await
-        .expect("sent");
-    assert_eq!(res.status(), 200);
-    let listed: Value = res.json().await.expect("json");
-    let by_name = |name: &str| {
-        listed["servers"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .find(|s| s["name"] == name)
-            .cloned()
-            .unwrap_or(Value::Null)
-    };
+    let listed = list_tools(&gw, servers).await;
+    let by_name = |name: &str| server(&listed, name).clone();
     let memory = by_name("memory");
     assert_eq!(memory["status"], "ok", "{listed}");
     let tools = memory["tools"].as_array().expect("tools");
