@@ -217,10 +217,7 @@ impl McpPolicy {
                         }
                     })?;
                 let host = url.host_str().unwrap_or_default();
-                let on_allowed_host = self
-                    .allowed_hosts
-                    .iter()
-                    .any(|h| h.eq_ignore_ascii_case(host));
+                let on_allowed_host = ssrf::host_allowed(host, &self.allowed_hosts);
                 if level == SecurityLevel::Paranoid && !preset && !on_allowed_host {
                     return Err(forbidden(format!(
                         "at PARANOID remote MCP servers must be on this gateway's allowed hosts; {host:?} is not"

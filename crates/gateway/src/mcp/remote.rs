@@ -79,11 +79,6 @@ impl Lookup for SystemLookup {
     }
 }
 
-fn host_allowed(host: &str, allowed_hosts: &[String]) -> bool {
-    let host = host.trim_end_matches('.');
-    allowed_hosts.iter().any(|h| h.eq_ignore_ascii_case(host))
-}
-
 /// Judges what a name resolved to: every address must pass, so a name that mixes a public and a
 /// private address (a rebinding trick) is refused as a whole.
 pub fn judge_resolved(
@@ -94,7 +89,7 @@ pub fn judge_resolved(
     if addrs.is_empty() {
         return Err(Blocked::Unresolved { host: host.into() });
     }
-    if !host_allowed(host, allowed_hosts) {
+    if !ssrf::host_allowed(host, allowed_hosts) {
         for addr in &addrs {
             ssrf::check_ip(addr.ip()).map_err(|refusal| Blocked::Resolved {
                 host: host.into(),

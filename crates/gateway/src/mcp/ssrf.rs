@@ -122,6 +122,12 @@ pub enum Target {
     Name(String),
 }
 
+/// Whether the operator allowed `host` (as a URL spells it: `[::1]` for IPv6), exactly and
+/// case-insensitively; the one test every check of the allowlist uses.
+pub fn host_allowed(host: &str, allowed_hosts: &[String]) -> bool {
+    allowed_hosts.iter().any(|h| h.eq_ignore_ascii_case(host))
+}
+
 /// Parses and judges a remote MCP URL. `allowed_hosts` (operator-approved names or addresses)
 /// skip the address checks.
 pub fn check_url(text: &str, allowed_hosts: &[String]) -> Result<(Url, Target), Refusal> {
@@ -130,10 +136,7 @@ pub fn check_url(text: &str, allowed_hosts: &[String]) -> Result<(Url, Target), 
         return Err(Refusal::Scheme);
     }
     let host = url.host().ok_or(Refusal::NoHost)?;
-    let host_text = url.host_str().unwrap_or_default().to_ascii_lowercase();
-    let allowed = allowed_hosts
-        .iter()
-        .any(|h| h.eq_ignore_ascii_case(&host_text));
+    let allowed = host_allowed(url.host_str().unwrap_or_default(), allowed_hosts);
     let target = match host {
         Host::Ipv4(ip) => Target::Ip(IpAddr::V4(ip)),
         Host::Ipv6(ip) => Target::Ip(IpAddr::V6(ip)),
