@@ -372,14 +372,7 @@ async fn remote_tools_reach_the_model_and_calls_return_their_real_results_throug
             && gw.leftover_run_dirs() == 0)
         .await
     );
-    let metrics = gw
-        .get("/metrics")
-        .send()
-        .await
-        .expect("sent")
-        .text()
-        .await
-        .expect("text");
+    let metrics = gw.metrics().await;
     for transport in ["http", "sse"] {
         assert!(
             metrics

@@ -231,17 +231,22 @@ impl Gateway {
             .expect("request sent")
     }
 
-    /// How many CLI runs the gateway reports as running, from `/metrics`.
-    pub async fn running_runs(&self) -> u64 {
-        let text = self
-            .get("/metrics")
+    /// The gateway's `/metrics` page.
+    pub async fn metrics(&self) -> String {
+        self.get("/metrics")
             .send()
             .await
             .expect("sent")
             .text()
             .await
-            .expect("text");
-        text.lines()
+            .expect("text")
+    }
+
+    /// How many CLI runs the gateway reports as running, from `/metrics`.
+    pub async fn running_runs(&self) -> u64 {
+        self.metrics()
+            .await
+            .lines()
             .find_map(|l| l.strip_prefix("gateway_running_runs "))
             .and_then(|v| v.trim().parse::<f64>().ok())
             .map_or(0, |v| v as u64)
