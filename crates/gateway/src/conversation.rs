@@ -142,7 +142,7 @@ pub async fn start(state: &Arc<AppState>, req: TurnRequest) -> Result<StartedTur
                 level: req.level,
                 mcp: (!mcp.servers.is_empty()).then(|| mcp.run(&offered)),
             };
-            let mut process = state.runner.start(&spec)?;
+            let mut process = state.runner.start(&spec).await?;
             for (_, route) in offered {
                 process.hold(Box::new(route.lease));
             }

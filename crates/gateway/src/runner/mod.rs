@@ -100,7 +100,7 @@ impl Runner {
     }
 
     /// Starts the CLI for `spec`; the returned process waits for user turns on stdin.
-    pub fn start(&self, spec: &RunSpec) -> Result<CliProcess, RunError> {
+    pub async fn start(&self, spec: &RunSpec) -> Result<CliProcess, RunError> {
         let dir = RunDir::create(&self.runs_dir).map_err(RunError::RunDir)?;
         let system_file = match &spec.system_prompt {
             Some((text, _)) => Some(
@@ -162,6 +162,6 @@ impl Runner {
             }
         };
         let deadline = tokio::time::Instant::now() + self.run_timeout;
-        CliProcess::spawn(cmd, dir, deadline, self.max_line_bytes)
+        CliProcess::spawn(cmd, dir, deadline, self.max_line_bytes).await
     }
 }

@@ -34,7 +34,7 @@ pub struct CliProcess {
 }
 
 impl CliProcess {
-    pub(super) fn spawn(
+    pub(super) async fn spawn(
         cmd: CommandLine,
         dir: RunDir,
         deadline: Instant,
@@ -52,7 +52,20 @@ impl CliProcess {
             .stderr(Stdio::piped())
             .process_group(0)
             .kill_on_drop(true);
-        let mut child = command.spawn().map_err(RunError::Spawn)?;
+        let mut attempt = 0;
+        let mut child = loop {
+            match command.spawn() {
+                Ok(child) => break child,
+                // fork's EAGAIN: the host is briefly out of processes (a tenant's fork bomb
+                // running into its sandbox's limit, say). It means "try again", so a few short
+                // retries keep another tenant's request from failing for it.
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock && attempt < 4 => {
+                    attempt += 1;
+                    tokio::time::sleep(std::time::Duration::from_millis(50 << attempt)).await;
+                }
+                Err(e) => return Err(RunError::Spawn(e)),
+            }
+        };
         let pgid = child
             .id()
             .and_then(|id| i32::try_from(id).ok())
