@@ -61,7 +61,7 @@ impl Gateway {
 
     /// The gateway process's own resident memory, in KiB.
     pub fn rss_kib(&self) -> u64 {
-        self.pid().map_or(0, rss_of)
+        self.pid().map_or(0, proctree::rss_kib)
     }
 
     /// A value from the gateway's /metrics.
@@ -83,38 +83,8 @@ impl Gateway {
         let Some(root) = self.child.id() else {
             return Vec::new();
         };
-        tree_of(root)
+        proctree::tree_of(root)
     }
-}
-
-/// `root` and every process below it.
-fn tree_of(root: u32) -> Vec<u32> {
-    let parents: Vec<(u32, u32)> = std::fs::read_dir("/proc")
-        .into_iter()
-        .flatten()
-        .filter_map(|e| e.ok())
-        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
-        .filter_map(|pid| {
-            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-            // The parent pid is the second field after the parenthesised command name.
-            let rest = &stat[stat.rfind(')')? + 2..];
-            let ppid = rest.split_whitespace().nth(1)?.parse().ok()?;
-            Some((pid, ppid))
-        })
-        .collect();
-    let mut tree = vec![root];
-    let mut i = 0;
-    while i < tree.len() {
-        let parent = tree[i];
-        tree.extend(
-            parents
-                .iter()
-                .filter(|(_, pp)| *pp == parent)
-                .map(|(p, _)| *p),
-        );
-        i += 1;
-    }
-    tree
 }
 
 impl Gateway {
@@ -124,28 +94,13 @@ impl Gateway {
 
     /// Resident memory of the gateway and every process under it, in KiB.
     pub fn tree_rss_kib(&self) -> u64 {
-        self.tree().into_iter().map(rss_of).sum()
+        self.tree().into_iter().map(proctree::rss_kib).sum()
     }
-}
-
-fn rss_of(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|status| {
-            status
-                .lines()
-                .find(|l| l.starts_with("VmRSS:"))?
-                .split_whitespace()
-                .nth(1)?
-                .parse::<u64>()
-                .ok()
-        })
-        .unwrap_or(0)
 }
 
 /// Resident memory of `pid` itself and of all its descendants, in KiB.
 pub fn rss_split(pid: u32) -> (u64, u64) {
-    let tree = tree_of(pid);
-    let own = rss_of(pid);
-    (own, tree.into_iter().skip(1).map(rss_of).sum())
+    let tree = proctree::tree_of(pid);
+    let own = proctree::rss_kib(pid);
+    (own, tree.into_iter().skip(1).map(proctree::rss_kib).sum())
 }

@@ -282,10 +282,7 @@ async fn bombs_in_one_tenants_sandbox_leave_the_gateway_serving_others() {
     // A run's dir goes once its whole process tree is reaped, which under a
     // fork bomb on two cores can take longer than the answer.
     assert!(
-        common::eventually(std::time::Duration::from_secs(30), || gw
-            .leftover_run_dirs()
-            == 0)
-        .await,
+        common::eventually(common::SETTLE, || gw.leftover_run_dirs() == 0).await,
         "every run dir was removed: {} left",
         gw.leftover_run_dirs()
     );

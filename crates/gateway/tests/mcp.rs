@@ -221,7 +221,7 @@ async fn mcp_tools_lists_each_servers_tools_with_per_server_errors() {
         .expect("sent");
     let listed: Value = res.json().await.expect("json");
     assert_eq!(listed["servers"][0]["status"], "ok");
-    assert!(common::eventually(std::time::Duration::from_secs(2), || gw.descendants() == 0).await);
+    assert!(common::eventually(common::SETTLE, || gw.descendants() == 0).await);
 }
 
 const HTTP_TOKEN: &str = "mcp-http-token-7f3a9c";
@@ -368,7 +368,7 @@ async fn remote_tools_reach_the_model_and_calls_return_their_real_results_throug
     assert_no_remote_secret(&gw, &text);
     // The run is over: its routes are closed and nothing it started is left.
     assert!(
-        common::eventually(std::time::Duration::from_secs(5), || gw.descendants() == 0
+        common::eventually(common::SETTLE, || gw.descendants() == 0
             && gw.leftover_run_dirs() == 0)
         .await
     );

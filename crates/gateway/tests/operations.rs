@@ -64,7 +64,7 @@ async fn a_client_leaving_mid_stream_leaves_no_process_or_dir_behind() {
     assert!(gw.descendants() > 0, "the run is going");
     drop(res);
     assert!(
-        eventually(Duration::from_secs(2), || gw.descendants() == 0
+        eventually(common::SETTLE, || gw.descendants() == 0
             && gw.leftover_run_dirs() == 0)
         .await,
         "processes {} dirs {}",
@@ -87,7 +87,7 @@ async fn a_non_streaming_client_that_gives_up_ends_its_run() {
         .await;
     assert!(res.is_err(), "the client timed out");
     assert!(
-        eventually(Duration::from_secs(2), || gw.descendants() == 0
+        eventually(common::SETTLE, || gw.descendants() == 0
             && gw.leftover_run_dirs() == 0)
         .await
     );
@@ -130,9 +130,7 @@ async fn sigterm_ends_requests_that_outlive_the_grace() {
         .expect("exited within the grace");
     assert!(status.success(), "{status:?}");
     assert!(
-        eventually(Duration::from_secs(2), || common::descendants_of(pid)
-            .is_empty())
-        .await,
+        eventually(common::SETTLE, || common::descendants_of(pid).is_empty()).await,
         "no CLI outlives the gateway"
     );
     assert_eq!(gw.leftover_run_dirs(), 0);

@@ -267,7 +267,7 @@ async fn sessions_survive_a_gateway_restart() {
     turn(&first, ALICE, Some("durable"), "marker-before-restart").await;
     // The CLI writes its transcript just after answering; stop only once it is on disk.
     let mut messages = 0;
-    for _ in 0..50 {
+    for _ in 0..300 {
         let (_, session) = first.get_json_as(ALICE, "/v1/sessions/durable").await;
         messages = session["messages"].as_array().map_or(0, Vec::len);
         if messages == 2 {
@@ -292,7 +292,7 @@ async fn idle_sessions_expire() {
         .await;
     turn(&gw, ALICE, Some("short-lived"), "marker-expire").await;
     let mut left = usize::MAX;
-    for _ in 0..50 {
+    for _ in 0..150 {
         tokio::time::sleep(std::time::Duration::from_millis(200)).await;
         let (_, list) = gw.get_json_as(ALICE, "/v1/sessions").await;
         left = list["data"].as_array().map_or(0, Vec::len);

@@ -378,37 +378,14 @@ pub fn tool_results(requests: &[RecordedRequest]) -> Vec<String> {
         .collect()
 }
 
-/// Every process below `root`, found through /proc's parent links.
-pub fn descendants_of(root: u32) -> Vec<u32> {
-    let parents: Vec<(u32, u32)> = std::fs::read_dir("/proc")
-        .into_iter()
-        .flatten()
-        .filter_map(|e| e.ok())
-        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
-        .filter_map(|pid| {
-            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-            let rest = &stat[stat.rfind(')')? + 2..];
-            let ppid = rest.split_whitespace().nth(1)?.parse().ok()?;
-            Some((pid, ppid))
-        })
-        .collect();
-    let mut tree = vec![root];
-    let mut i = 0;
-    while i < tree.len() {
-        let parent = tree[i];
-        tree.extend(
-            parents
-                .iter()
-                .filter(|(_, pp)| *pp == parent)
-                .map(|(p, _)| *p),
-        );
-        i += 1;
-    }
-    tree.remove(0);
-    tree
-}
+pub use proctree::descendants_of;
 
 /// Polls `check` every 100 ms for up to `limit`; whether it came true.
+/// How long a test waits for the gateway to finish cleaning up after a run (process trees
+/// reaped, run dirs removed). Generous on purpose: a loaded two-core CI machine reaps late,
+/// and the wait ends as soon as the state is reached.
+pub const SETTLE: Duration = Duration::from_secs(30);
+
 pub async fn eventually(limit: Duration, mut check: impl FnMut() -> bool) -> bool {
     let deadline = std::time::Instant::now() + limit;
     loop {
