@@ -11,18 +11,20 @@ cd "$(dirname "$0")/.."
 cargo build --release --locked -p claude-gateway
 
 stage=$(mktemp -d)
-trap 'kill "$gw" 2>/dev/null || true; rm -rf "$stage"' EXIT
+trap 'kill "$gw" 2>/dev/null || true; ${SUDO:-} rm -rf "$stage"' EXIT
 cp package.json package-lock.json "$stage/"
 (cd "$stage" && npm ci --omit=dev --no-audit --no-fund >/dev/null && node_modules/.bin/claude --version)
 for pkg in bubblewrap util-linux ca-certificates python3; do
   command -v dpkg >/dev/null && dpkg -s "$pkg" >/dev/null 2>&1 || { echo "runtime package $pkg missing"; exit 1; }
 done
 
-# The image's user, data dir and environment.
+# The image's user, data dir and environment. Becoming uid 10001 takes root: sudo when the
+# tests run as another user.
+if [ "$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi
 chmod 755 "$stage"
-mkdir -p "$stage/data" && chown -R 10001:10001 "$stage/data"
+mkdir -p "$stage/data" && $SUDO chown -R 10001:10001 "$stage/data"
 port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-setpriv --reuid=10001 --regid=10001 --clear-groups \
+$SUDO setpriv --reuid=10001 --regid=10001 --clear-groups \
   env -i PATH=/usr/local/bin:/usr/bin:/bin PORT="$port" \
   CLAUDE_GATEWAY_DATA_DIR="$stage/data" CLAUDE_GATEWAY_CLAUDE_BIN="$stage/node_modules/.bin/claude" \
   target/release/claude-gateway serve --demo >"$stage/out.log" 2>"$stage/err.log" &

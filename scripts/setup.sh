@@ -7,7 +7,9 @@ cd "$(dirname "$0")/.."
 
 need_apt=()
 command -v npm >/dev/null 2>&1 || need_apt+=(nodejs npm)
-command -v python3 >/dev/null 2>&1 || need_apt+=(python3 python3-venv)
+command -v python3 >/dev/null 2>&1 || need_apt+=(python3)
+# Debian ships python3 without its venv module; the SDK tests need it.
+python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || need_apt+=(python3-venv)
 # The sandbox every CLI run lives in.
 command -v bwrap >/dev/null 2>&1 || need_apt+=(bubblewrap)
 command -v prlimit >/dev/null 2>&1 || need_apt+=(util-linux)
@@ -27,11 +29,15 @@ fi
 node_modules/.bin/claude --version
 
 if [ "${1:-}" = "--tests" ]; then
-  # Headless Chromium for the documentation page test.
-  if ! command -v chromium >/dev/null 2>&1; then
+  # Headless Chromium for the documentation page test; curl and setpriv for the deploy check.
+  need_apt=()
+  command -v chromium >/dev/null 2>&1 || need_apt+=(chromium)
+  command -v curl >/dev/null 2>&1 || need_apt+=(curl)
+  command -v setpriv >/dev/null 2>&1 || need_apt+=(util-linux)
+  if [ ${#need_apt[@]} -gt 0 ]; then
     if [ "$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi
     $SUDO apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq chromium
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need_apt[@]}"
   fi
   # Real MCP servers for the MCP tests, in their own npm prefix (mounted at /opt/mcp).
   mcp_sum=$(sha256sum tests/mcp-servers/package-lock.json | cut -d' ' -f1)

@@ -66,16 +66,22 @@ impl Gateway {
 
     /// A value from the gateway's /metrics.
     pub async fn metric(&self, name: &str) -> Option<f64> {
-        let text = reqwest::get(format!("{}/metrics", self.url))
-            .await
-            .ok()?
-            .text()
-            .await
-            .ok()?;
+        metric_at(&self.url, name).await
+    }
+
+    /// The sum of every series of a metric (all label sets) in the gateway's /metrics; 0 when it
+    /// has none yet.
+    pub async fn metric_sum(&self, name: &str) -> f64 {
+        let Some(text) = scrape(&self.url).await else {
+            return 0.0;
+        };
         text.lines()
-            .find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))
-            .and_then(|l| l.split_whitespace().nth(1))
-            .and_then(|v| v.parse().ok())
+            .filter(|l| {
+                l.strip_prefix(name)
+                    .is_some_and(|rest| rest.starts_with(' ') || rest.starts_with('{'))
+            })
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
     }
 
     /// The gateway's pid and all its descendants.
@@ -103,4 +109,23 @@ pub fn rss_split(pid: u32) -> (u64, u64) {
     let tree = proctree::tree_of(pid);
     let own = proctree::rss_kib(pid);
     (own, tree.into_iter().skip(1).map(proctree::rss_kib).sum())
+}
+
+async fn scrape(url: &str) -> Option<String> {
+    reqwest::get(format!("{url}/metrics"))
+        .await
+        .ok()?
+        .text()
+        .await
+        .ok()
+}
+
+/// An unlabelled value from the /metrics of the gateway at `url`.
+pub async fn metric_at(url: &str, name: &str) -> Option<f64> {
+    scrape(url)
+        .await?
+        .lines()
+        .find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
 }

@@ -11,7 +11,11 @@ use serde_json::json;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 
 use crate::gateway::Gateway;
+use crate::report::Block;
 use crate::stats::Summary;
+
+/// How the benchmark binary is invoked in the commands printed with each table.
+pub const BENCH: &str = "target/release/gateway-bench";
 
 fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
@@ -131,7 +135,7 @@ async fn gateway_request(
     Ok((t.first_text, t.total))
 }
 
-pub async fn overhead(bin: &Path, claude: &Path, runs: usize) -> anyhow::Result<()> {
+pub async fn overhead(bin: &Path, claude: &Path, runs: usize) -> anyhow::Result<Vec<Block>> {
     let sandboxed = Gateway::start(bin, claude, &[]).await?;
     let bare_sandbox = Gateway::start(bin, claude, &["--insecure-no-sandbox"]).await?;
     let fake = FakeAnthropic::start(([127, 0, 0, 1], 0).into()).await?;
@@ -153,40 +157,45 @@ pub async fn overhead(bin: &Path, claude: &Path, runs: usize) -> anyhow::Result<
     let (bt, bw) = split(&bare);
     let (st, sw) = split(&with);
     let (nt, nw) = split(&without);
-    println!("### Overhead: one streamed request through the gateway vs the bare CLI\n");
-    println!("| path | n | first text median ms | first text p95 ms | complete median ms | complete p95 ms |");
-    println!("|---|---|---|---|---|---|");
-    println!("{}", table_row("bare CLI", &bt, &bw));
-    println!("{}", table_row("gateway, sandboxed", &st, &sw));
-    println!("{}", table_row("gateway, no sandbox", &nt, &nw));
+    let mut body = String::new();
+    body.push_str("| path | n | first text median ms | first text p95 ms | complete median ms | complete p95 ms |\n");
+    body.push_str("|---|---|---|---|---|---|\n");
+    body.push_str(&format!("{}\n", table_row("bare CLI", &bt, &bw)));
+    body.push_str(&format!("{}\n", table_row("gateway, sandboxed", &st, &sw)));
+    body.push_str(&format!("{}\n", table_row("gateway, no sandbox", &nt, &nw)));
     let median = |v: &[Duration]| Summary::of(v).median_ms;
     for (name, t, w) in [("sandboxed", &st, &sw), ("no sandbox", &nt, &nw)] {
-        println!(
-            "\nGateway ({name}) adds {:+.0} ms to first text ({:.2}×) and {:+.0} ms to completion ({:.2}×) at the median.",
+        body.push_str(&format!(
+            "\nGateway ({name}) adds {:+.0} ms to first text ({:.2}×) and {:+.0} ms to completion ({:.2}×) at the median.\n",
             median(t) - median(&bt),
             median(t) / median(&bt).max(1e-9),
             median(w) - median(&bw),
             median(w) / median(&bw).max(1e-9),
-        );
+        ));
     }
-    Ok(())
+    Ok(vec![Block::new(
+        "overhead",
+        "Overhead: one streamed request through the gateway vs the bare CLI",
+        &format!("{BENCH} overhead --runs {runs}"),
+        &body,
+    )])
 }
 
-/// Sends requests on `connections` keep-alive clients for `seconds`; counts answers by status.
+/// Sends requests on `connections` keep-alive clients for `seconds`; counts the answers with
+/// the `expected` status and all others (errors included) apart.
 async fn hammer(
-    url: String,
     seconds: u64,
     connections: usize,
+    expected: u16,
     build: Arc<dyn Fn(&reqwest::Client) -> reqwest::RequestBuilder + Send + Sync>,
 ) -> (u64, u64, f64) {
-    let ok_status = Arc::new(AtomicU64::new(0));
+    let answered = Arc::new(AtomicU64::new(0));
     let other = Arc::new(AtomicU64::new(0));
     let deadline = Instant::now() + Duration::from_secs(seconds);
     let started = Instant::now();
     let tasks: Vec<_> = (0..connections)
         .map(|_| {
-            let (ok_status, other, build) = (ok_status.clone(), other.clone(), build.clone());
-            let _ = &url;
+            let (answered, other, build) = (answered.clone(), other.clone(), build.clone());
             tokio::spawn(async move {
                 let client = reqwest::Client::builder()
                     .pool_max_idle_per_host(1)
@@ -197,8 +206,8 @@ async fn hammer(
                         Ok(res) => {
                             let status = res.status().as_u16();
                             let _ = res.bytes().await;
-                            if status == 401 || status == 429 {
-                                ok_status.fetch_add(1, Ordering::Relaxed);
+                            if status == expected {
+                                answered.fetch_add(1, Ordering::Relaxed);
                             } else {
                                 other.fetch_add(1, Ordering::Relaxed);
                             }
@@ -216,10 +225,101 @@ async fn hammer(
     }
     let secs = started.elapsed().as_secs_f64();
     (
-        ok_status.load(Ordering::Relaxed),
+        answered.load(Ordering::Relaxed),
         other.load(Ordering::Relaxed),
         secs,
     )
+}
+
+/// Watches a gateway while a phase runs: the most CLI runs it held at once
+/// (`gateway_running_runs`) and the most processes under it beyond those it had at the start,
+/// sampled every 50 ms.
+struct SpawnWatch {
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    task: tokio::task::JoinHandle<(u64, usize)>,
+}
+
+impl SpawnWatch {
+    fn start(gw: &Gateway) -> Self {
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (url, pid) = (gw.url.clone(), gw.pid());
+        let baseline = gw.tree_processes();
+        let task = {
+            let stop = stop.clone();
+            tokio::spawn(async move {
+                let (mut runs, mut procs) = (0u64, 0usize);
+                loop {
+                    let done = stop.load(Ordering::Relaxed);
+                    let running = crate::gateway::metric_at(&url, "gateway_running_runs").await;
+                    runs = runs.max(running.unwrap_or(0.0) as u64);
+                    if let Some(pid) = pid {
+                        let now = proctree::tree_of(pid).len();
+                        procs = procs.max(now.saturating_sub(baseline));
+                    }
+                    if done {
+                        break (runs, procs);
+                    }
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            })
+        };
+        Self { stop, task }
+    }
+
+    /// Stops watching: (CLI runs started, processes spawned), counting the turns the gateway
+    /// completed too.
+    async fn finish(self, gw: &Gateway) -> (u64, usize) {
+        self.stop.store(true, Ordering::Relaxed);
+        let (runs, procs) = self.task.await.unwrap_or((u64::MAX, usize::MAX));
+        let turns = gw.metric_sum("gateway_turns_total").await as u64;
+        (runs.max(turns), procs)
+    }
+}
+
+/// One refusal phase: every request carries no credential, so none can reach a run. With
+/// `use_up_budget`, requests are first sent until the per-IP limit answers 429 (the ones let
+/// through it are refused with 401, before any run).
+async fn refusal_phase(
+    gw: &Gateway,
+    expected: u16,
+    use_up_budget: bool,
+    seconds: u64,
+    connections: usize,
+) -> anyhow::Result<(u64, u64, f64, u64, usize)> {
+    let body = json!({"model": "sonnet", "max_tokens": 10, "messages": [{"role": "user", "content": "x"}]});
+    let watch = SpawnWatch::start(gw);
+    let url = gw.url.clone();
+    if use_up_budget {
+        let client = reqwest::Client::new();
+        let mut limited = false;
+        for _ in 0..10 {
+            let res = client
+                .post(format!("{url}/v1/messages"))
+                .json(&body)
+                .send()
+                .await?;
+            match res.status().as_u16() {
+                429 => {
+                    limited = true;
+                    break;
+                }
+                401 => {}
+                other => {
+                    anyhow::bail!("using up the per-IP budget: expected 401 or 429, got {other}")
+                }
+            }
+        }
+        anyhow::ensure!(limited, "the per-IP limit never answered 429");
+    }
+    let (n, other, secs) = hammer(
+        seconds,
+        connections,
+        expected,
+        Arc::new(move |c| c.post(format!("{url}/v1/messages")).json(&body)),
+    )
+    .await;
+    let (runs, procs) = watch.finish(gw).await;
+    Ok((n, other, secs, runs, procs))
 }
 
 pub async fn rejection(
@@ -227,49 +327,47 @@ pub async fn rejection(
     claude: &Path,
     seconds: u64,
     connections: usize,
-) -> anyhow::Result<()> {
-    let gw = Gateway::start(bin, claude, &["--rate-limit-per-ip", "1"]).await?;
-    let body = json!({"model": "sonnet", "max_tokens": 10, "messages": [{"role": "user", "content": "x"}]});
-    println!(
-        "### Rejection path ({connections} keep-alive connections, {seconds} s each, loopback)\n"
+) -> anyhow::Result<Vec<Block>> {
+    let mut body = String::new();
+    body.push_str("| refusal | answered | other | requests/s | CLI runs / processes started | gateway RSS after |\n");
+    body.push_str("|---|---|---|---|---|---|\n");
+    let (mut all_runs, mut all_procs) = (0, 0);
+    // 401: no IP limit, so every request reaches the credential check.
+    // 429: a limit of one request per minute per IP, used up before the phase starts.
+    for (label, expected, args) in [
+        ("401 no credential", 401, &[][..]),
+        (
+            "429 rate limited (per IP)",
+            429,
+            &["--rate-limit-per-ip", "1"][..],
+        ),
+    ] {
+        let gw = Gateway::start(bin, claude, args).await?;
+        let (n, other, secs, runs, procs) =
+            refusal_phase(&gw, expected, expected == 429, seconds, connections).await?;
+        body.push_str(&format!(
+            "| {label} | {n} | {other} | {:.0} | {runs} / {procs} | {} MiB |\n",
+            n as f64 / secs,
+            gw.tree_rss_kib() / 1024
+        ));
+        all_runs += runs;
+        all_procs += procs;
+    }
+    body.push_str(&format!(
+        "\nNo request carries a credential; the 429 gateway's budget (1 per minute per IP) is used up by one such request, refused with 401. CLI runs started: {all_runs}, processes spawned under the gateway: {all_procs} (`gateway_running_runs` and the process tree sampled every 50 ms, `gateway_turns_total` after).\n"
+    ));
+    anyhow::ensure!(
+        all_runs == 0 && all_procs == 0,
+        "the rejection path started {all_runs} CLI runs and {all_procs} processes:\n{body}"
     );
-    println!("| refusal | answered | other | requests/s | gateway RSS after |");
-    println!("|---|---|---|---|---|");
-    // 401: a gateway without the IP limit, so every request reaches the credential check.
-    let open = Gateway::start(bin, claude, &[]).await?;
-    let url = open.url.clone();
-    let b = body.clone();
-    let (n, other, secs) = hammer(
-        url.clone(),
-        seconds,
-        connections,
-        Arc::new(move |c| c.post(format!("{url}/v1/messages")).json(&b)),
-    )
-    .await;
-    println!(
-        "| 401 no credential | {n} | {other} | {:.0} | {} MiB |",
-        n as f64 / secs,
-        open.tree_rss_kib() / 1024
-    );
-    let url = gw.url.clone();
-    let b = body.clone();
-    let (n, other, secs) = hammer(
-        url.clone(),
-        seconds,
-        connections,
-        Arc::new(move |c| {
-            c.post(format!("{url}/v1/messages"))
-                .bearer_auth("sk-ant-oat01-bench.rate")
-                .json(&b)
-        }),
-    )
-    .await;
-    println!(
-        "| 429 rate limited (per IP) | {n} | {other} | {:.0} | {} MiB |",
-        n as f64 / secs,
-        gw.tree_rss_kib() / 1024
-    );
-    Ok(())
+    Ok(vec![Block::new(
+        "rejection",
+        format!(
+            "Rejection path ({connections} keep-alive connections, {seconds} s each, loopback)"
+        ),
+        &format!("{BENCH} rejection --seconds {seconds} --connections {connections}"),
+        &body,
+    )])
 }
 
 pub async fn concurrency(
@@ -277,7 +375,8 @@ pub async fn concurrency(
     claude: &Path,
     streams: usize,
     queued: usize,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<Vec<Block>> {
+    let command = format!("{BENCH} concurrency --streams {streams} --queued {queued}");
     // 50 slow streams at once: every one must complete.
     let gw = Gateway::start(
         bin,
@@ -349,13 +448,13 @@ pub async fn concurrency(
     let (ttfb, total): (Vec<Duration>, Vec<Duration>) = done.iter().copied().unzip();
     let spread = ttfb.iter().max().copied().unwrap_or_default()
         - ttfb.iter().min().copied().unwrap_or_default();
-    println!("### Concurrency: {streams} concurrent slow streams (3 s of output each)\n");
-    println!("| completed | lost | first byte median / p95 / spread ms | complete median / p95 ms | all done in s | gateway RSS idle → peak MiB | CLI runs peak RSS MiB (all) | per run MiB |");
-    println!("|---|---|---|---|---|---|---|---|");
+    let mut streams_body = String::new();
+    streams_body.push_str("| completed | lost | first byte median / p95 / spread ms | complete median / p95 ms | all done in s | gateway RSS idle → peak MiB | CLI runs peak RSS (all) MiB | per run MiB |\n");
+    streams_body.push_str("|---|---|---|---|---|---|---|---|\n");
     let (t, c) = (Summary::of(&ttfb), Summary::of(&total));
     let peak_cli_mib = peak_cli.load(Ordering::Relaxed) / 1024;
-    println!(
-        "| {} | {} | {:.0} / {:.0} / {:.0} | {:.0} / {:.0} | {:.1} | {} → {} | {} | {} |",
+    streams_body.push_str(&format!(
+        "| {} | {} | {:.0} / {:.0} / {:.0} | {:.0} / {:.0} | {:.1} | {} → {} | {} | {} |\n",
         done.len(),
         streams - done.len(),
         t.median_ms,
@@ -368,7 +467,7 @@ pub async fn concurrency(
         peak.load(Ordering::Relaxed) / 1024,
         peak_cli_mib,
         peak_cli_mib / streams.max(1) as u64,
-    );
+    ));
     drop(gw);
 
     // 1,000 requests waiting in the queue behind one slow run.
@@ -434,11 +533,8 @@ pub async fn concurrency(
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
     let with_queue = gw.rss_kib();
-    println!("\n### {queued} requests queued behind one run\n");
-    println!("| queued (gauge) | gateway RSS idle MiB | gateway RSS with the queue MiB |");
-    println!("|---|---|---|");
-    println!(
-        "| {queued_now} | {:.1} | {:.1} |",
+    let queue_body = format!(
+        "| queued (gauge) | gateway RSS idle | gateway RSS with the queue |\n|---|---|---|\n| {queued_now} | **{:.1} MiB** | **{:.1} MiB** |\n",
         idle as f64 / 1024.0,
         with_queue as f64 / 1024.0
     );
@@ -446,24 +542,37 @@ pub async fn concurrency(
         w.abort();
     }
     blocker.abort();
-    Ok(())
+    Ok(vec![
+        Block::new(
+            "concurrency",
+            format!("Concurrency: {streams} concurrent slow streams (3 s of output each)"),
+            &command,
+            &streams_body,
+        ),
+        Block::new(
+            "concurrency-queue",
+            format!("{queued} requests queued behind one run"),
+            &command,
+            &queue_body,
+        ),
+    ])
 }
 
-pub async fn growth(bin: &Path, claude: &Path, turns: usize) -> anyhow::Result<()> {
+pub async fn growth(bin: &Path, claude: &Path, turns: usize) -> anyhow::Result<Vec<Block>> {
     let marks: Vec<usize> = [1, 10, 50].into_iter().filter(|n| *n <= turns).collect();
-    println!("### Cost growth: latency of turn N of one session\n");
-    println!(
-        "| path | {} |",
+    let mut body = String::new();
+    body.push_str(&format!(
+        "| path | {} |\n",
         marks
             .iter()
             .map(|n| format!("turn {n} ms"))
             .collect::<Vec<_>>()
             .join(" | ")
-    );
-    println!(
-        "|---|{}|",
+    ));
+    body.push_str(&format!(
+        "|---|{}|\n",
         marks.iter().map(|_| "---").collect::<Vec<_>>().join("|")
-    );
+    ));
     for (name, args) in [
         (
             "live",
@@ -490,7 +599,12 @@ pub async fn growth(bin: &Path, claude: &Path, turns: usize) -> anyhow::Result<(
                 at.push(format!("{:.0}", ms(total)));
             }
         }
-        println!("| {name} | {} |", at.join(" | "));
+        body.push_str(&format!("| {name} | {} |\n", at.join(" | ")));
     }
-    Ok(())
+    Ok(vec![Block::new(
+        "growth",
+        "Cost growth: latency of turn N of one session",
+        &format!("{BENCH} growth --turns {turns}"),
+        &body,
+    )])
 }

@@ -1,10 +1,13 @@
 //! gateway-bench: measures claude-gateway over real HTTP with the real CLI against an in-process
 //! fake-anthropic. Every request goes to 127.0.0.1; every loop is bounded.
 //!
-//! `cargo run --release -p gateway-bench -- sessions` prints a Markdown table.
+//! `target/release/gateway-bench all --write BENCHMARKS.md` runs every benchmark and writes each
+//! table into BENCHMARKS.md between its markers; `gateway-bench <bench>` runs one and prints its
+//! Markdown (`--write FILE` updates only its own block).
 
 mod gateway;
 mod load;
+mod report;
 mod stats;
 
 use std::time::Duration;
@@ -12,6 +15,7 @@ use std::time::Duration;
 use clap::{Parser, Subcommand};
 
 use gateway::Gateway;
+use report::Block;
 use stats::Summary;
 
 #[derive(Parser)]
@@ -22,12 +26,23 @@ struct Args {
     /// The pinned CLI.
     #[arg(long, default_value = "node_modules/.bin/claude")]
     claude: std::path::PathBuf,
+    /// Also write each result into this Markdown file (BENCHMARKS.md), replacing only what lies
+    /// between its `<!-- bench:NAME:start -->` / `<!-- bench:NAME:end -->` markers.
+    #[arg(long, global = true, value_name = "FILE")]
+    write: Option<std::path::PathBuf>,
     #[command(subcommand)]
     bench: Bench,
 }
 
-#[derive(Subcommand)]
+#[derive(Subcommand, Clone, Copy)]
 enum Bench {
+    /// Every benchmark below in turn, with its default settings, and the machine.
+    All {
+        /// The smallest counts instead, to check the harness in a minute (the figures mean
+        /// nothing).
+        #[arg(long)]
+        smoke: bool,
+    },
     /// What the gateway adds to a bare CLI run: wall time and time to first text, with and
     /// without the sandbox.
     Overhead {
@@ -48,20 +63,66 @@ enum Bench {
         #[arg(long, default_value_t = 1000)]
         queued: usize,
     },
-    /// Latency of turn N of one session (N = 1, 10, 50), live and cold.
-    Growth {
-        #[arg(long, default_value_t = 50)]
-        turns: usize,
-    },
     /// Per-turn latency of live vs cold sessions, and memory held per live session.
     Sessions {
         /// Turns per session (the first, which starts the session, is reported apart).
-        #[arg(long, default_value_t = 10)]
+        #[arg(long, default_value_t = 12)]
         turns: usize,
         /// Live sessions held at once for the memory figure.
         #[arg(long, default_value_t = 3)]
         live: usize,
     },
+    /// Latency of turn N of one session (N = 1, 10, 50), live and cold.
+    Growth {
+        #[arg(long, default_value_t = 50)]
+        turns: usize,
+    },
+}
+
+impl Bench {
+    /// The benchmarks `all` runs: their defaults (as clap gives them), or the smallest counts.
+    fn every(smoke: bool) -> Vec<Bench> {
+        let default = |name: &str| -> Bench {
+            match Args::try_parse_from(["gateway-bench", name]).map(|a| a.bench) {
+                Ok(bench) => bench,
+                Err(e) => unreachable!("{name} has defaults: {e}"),
+            }
+        };
+        if smoke {
+            vec![
+                Bench::Overhead { runs: 1 },
+                Bench::Rejection {
+                    seconds: 1,
+                    connections: 4,
+                },
+                Bench::Concurrency {
+                    streams: 2,
+                    queued: 10,
+                },
+                Bench::Sessions { turns: 2, live: 1 },
+                Bench::Growth { turns: 1 },
+            ]
+        } else {
+            ["overhead", "rejection", "concurrency", "sessions", "growth"]
+                .into_iter()
+                .map(default)
+                .collect()
+        }
+    }
+
+    /// The blocks of BENCHMARKS.md this writes.
+    fn blocks(self) -> Vec<&'static str> {
+        match self {
+            Bench::All { smoke } => std::iter::once("machine")
+                .chain(Self::every(smoke).into_iter().flat_map(Self::blocks))
+                .collect(),
+            Bench::Overhead { .. } => vec!["overhead"],
+            Bench::Rejection { .. } => vec!["rejection"],
+            Bench::Concurrency { .. } => vec!["concurrency", "concurrency-queue"],
+            Bench::Sessions { .. } => vec!["sessions"],
+            Bench::Growth { .. } => vec!["growth"],
+        }
+    }
 }
 
 /// One streamed turn of a named session: time to the first body byte and to the end.
@@ -105,7 +166,7 @@ async fn session_latencies(
     Ok((ttfb, total, first))
 }
 
-async fn sessions(args: &Args, turns: usize, live_count: usize) -> anyhow::Result<()> {
+async fn sessions(args: &Args, turns: usize, live_count: usize) -> anyhow::Result<Vec<Block>> {
     let live = Gateway::start(&args.gateway, &args.claude, &["--live-sessions-max", "16"]).await?;
     let (live_ttfb, live_total, live_first) = session_latencies(&live, turns).await?;
     let idle_rss = live.tree_rss_kib();
@@ -144,20 +205,70 @@ async fn sessions(args: &Args, turns: usize, live_count: usize) -> anyhow::Resul
             d.p95_ms
         )
     };
-    println!("### Live vs cold session turns (turns 2..{turns} of one session, streamed)\n");
-    println!("| path | n | first byte median ms | first byte p95 ms | complete median ms | complete p95 ms |");
-    println!("|---|---|---|---|---|---|");
-    println!("{}", row("live (process kept)", &live_ttfb, &live_total));
-    println!("{}", row("cold (`--resume`)", &cold_ttfb, &cold_total));
-    println!(
-        "\nFirst turn (process start): live gateway {:.0} ms, cold gateway {:.0} ms to complete.",
+    let mut body = String::new();
+    body.push_str("| path | n | first byte median ms | first byte p95 ms | complete median ms | complete p95 ms |\n");
+    body.push_str("|---|---|---|---|---|---|\n");
+    body.push_str(&format!(
+        "{}\n",
+        row("live (process kept)", &live_ttfb, &live_total)
+    ));
+    body.push_str(&format!(
+        "{}\n",
+        row("cold (`--resume`)", &cold_ttfb, &cold_total)
+    ));
+    body.push_str(&format!(
+        "\nFirst turn (process start): {:.0} ms (live gateway), {:.0} ms (cold gateway) to complete.\n",
         live_first.1.as_secs_f64() * 1000.0,
         cold_first.1.as_secs_f64() * 1000.0
-    );
-    println!(
-        "\nMemory held per idle live session: {per_live_mib:.0} MiB RSS ({live_count} sessions, {procs} processes; gateway tree {} MiB with one live session).",
+    ));
+    body.push_str(&format!(
+        "Memory held per idle live session: **{per_live_mib:.0} MiB RSS** ({live_count} sessions, {procs} processes; gateway tree {} MiB with one live session).\n",
         idle_rss / 1024
-    );
+    ));
+    Ok(vec![Block::new(
+        "sessions",
+        format!("Live vs cold session turns (turns 2..{turns} of one session, streamed)"),
+        &format!(
+            "{} sessions --turns {turns} --live {live_count}",
+            load::BENCH
+        ),
+        &body,
+    )])
+}
+
+/// Runs one benchmark (not `all`) with the limits every loop is held to.
+async fn run(args: &Args, bench: Bench) -> anyhow::Result<Vec<Block>> {
+    let (gw, claude) = (&args.gateway, &args.claude);
+    match bench {
+        Bench::All { .. } => anyhow::bail!("`all` runs the others"),
+        Bench::Overhead { runs } => load::overhead(gw, claude, runs.clamp(1, 1000)).await,
+        Bench::Rejection {
+            seconds,
+            connections,
+        } => load::rejection(gw, claude, seconds.clamp(1, 60), connections.clamp(1, 512)).await,
+        Bench::Concurrency { streams, queued } => {
+            load::concurrency(gw, claude, streams.clamp(1, 200), queued.clamp(1, 5000)).await
+        }
+        Bench::Sessions { turns, live } => {
+            sessions(args, turns.clamp(2, 1000), live.clamp(1, 64)).await
+        }
+        Bench::Growth { turns } => load::growth(gw, claude, turns.clamp(1, 100)).await,
+    }
+}
+
+/// Prints blocks as Markdown and, with `--write`, puts each between its markers in the file.
+fn emit(args: &Args, blocks: &[Block]) -> anyhow::Result<()> {
+    for block in blocks {
+        println!("### {}\n\n{}\n", block.title, block.body);
+    }
+    if let Some(path) = &args.write {
+        report::write_blocks(path, blocks)?;
+        eprintln!(
+            "wrote {} into {}",
+            blocks.iter().map(|b| b.name).collect::<Vec<_>>().join(", "),
+            path.display()
+        );
+    }
     Ok(())
 }
 
@@ -167,34 +278,26 @@ async fn main() -> anyhow::Result<()> {
     // reqwest's TLS needs a provider even though every benchmark speaks plain HTTP to loopback.
     let _ = rustls::crypto::ring::default_provider().install_default();
     // Children run in other working directories: give them absolute paths.
-    args.gateway = std::fs::canonicalize(&args.gateway)?;
-    args.claude = std::fs::canonicalize(&args.claude)?;
+    args.gateway = std::fs::canonicalize(&args.gateway)
+        .map_err(|e| anyhow::anyhow!("{}: {e}", args.gateway.display()))?;
+    args.claude = std::fs::canonicalize(&args.claude)
+        .map_err(|e| anyhow::anyhow!("{}: {e}", args.claude.display()))?;
+    // Every marker must be there before minutes are spent measuring.
+    if let Some(path) = &args.write {
+        report::check_markers(path, &args.bench.blocks())?;
+    }
     match args.bench {
-        Bench::Sessions { turns, live } => sessions(&args, turns.max(2), live.max(1)).await,
-        Bench::Overhead { runs } => load::overhead(&args.gateway, &args.claude, runs.max(1)).await,
-        Bench::Rejection {
-            seconds,
-            connections,
-        } => {
-            load::rejection(
-                &args.gateway,
-                &args.claude,
-                seconds.min(60),
-                connections.min(512),
-            )
-            .await
+        Bench::All { smoke } => {
+            emit(&args, &[report::machine()])?;
+            for bench in Bench::every(smoke) {
+                let blocks = run(&args, bench).await?;
+                emit(&args, &blocks)?;
+            }
+            Ok(())
         }
-        Bench::Concurrency { streams, queued } => {
-            load::concurrency(
-                &args.gateway,
-                &args.claude,
-                streams.min(200),
-                queued.min(5000),
-            )
-            .await
-        }
-        Bench::Growth { turns } => {
-            load::growth(&args.gateway, &args.claude, turns.clamp(1, 100)).await
+        bench => {
+            let blocks = run(&args, bench).await?;
+            emit(&args, &blocks)
         }
     }
 }

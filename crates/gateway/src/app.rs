@@ -284,6 +284,7 @@ fn cors(origins: &[String]) -> Option<tower_http::cors::CorsLayer> {
 
 pub fn router(state: SharedState) -> Router {
     let body_limit = state.config.max_body_bytes;
+    let client_timeout = std::time::Duration::from_secs(state.config.client_timeout_secs.max(1));
     let cors = cors(&state.config.cors_allow_origins);
     Router::new()
         .route("/", get(api::docs::root))
@@ -314,6 +315,9 @@ pub fn router(state: SharedState) -> Router {
             api::limit_client_ip,
         ))
         .layer(DefaultBodyLimit::max(body_limit))
+        .layer(tower_http::timeout::RequestBodyTimeoutLayer::new(
+            client_timeout,
+        ))
         .route_layer(axum::middleware::from_fn(crate::telemetry::metrics::track))
         .layer(tower::util::option_layer(cors))
         .layer(axum::middleware::from_fn(crate::telemetry::request_span))
@@ -346,26 +350,21 @@ pub async fn serve(mut config: Config) -> Result<(), StartupError> {
     // Scripts and tests that start the binary read the address from this line.
     println!("claude-gateway listening on http://{local}");
     let grace = std::time::Duration::from_secs(state.config.shutdown_grace_secs);
-    let stopping = Arc::new(tokio::sync::Notify::new());
-    let server = {
-        let stopping = stopping.clone();
-        axum::serve(
-            listener,
-            router(state.clone()).into_make_service_with_connect_info::<std::net::SocketAddr>(),
-        )
-        .with_graceful_shutdown(async move {
-            shutdown_signal().await;
-            // No new connections from here; running requests get `grace` to finish.
-            stopping.notify_one();
-        })
-    };
-    let deadline = async {
-        stopping.notified().await;
-        tokio::time::sleep(grace).await;
-    };
-    tokio::select! {
-        result = server => result.map_err(StartupError::Serve)?,
-        _ = deadline => tracing::warn!(grace_secs = grace.as_secs(), "shutdown grace expired; ending the requests still running"),
+    // After the signal no new connection is accepted; running requests get `grace` to finish.
+    let client_timeout = std::time::Duration::from_secs(state.config.client_timeout_secs.max(1));
+    let drained = crate::serve::serve(
+        listener,
+        router(state.clone()),
+        client_timeout,
+        shutdown_signal(),
+        grace,
+    )
+    .await;
+    if drained == crate::serve::Drained::GraceExpired {
+        tracing::warn!(
+            grace_secs = grace.as_secs(),
+            "shutdown grace expired; ending the requests still running"
+        );
     }
     // Whatever still runs (requests past the grace, live sessions) is killed with its process
     // group as its owner is dropped; run dirs are removed the same way.

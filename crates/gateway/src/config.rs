@@ -161,7 +161,7 @@ pub struct Config {
     pub session_ttl_secs: u64,
 
     /// Live CLI processes kept between turns, across all tenants (0 disables live sessions).
-    /// Each holds roughly 250 MiB.
+    /// Each holds about 190 MiB (BENCHMARKS.md).
     #[arg(long, env = "CLAUDE_GATEWAY_LIVE_SESSIONS_MAX", default_value_t = 4)]
     pub live_sessions_max: usize,
 
@@ -267,6 +267,12 @@ pub struct Config {
     /// Largest request body accepted (images and documents arrive base64-encoded).
     #[arg(long, env = "CLAUDE_GATEWAY_MAX_BODY_BYTES", default_value_t = 32 * 1024 * 1024)]
     pub max_body_bytes: usize,
+
+    /// How long a client may take to send a request's headers (also while a keep-alive
+    /// connection sits idle), and how long a request body may pause between chunks, in
+    /// seconds. Bounds what a slow or stalled client holds.
+    #[arg(long, env = "CLAUDE_GATEWAY_CLIENT_TIMEOUT_SECS", default_value_t = 30)]
+    pub client_timeout_secs: u64,
 
     /// After SIGTERM (Cloud Run's stop signal) or Ctrl-C, how long running requests may
     /// finish before they are ended, in seconds. Cloud Run allows 10 s in all.

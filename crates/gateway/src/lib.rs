@@ -14,6 +14,7 @@ pub mod error;
 pub mod mcp;
 pub mod runner;
 pub mod sandbox;
+pub mod serve;
 pub mod sessions;
 pub mod telemetry;
 pub mod tenant;

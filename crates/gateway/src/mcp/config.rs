@@ -173,6 +173,16 @@ fn parse_server(name: &str, v: &Value) -> Result<ServerConfig, ConfigError> {
         if url.len() > 2048 {
             return Err(field(name, "url", "longer than 2048 characters"));
         }
+        // The shape of the URL is the request's mistake (400); where it points is the
+        // address policy's call, made later (403).
+        match url::Url::parse(&url) {
+            Err(e) => return Err(field(name, "url", format!("not a URL: {e}"))),
+            Ok(u) if !matches!(u.scheme(), "http" | "https") => {
+                return Err(field(name, "url", "must be an http:// or https:// URL"))
+            }
+            Ok(u) if u.host().is_none() => return Err(field(name, "url", "has no host")),
+            Ok(_) => {}
+        }
         let transport = match obj.get("transport").or(obj.get("type")).map(|t| t.as_str()) {
             None | Some(Some("http")) | Some(Some("streamable-http")) => Transport::Http,
             Some(Some("sse")) => Transport::Sse,

@@ -67,6 +67,8 @@ pub struct RunPaths<'a> {
     pub tmp: &'a Path,
     pub system_prompt_file: Option<&'a Path>,
     pub mcp_config_file: Option<&'a Path>,
+    /// The level's permission rules ([`crate::sandbox::level::ToolPolicy::settings_json`]).
+    pub settings_file: Option<&'a Path>,
 }
 
 pub struct CommandLine {
@@ -100,12 +102,20 @@ pub fn build(settings: &RunnerSettings, spec: &RunSpec, paths: &RunPaths<'_>) ->
         args.push(arg);
     }
     let mut policy = spec.level.tool_policy();
+    if let Some(file) = paths.settings_file {
+        let mut arg = OsString::from("--settings=");
+        arg.push(file);
+        args.push(arg);
+    }
+    // Only the run's fresh home is a settings source: a tenant's workspace may hold
+    // `.claude/settings.json` or `.mcp.json`, and neither may loosen the level.
+    args.push("--setting-sources=user".into());
+    // Only the request's MCP servers, or none: nothing from any settings file.
+    args.push("--strict-mcp-config".into());
     if let (Some(mcp), Some(file)) = (&spec.mcp, paths.mcp_config_file) {
         let mut arg = OsString::from("--mcp-config=");
         arg.push(file);
         args.push(arg);
-        // Only the request's servers: nothing from any settings file.
-        args.push("--strict-mcp-config".into());
         if policy.permission_mode != "bypassPermissions" {
             policy
                 .allowed
@@ -197,6 +207,7 @@ mod tests {
             tmp: Path::new("/run/x/tmp"),
             system_prompt_file: Some(Path::new("/run/x/system.txt")),
             mcp_config_file: None,
+            settings_file: Some(Path::new("/run/x/settings.json")),
         }
     }
 
@@ -224,6 +235,18 @@ mod tests {
         assert!(!argv.contains("secret-value"));
         assert!(!argv.contains("be brief"));
         assert!(argv.contains("--append-system-prompt-file=/run/x/system.txt"));
+    }
+
+    #[test]
+    fn only_the_gateways_settings_and_mcp_servers_are_loaded() {
+        let cmd = build(&settings(), &spec("sk-ant-oat01-a"), &paths());
+        for flag in [
+            "--settings=/run/x/settings.json",
+            "--setting-sources=user",
+            "--strict-mcp-config",
+        ] {
+            assert!(cmd.args.iter().any(|a| a == flag), "{flag}");
+        }
     }
 
     #[test]

@@ -93,6 +93,7 @@ impl Runner {
                 system_prompt: None,
                 projects: None,
                 mcp_config: None,
+                settings: None,
             },
         );
         line.env.append(&mut vars);
@@ -116,6 +117,19 @@ impl Runner {
             ),
             None => None,
         };
+        let workspace_inside = match &self.sandbox {
+            Some(_) => Path::new(bwrap::WORKSPACE),
+            None => spec.workspace.as_path(),
+        };
+        let settings_file = dir
+            .write_file(
+                "settings.json",
+                spec.level
+                    .tool_policy()
+                    .settings_json(workspace_inside)
+                    .as_bytes(),
+            )
+            .map_err(RunError::RunDir)?;
         let home = dir.home();
         let tmp = dir.tmp();
         let cmd = match &self.sandbox {
@@ -130,6 +144,7 @@ impl Runner {
                         .as_ref()
                         .map(|_| Path::new(bwrap::SYSTEM_PROMPT)),
                     mcp_config_file: mcp_file.as_ref().map(|_| Path::new(bwrap::MCP_CONFIG)),
+                    settings_file: Some(Path::new(bwrap::SETTINGS)),
                 };
                 let inner = command::build(&self.settings, spec, &paths);
                 sandbox.wrap(
@@ -140,6 +155,7 @@ impl Runner {
                         system_prompt: system_file.as_deref(),
                         projects: spec.projects_dir.as_deref(),
                         mcp_config: mcp_file.as_deref(),
+                        settings: Some(&settings_file),
                     },
                 )
             }
@@ -157,6 +173,7 @@ impl Runner {
                     tmp: &tmp,
                     system_prompt_file: system_file.as_deref(),
                     mcp_config_file: mcp_file.as_deref(),
+                    settings_file: Some(&settings_file),
                 };
                 command::build(&self.settings, spec, &paths)
             }

@@ -24,6 +24,7 @@ pub const SYSTEM_PROMPT: &str = "/run/gateway/system-prompt.txt";
 pub const TMP: &str = "/tmp";
 pub const PROJECTS: &str = "/home/claude/.claude/projects";
 pub const MCP_CONFIG: &str = "/run/gateway/mcp.json";
+pub const SETTINGS: &str = "/run/gateway/settings.json";
 /// Where the operator's MCP server installations (`--mcp-dir`) appear, read-only.
 pub const MCP_DIR: &str = "/opt/mcp";
 const PRLIMIT: &str = "/usr/bin/prlimit";
@@ -66,6 +67,8 @@ pub struct Mounts<'a> {
     /// The tenant's transcripts, mounted as the CLI's `~/.claude/projects`.
     pub projects: Option<&'a Path>,
     pub mcp_config: Option<&'a Path>,
+    /// The level's permission rules for the CLI.
+    pub settings: Option<&'a Path>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -220,13 +223,6 @@ impl Bwrap {
                 PROJECTS.into(),
             ]);
         }
-        if let Some(file) = mounts.mcp_config {
-            args.extend([
-                "--ro-bind".into(),
-                file.as_os_str().to_owned(),
-                MCP_CONFIG.into(),
-            ]);
-        }
         if let Some(dir) = &self.mcp_dir {
             args.extend([
                 "--ro-bind-try".into(),
@@ -234,12 +230,19 @@ impl Bwrap {
                 MCP_DIR.into(),
             ]);
         }
-        if let Some(file) = mounts.system_prompt {
-            args.extend([
-                "--ro-bind".into(),
-                file.as_os_str().to_owned(),
-                SYSTEM_PROMPT.into(),
-            ]);
+        // The run's own files, written by the gateway, read-only inside.
+        for (file, inside) in [
+            (mounts.mcp_config, MCP_CONFIG),
+            (mounts.system_prompt, SYSTEM_PROMPT),
+            (mounts.settings, SETTINGS),
+        ] {
+            if let Some(file) = file {
+                args.extend([
+                    "--ro-bind".into(),
+                    file.as_os_str().to_owned(),
+                    inside.into(),
+                ]);
+            }
         }
         args.extend(["--chdir".into(), WORKSPACE.into(), "--".into()]);
         args.extend(self.relay_prefix());
@@ -327,6 +330,7 @@ mod tests {
                 system_prompt: None,
                 projects: None,
                 mcp_config: None,
+                settings: None,
             },
         )
     }
@@ -399,6 +403,7 @@ mod tests {
                 system_prompt: None,
                 projects: None,
                 mcp_config: None,
+                settings: None,
             },
         );
         let args: Vec<String> = cmd

@@ -58,7 +58,8 @@ impl SecurityLevel {
         match self {
             SecurityLevel::Paranoid => ToolPolicy {
                 tools: Some(list(&["Read", "Glob", "Grep"])),
-                allowed: list(&["Read", "Glob", "Grep"]),
+                allowed: Vec::new(),
+                workspace_only: &["Read"],
                 disallowed: list(&[
                     "Bash",
                     "Write",
@@ -81,21 +82,15 @@ impl SecurityLevel {
                     "TodoWrite",
                     "Task",
                 ])),
-                allowed: list(&[
-                    "Bash",
-                    "Read",
-                    "Write",
-                    "Edit",
-                    "Glob",
-                    "Grep",
-                    "NotebookEdit",
-                ]),
+                allowed: list(&["Bash"]),
+                workspace_only: &["Read", "Edit"],
                 disallowed: list(&["WebFetch", "WebSearch"]),
                 permission_mode: "acceptEdits",
             },
             SecurityLevel::Developer => ToolPolicy {
                 tools: None,
                 allowed: Vec::new(),
+                workspace_only: &[],
                 disallowed: Vec::new(),
                 permission_mode: "bypassPermissions",
             },
@@ -108,12 +103,42 @@ impl SecurityLevel {
 pub struct ToolPolicy {
     /// `--tools`: the built-in tools offered at all (`None`: the CLI's default set).
     pub tools: Option<Vec<String>>,
-    /// `--allowedTools`: run without asking.
+    /// `--allowedTools`: run without asking, on any path.
     pub allowed: Vec<String>,
+    /// Permission-rule families (`Read`: Read, Glob, Grep; `Edit`: Write, Edit, NotebookEdit)
+    /// allowed only inside the workspace; anywhere else the CLI refuses (in print mode an
+    /// unanswered permission request is a refusal).
+    pub workspace_only: &'static [&'static str],
     /// `--disallowedTools`: refused even if offered.
     pub disallowed: Vec<String>,
     /// `--permission-mode`.
     pub permission_mode: &'static str,
+}
+
+impl ToolPolicy {
+    /// The run's settings file: the level's permission rules, with paths as the CLI sees them.
+    /// It is the only settings source a run loads (`--setting-sources=user` with a fresh
+    /// home), so nothing a tenant writes into its workspace (`.claude/settings.json`) can
+    /// loosen them.
+    pub fn settings_json(&self, workspace: &std::path::Path) -> String {
+        // `//` starts an absolute path in the CLI's permission rules.
+        let root = format!("/{}", workspace.display())
+            .trim_end_matches('/')
+            .to_owned();
+        let allow: Vec<String> = self
+            .workspace_only
+            .iter()
+            .map(|family| format!("{family}({root}/**)"))
+            .collect();
+        serde_json::json!({
+            "permissions": {
+                "allow": allow,
+                "deny": self.disallowed,
+                "defaultMode": self.permission_mode,
+            }
+        })
+        .to_string()
+    }
 }
 
 /// The operator's level settings, and what a request may ask of them.
@@ -192,6 +217,49 @@ mod tests {
         assert_eq!(
             open.resolve(Some("developer")),
             Ok(SecurityLevel::Developer)
+        );
+    }
+
+    #[test]
+    fn file_tools_below_developer_are_confined_to_the_workspace() {
+        let rules = |level: SecurityLevel| -> serde_json::Value {
+            serde_json::from_str(
+                &level
+                    .tool_policy()
+                    .settings_json(std::path::Path::new("/workspace")),
+            )
+            .expect("json")
+        };
+        let balanced = rules(SecurityLevel::Balanced);
+        assert_eq!(
+            balanced["permissions"]["allow"],
+            serde_json::json!(["Read(//workspace/**)", "Edit(//workspace/**)"])
+        );
+        assert_eq!(balanced["permissions"]["defaultMode"], "acceptEdits");
+        let paranoid = rules(SecurityLevel::Paranoid);
+        assert_eq!(
+            paranoid["permissions"]["allow"],
+            serde_json::json!(["Read(//workspace/**)"])
+        );
+        assert!(paranoid["permissions"]["deny"]
+            .as_array()
+            .is_some_and(|d| d.iter().any(|t| t == "Bash")));
+        // No bare file tool is allowed anywhere below DEVELOPER.
+        for level in [SecurityLevel::Paranoid, SecurityLevel::Balanced] {
+            let policy = level.tool_policy();
+            assert!(!policy.allowed.iter().any(|t| [
+                "Read",
+                "Write",
+                "Edit",
+                "Glob",
+                "Grep",
+                "NotebookEdit"
+            ]
+            .contains(&t.as_str())));
+        }
+        assert_eq!(
+            rules(SecurityLevel::Developer)["permissions"]["defaultMode"],
+            "bypassPermissions"
         );
     }
 

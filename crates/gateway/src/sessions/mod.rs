@@ -194,12 +194,29 @@ impl SessionStore {
         };
         let key = self.key(tenant, id);
         for cli_session in [meta.cli_session_id, key] {
-            while let Some(transcript) = self.find_transcript(tenant, cli_session) {
-                remove_if_present(&transcript)?;
+            for path in self.derived_files(tenant, cli_session) {
+                remove_if_present(&path)?;
             }
         }
         remove_if_present(&self.meta_path(tenant, key))?;
         Ok(true)
+    }
+
+    /// Everything the CLI keeps for one session, in every project dir: the transcript
+    /// `<uuid>.jsonl` and the `<uuid>/` dir beside it (saved tool results, subagent
+    /// transcripts). The CLI session id is derived from the client id, so anything left would
+    /// be inherited by the next conversation under that id.
+    fn derived_files(&self, tenant: &TenantId, cli_session: Uuid) -> Vec<PathBuf> {
+        let Ok(projects) = std::fs::read_dir(self.tenant_dir(tenant).join("projects")) else {
+            return Vec::new();
+        };
+        let transcript = format!("{cli_session}.jsonl");
+        let dir = cli_session.to_string();
+        projects
+            .filter_map(|d| d.ok())
+            .flat_map(|d| [d.path().join(&transcript), d.path().join(&dir)])
+            .filter(|p| p.symlink_metadata().is_ok())
+            .collect()
     }
 
     /// Waits (a bounded time) until no other request runs a turn of this session.
@@ -254,8 +271,13 @@ impl SessionStore {
     }
 }
 
+/// Removes a file or a whole directory; a missing one is not an error.
 fn remove_if_present(path: &Path) -> Result<(), SessionError> {
-    match std::fs::remove_file(path) {
+    let removed = match path.symlink_metadata() {
+        Ok(meta) if meta.is_dir() => std::fs::remove_dir_all(path),
+        _ => std::fs::remove_file(path),
+    };
+    match removed {
         Ok(()) => Ok(()),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
         Err(e) => Err(storage(e)),
@@ -330,6 +352,48 @@ mod tests {
         assert_eq!(store.expire(Duration::from_secs(3600)), 1);
         assert_eq!(store.load(&t, &id).expect("load"), None);
         assert!(!store.delete(&t, &id).expect("delete"));
+    }
+
+    #[test]
+    fn deleting_a_session_removes_its_transcript_and_the_files_derived_from_it() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = SessionStore::new(dir.path().to_path_buf(), Duration::from_secs(1));
+        let t = tenant("t1");
+        let id = ClientSessionId::parse("conv").expect("valid");
+        let uuid = store.key(&t, &id);
+        let meta = SessionMeta {
+            id: "conv".into(),
+            cli_session_id: uuid,
+            created_at: 1,
+            last_used_at: now_secs(),
+            turns: 1,
+            model: "sonnet".into(),
+        };
+        store.save(&t, &meta).expect("save");
+        let projects = store.tenant_dir(&t).join("projects");
+        let other = Uuid::new_v4();
+        for project in ["-workspace", "-elsewhere"] {
+            let tool_results = projects
+                .join(project)
+                .join(uuid.to_string())
+                .join("tool-results");
+            std::fs::create_dir_all(&tool_results).expect("mkdir");
+            std::fs::write(tool_results.join("big.txt"), "saved output").expect("write");
+            std::fs::write(projects.join(project).join(format!("{uuid}.jsonl")), "{}")
+                .expect("write");
+            std::fs::write(projects.join(project).join(format!("{other}.jsonl")), "{}")
+                .expect("write");
+        }
+        assert!(store.delete(&t, &id).expect("delete"));
+        for project in ["-workspace", "-elsewhere"] {
+            let left: Vec<String> = std::fs::read_dir(projects.join(project))
+                .expect("project dir")
+                .filter_map(|e| e.ok())
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect();
+            assert_eq!(left, [format!("{other}.jsonl")], "{project}");
+        }
+        assert_eq!(store.load(&t, &id).expect("load"), None);
     }
 
     #[tokio::test]

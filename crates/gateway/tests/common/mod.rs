@@ -380,12 +380,12 @@ pub fn tool_results(requests: &[RecordedRequest]) -> Vec<String> {
 
 pub use proctree::descendants_of;
 
-/// Polls `check` every 100 ms for up to `limit`; whether it came true.
 /// How long a test waits for the gateway to finish cleaning up after a run (process trees
 /// reaped, run dirs removed). Generous on purpose: a loaded two-core CI machine reaps late,
 /// and the wait ends as soon as the state is reached.
 pub const SETTLE: Duration = Duration::from_secs(30);
 
+/// Polls `check` every 100 ms for up to `limit`; whether it came true.
 pub async fn eventually(limit: Duration, mut check: impl FnMut() -> bool) -> bool {
     let deadline = std::time::Instant::now() + limit;
     loop {
@@ -412,6 +412,16 @@ impl Drop for Gateway {
     /// gateway's log output (debug level included).
     fn drop(&mut self) {
         if std::thread::panicking() {
+            // The failed test's output then shows what the gateway itself said.
+            let logs = self.logs();
+            let own: Vec<&str> = logs
+                .lines()
+                .filter(|l| l.contains("\"target\":\"claude_gateway"))
+                .collect();
+            eprintln!("--- the gateway's last log lines ---");
+            for line in &own[own.len().saturating_sub(80)..] {
+                eprintln!("{line}");
+            }
             return;
         }
         let leaked = leaked_credentials(&self.logs());
