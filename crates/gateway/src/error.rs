@@ -270,14 +270,24 @@ impl IntoResponse for ApiError {
     }
 }
 
+/// A body that could not be read (too large, or the client stalled or left), in Anthropic's
+/// error shape rather than axum's plain-text rejection.
+impl From<axum::extract::rejection::BytesRejection> for ApiError {
+    fn from(e: axum::extract::rejection::BytesRejection) -> Self {
+        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::TooLarge("request body too large".into())
+        } else {
+            ApiError::InvalidRequest(format!("could not read the request body: {e}"))
+        }
+    }
+}
+
 /// A malformed JSON body, in Anthropic's error shape rather than axum's plain-text rejection.
 impl From<axum::extract::rejection::JsonRejection> for ApiError {
     fn from(e: axum::extract::rejection::JsonRejection) -> Self {
         use axum::extract::rejection::JsonRejection as J;
         match e {
-            J::BytesRejection(b) if b.status() == StatusCode::PAYLOAD_TOO_LARGE => {
-                ApiError::TooLarge("request body too large".into())
-            }
+            J::BytesRejection(b) => b.into(),
             other => {
                 ApiError::InvalidRequest(format!("invalid request body: {}", other.body_text()))
             }

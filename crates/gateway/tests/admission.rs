@@ -79,6 +79,19 @@ async fn a_client_ip_over_its_rate_gets_429_before_authentication() {
         .await
         .expect("sent");
     assert_eq!(res.status(), 429);
+    let err: Value = res.json().await.expect("json");
+    assert_eq!(err["error"]["type"], "rate_limit_error");
+    // The OpenAI route refuses in OpenAI's shape.
+    let res = gw
+        .post("/v1/chat/completions")
+        .json(&json!({"model": "sonnet", "messages": [{"role": "user", "content": "x"}]}))
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(res.status(), 429);
+    let err: Value = res.json().await.expect("json");
+    assert!(err.get("type").is_none(), "{err}");
+    assert_eq!(err["error"]["code"], "rate_limit_error", "{err}");
     assert_eq!(
         gw.get("/health").send().await.expect("sent").status(),
         200,

@@ -36,8 +36,16 @@ async fn openapi_covers_every_route_and_the_extension_fields() {
         "oauth_credentials",
         "refreshed_oauth_credentials",
         "x-session-id",
+        "x-mcp-config",
+        "mcp_servers",
     ] {
         assert!(text.contains(field), "{field} is documented");
+    }
+    for method in ["get", "post"] {
+        assert!(
+            paths["/v1/mcp/tools"].get(method).is_some(),
+            "{method} /v1/mcp/tools is documented"
+        );
     }
 }
 

@@ -280,7 +280,12 @@ async fn a_run_over_its_time_limit_is_504_and_cleaned_up() {
         "marker-slow",
         json!({"first_byte_delay_ms": 8000}),
     ));
-    let (status, err) = error_of(gw.messages(ALICE, req).await).await;
+    let res = gw.messages(ALICE, req).await;
+    assert!(
+        res.headers().contains_key("x-session-id"),
+        "a turn that failed once started still names its session"
+    );
+    let (status, err) = error_of(res).await;
     assert_eq!(status, 504);
     assert_eq!(err["error"]["type"], "timeout_error");
     assert!(
@@ -561,5 +566,29 @@ async fn an_oversized_body_is_413_request_too_large() {
     assert_eq!(res.status(), 413);
     let err: Value = res.json().await.expect("json");
     assert_eq!(err["error"]["type"], "request_too_large");
-    assert!(gw.upstream().is_empty());
+    // The same on the other routes that take a body, each in its own error shape.
+    let big =
+        json!({"model": "sonnet", "messages": [{"role": "user", "content": "x".repeat(5000)}]});
+    let res = gw
+        .post("/v1/chat/completions")
+        .bearer_auth(ALICE)
+        .json(&big)
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(res.status(), 413);
+    let err: Value = res.json().await.expect("json");
+    assert!(err["error"]["message"].is_string(), "{err}");
+    let res = gw
+        .get("/v1/mcp/tools")
+        .bearer_auth(ALICE)
+        .json(&json!({"mcp_servers": {"m": {"command": "x".repeat(5000)}}}))
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(res.status(), 413);
+    let err: Value = res.json().await.expect("json");
+    assert_eq!(err["error"]["type"], "request_too_large");
+    // Nothing ran (identifying the tenant may have asked the profile endpoint).
+    assert!(gw.upstream().iter().all(|r| r.path != "/v1/messages"));
 }

@@ -12,7 +12,7 @@ use crate::app::SharedState;
 use crate::error::ApiError;
 
 /// Each server's status (`ok`, `error`, `refused`) and tools (name, description, input schema).
-#[utoipa::path(post, path = "/v1/mcp/tools", tag = "Operations",
+#[utoipa::path(method(get, post), path = "/v1/mcp/tools", tag = "Operations",
     request_body(content = Object, description = "Optional: {\"mcp_servers\": {name: config}, \"security_level\": …}"),
     params(("x-mcp-config" = Option<String>, Header, description = "{name: config} as JSON"),
            ("x-security-level" = Option<String>, Header, description = "A stricter level")),
@@ -24,9 +24,10 @@ use crate::error::ApiError;
 pub async fn list(
     State(state): State<SharedState>,
     headers: HeaderMap,
-    body: Bytes,
+    body: Result<Bytes, axum::extract::rejection::BytesRejection>,
 ) -> Result<Json<Value>, ApiError> {
     let tenant = authenticate(&state, &headers).await?;
+    let body = body?;
     let body: TurnExtensions = if body.is_empty() {
         TurnExtensions::default()
     } else {

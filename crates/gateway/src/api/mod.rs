@@ -98,7 +98,13 @@ pub async fn limit_client_ip(
             .and_then(|v| v.to_str().ok());
         let ip = crate::admission::client_ip(peer, forwarded, &state.config.trusted_proxies);
         if let Err(limited) = state.rate.check_ip(ip) {
-            return ApiError::from(limited).into_response();
+            let refusal = ApiError::from(limited);
+            // Each API answers in its own error shape, so its SDK raises its own exception.
+            return if path.starts_with("/v1/chat/") {
+                openai::chat::openai_error_response(refusal)
+            } else {
+                refusal.into_response()
+            };
         }
     }
     next.run(request).await

@@ -19,13 +19,7 @@ use crate::error::ApiError;
 use crate::tenant::credential::Credential;
 
 fn parse_body(body: Result<Bytes, BytesRejection>) -> Result<MessagesRequest, ApiError> {
-    let body = body.map_err(|e| {
-        if e.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
-            ApiError::TooLarge("request body too large".into())
-        } else {
-            ApiError::InvalidRequest(format!("could not read the request body: {e}"))
-        }
-    })?;
+    let body = body?;
     serde_json::from_slice(&body)
         .map_err(|e| ApiError::InvalidRequest(format!("invalid request body: {e}")))
 }
@@ -60,7 +54,8 @@ fn split_turns(req: &MessagesRequest) -> Result<(History, Value), ApiError> {
 #[utoipa::path(post, path = "/v1/messages", tag = "Anthropic",
     request_body = super::types::MessagesRequest,
     params(("x-session-id" = Option<String>, Header, description = "The session to continue, [A-Za-z0-9._:-]{1,128}"),
-        ("x-security-level" = Option<String>, Header, description = "A stricter level: PARANOID, BALANCED or DEVELOPER")),
+        ("x-security-level" = Option<String>, Header, description = "A stricter level: PARANOID, BALANCED or DEVELOPER"),
+        ("x-mcp-config" = Option<String>, Header, description = "MCP servers for this request, {name: config} as JSON (or the mcp_servers body field)")),
     responses(
         (status = 200, description = "The message (or its event stream)", body = crate::api::docs::MessageResponse),
         crate::api::docs::TurnErrors
@@ -139,16 +134,23 @@ pub async fn create(
         extensions.push(("refreshed_oauth_credentials", creds));
     }
     let opening = Opening::new(&req.model, extensions);
-    let response = if req.stream {
-        let held = reply::hold(
-            started.events,
-            &opening,
-            state.config.first_output_timeout(),
-        )
-        .await?;
-        sse::response(held, state.config.ping_interval(), sse::anthropic())
-    } else {
-        Json(reply::collect(started.events, &opening).await?).into_response()
-    };
-    Ok(with_session_header(response, &started.session))
+    let response = async {
+        Ok::<_, ApiError>(if req.stream {
+            let held = reply::hold(
+                started.events,
+                &opening,
+                state.config.first_output_timeout(),
+            )
+            .await?;
+            sse::response(held, state.config.ping_interval(), sse::anthropic())
+        } else {
+            Json(reply::collect(started.events, &opening).await?).into_response()
+        })
+    }
+    .await;
+    // A turn that failed once started still names its session, so the client can go on.
+    Ok(with_session_header(
+        response.unwrap_or_else(IntoResponse::into_response),
+        &started.session,
+    ))
 }

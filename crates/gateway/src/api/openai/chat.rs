@@ -25,7 +25,8 @@ use crate::turn::assemble::Event;
 #[utoipa::path(post, path = "/v1/chat/completions", tag = "OpenAI",
     request_body = super::types::ChatRequest,
     params(("x-session-id" = Option<String>, Header, description = "The session to continue, [A-Za-z0-9._:-]{1,128}"),
-        ("x-security-level" = Option<String>, Header, description = "A stricter level: PARANOID, BALANCED or DEVELOPER")),
+        ("x-security-level" = Option<String>, Header, description = "A stricter level: PARANOID, BALANCED or DEVELOPER"),
+        ("x-mcp-config" = Option<String>, Header, description = "MCP servers for this request, {name: config} as JSON (or the mcp_servers body field)")),
     responses(
         (status = 200, description = "The completion (or its chunk stream); errors use OpenAI's shape", body = Object),
         crate::api::docs::TurnErrors
@@ -47,7 +48,7 @@ fn openai_error_body(kind: &str, message: &str) -> Value {
     json!({"error": {"message": message, "type": kind, "param": null, "code": kind}})
 }
 
-fn openai_error_response(e: ApiError) -> Response {
+pub fn openai_error_response(e: ApiError) -> Response {
     let kind = e.error_type();
     let message = redact(&e.to_string());
     // ApiError's response carries the status, the log line and retry-after; only the body differs.
@@ -66,7 +67,7 @@ async fn handle(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let credential = Credential::from_request(&headers, None)?;
-    let body = body.map_err(|e| bad(format!("could not read the request body: {e}")))?;
+    let body = body?;
     let req: ChatRequest =
         serde_json::from_slice(&body).map_err(|e| bad(format!("invalid request body: {e}")))?;
     validate_model(&req.model)?;
@@ -150,21 +151,28 @@ async fn handle(
 
     let session_id = started.session.as_str().to_owned();
     let opening = Opening::new(&req.model, Vec::new());
-    let response = if req.stream {
-        let held = reply::hold(
-            started.events,
-            &opening,
-            state.config.first_output_timeout(),
-        )
-        .await?;
-        let include_usage = req.stream_options.is_some_and(|o| o.include_usage);
-        let render = chunk_renderer(session_id.clone(), include_usage);
-        sse::response(held, state.config.ping_interval(), render)
-    } else {
-        let message = reply::collect(started.events, &opening).await?;
-        Json(completion(&message, &session_id)).into_response()
-    };
-    Ok(with_session_header(response, &started.session))
+    let response = async {
+        Ok::<_, ApiError>(if req.stream {
+            let held = reply::hold(
+                started.events,
+                &opening,
+                state.config.first_output_timeout(),
+            )
+            .await?;
+            let include_usage = req.stream_options.is_some_and(|o| o.include_usage);
+            let render = chunk_renderer(session_id.clone(), include_usage);
+            sse::response(held, state.config.ping_interval(), render)
+        } else {
+            let message = reply::collect(started.events, &opening).await?;
+            Json(completion(&message, &session_id)).into_response()
+        })
+    }
+    .await;
+    // A turn that failed once started still names its session, so the client can go on.
+    Ok(with_session_header(
+        response.unwrap_or_else(openai_error_response),
+        &started.session,
+    ))
 }
 
 fn now_secs() -> u64 {
