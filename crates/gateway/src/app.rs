@@ -284,7 +284,6 @@ fn cors(origins: &[String]) -> Option<tower_http::cors::CorsLayer> {
 
 pub fn router(state: SharedState) -> Router {
     let body_limit = state.config.max_body_bytes;
-    let client_timeout = std::time::Duration::from_secs(state.config.client_timeout_secs.max(1));
     let cors = cors(&state.config.cors_allow_origins);
     Router::new()
         .route("/", get(api::docs::root))
@@ -316,7 +315,7 @@ pub fn router(state: SharedState) -> Router {
         ))
         .layer(DefaultBodyLimit::max(body_limit))
         .layer(tower_http::timeout::RequestBodyTimeoutLayer::new(
-            client_timeout,
+            state.config.client_timeout(),
         ))
         .route_layer(axum::middleware::from_fn(crate::telemetry::metrics::track))
         .layer(tower::util::option_layer(cors))
@@ -351,11 +350,10 @@ pub async fn serve(mut config: Config) -> Result<(), StartupError> {
     println!("claude-gateway listening on http://{local}");
     let grace = std::time::Duration::from_secs(state.config.shutdown_grace_secs);
     // After the signal no new connection is accepted; running requests get `grace` to finish.
-    let client_timeout = std::time::Duration::from_secs(state.config.client_timeout_secs.max(1));
     let drained = crate::serve::serve(
         listener,
         router(state.clone()),
-        client_timeout,
+        state.config.client_timeout(),
         shutdown_signal(),
         grace,
     )

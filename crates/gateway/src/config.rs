@@ -357,6 +357,11 @@ impl Config {
         Duration::from_secs(self.first_output_timeout_secs)
     }
 
+    /// The deadline for a client's request headers and for each pause in its body.
+    pub fn client_timeout(&self) -> Duration {
+        Duration::from_secs(self.client_timeout_secs.max(1))
+    }
+
     pub fn sandbox_limits(&self) -> Limits {
         Limits {
             max_processes: self.sandbox_max_processes,
