@@ -190,41 +190,33 @@ async fn log_lines_are_cloud_logging_json_with_the_request_id_and_trace() {
     );
 }
 
-/// Reads from `stream` until the server closes it (or `limit` passes); what it sent.
-async fn read_until_closed(stream: &mut tokio::net::TcpStream, limit: Duration) -> Option<String> {
-    use tokio::io::AsyncReadExt;
+/// Sends `bytes` on a new connection to the gateway and reads until the gateway closes it
+/// (bounded by `common::SETTLE`); what it answered, or `None` if it kept the connection.
+async fn send_raw(gw: &Gateway, bytes: &[u8]) -> Option<String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let addr = gw.url.trim_start_matches("http://");
+    let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    stream.write_all(bytes).await.expect("write");
     let mut got = Vec::new();
-    let read = tokio::time::timeout(limit, stream.read_to_end(&mut got)).await;
+    let read = tokio::time::timeout(common::SETTLE, stream.read_to_end(&mut got)).await;
     read.ok()
         .map(|_| String::from_utf8_lossy(&got).into_owned())
 }
 
 #[tokio::test]
 async fn a_client_that_never_finishes_its_headers_is_disconnected() {
-    use tokio::io::AsyncWriteExt;
     let gw = Gateway::builder()
         .args(&["--client-timeout-secs", "1"])
         .start()
         .await;
-    let addr = gw.url.trim_start_matches("http://").to_owned();
-    let mut slow = tokio::net::TcpStream::connect(&addr)
-        .await
-        .expect("connect");
-    slow.write_all(b"GET /health HTTP/1.1\r\nHost: gateway\r\nX-Slow: ")
-        .await
-        .expect("write");
     assert!(
-        read_until_closed(&mut slow, common::SETTLE).await.is_some(),
+        send_raw(&gw, b"GET /health HTTP/1.1\r\nHost: gateway\r\nX-Slow: ")
+            .await
+            .is_some(),
         "the gateway closed the connection"
     );
     // An idle keep-alive connection is held no longer either.
-    let mut idle = tokio::net::TcpStream::connect(&addr)
-        .await
-        .expect("connect");
-    idle.write_all(b"GET /health HTTP/1.1\r\nHost: gateway\r\n\r\n")
-        .await
-        .expect("write");
-    let answered = read_until_closed(&mut idle, common::SETTLE)
+    let answered = send_raw(&gw, b"GET /health HTTP/1.1\r\nHost: gateway\r\n\r\n")
         .await
         .expect("closed after going idle");
     assert!(answered.starts_with("HTTP/1.1 200"), "{answered}");
@@ -234,20 +226,14 @@ async fn a_client_that_never_finishes_its_headers_is_disconnected() {
 
 #[tokio::test]
 async fn a_request_body_that_stalls_is_ended_without_a_run() {
-    use tokio::io::AsyncWriteExt;
     let gw = Gateway::builder()
         .args(&["--client-timeout-secs", "1"])
         .start()
         .await;
-    let addr = gw.url.trim_start_matches("http://").to_owned();
-    let mut stream = tokio::net::TcpStream::connect(&addr)
-        .await
-        .expect("connect");
     let head = format!(
         "POST /v1/messages HTTP/1.1\r\nHost: gateway\r\nAuthorization: Bearer {ALICE}\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n{{\"model\":"
     );
-    stream.write_all(head.as_bytes()).await.expect("write");
-    let answer = read_until_closed(&mut stream, common::SETTLE)
+    let answer = send_raw(&gw, head.as_bytes())
         .await
         .expect("the gateway ended the request");
     assert!(

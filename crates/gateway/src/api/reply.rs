@@ -44,6 +44,27 @@ fn ended_early() -> ApiError {
     ApiError::BadGateway("the run ended without a result".into())
 }
 
+/// The reply to a started turn in one dialect: with `stream`, its events as SSE (`render`
+/// writes each event; the headers wait for the first output, then pings keep the stream
+/// alive), else the whole message, which `complete` turns into the dialect's body.
+pub async fn respond(
+    config: &crate::config::Config,
+    stream: bool,
+    rx: mpsc::Receiver<Item>,
+    opening: &Opening,
+    render: super::sse::Render,
+    complete: impl FnOnce(Value) -> Value,
+) -> Result<axum::response::Response, ApiError> {
+    use axum::response::IntoResponse;
+    if stream {
+        let held = hold(rx, opening, config.first_output_timeout()).await?;
+        Ok(super::sse::response(held, config.ping_interval(), render))
+    } else {
+        let message = collect(rx, opening).await?;
+        Ok(axum::Json(complete(message)).into_response())
+    }
+}
+
 /// Waits for the whole run: the complete Anthropic message.
 pub async fn collect(mut rx: mpsc::Receiver<Item>, opening: &Opening) -> Result<Value, ApiError> {
     let mut events = Vec::new();

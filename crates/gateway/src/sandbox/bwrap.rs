@@ -302,6 +302,18 @@ impl Bwrap {
 mod tests {
     use super::*;
 
+    /// A run's home and workspace, nothing else mounted.
+    fn run_mounts() -> Mounts<'static> {
+        Mounts {
+            home: Path::new("/data/runs/r1/home"),
+            workspace: Path::new("/data/tenants/t1/workspace"),
+            system_prompt: None,
+            projects: None,
+            mcp_config: None,
+            settings: None,
+        }
+    }
+
     fn sandbox() -> Bwrap {
         Bwrap {
             bwrap: "/usr/bin/bwrap".into(),
@@ -322,17 +334,7 @@ mod tests {
             extra_env: Vec::new(),
             cwd: WORKSPACE.into(),
         };
-        sandbox().wrap(
-            inner,
-            &Mounts {
-                home: Path::new("/data/runs/r1/home"),
-                workspace: Path::new("/data/tenants/t1/workspace"),
-                system_prompt: None,
-                projects: None,
-                mcp_config: None,
-                settings: None,
-            },
-        )
+        sandbox().wrap(inner, &run_mounts())
     }
 
     #[test]
@@ -395,17 +397,7 @@ mod tests {
             extra_env: Vec::new(),
             cwd: WORKSPACE.into(),
         };
-        let cmd = isolated.wrap(
-            inner,
-            &Mounts {
-                home: Path::new("/data/runs/r1/home"),
-                workspace: Path::new("/data/tenants/t1/workspace"),
-                system_prompt: None,
-                projects: None,
-                mcp_config: None,
-                settings: None,
-            },
-        );
+        let cmd = isolated.wrap(inner, &run_mounts());
         let args: Vec<String> = cmd
             .args
             .iter()

@@ -5,7 +5,6 @@ use axum::extract::rejection::BytesRejection;
 use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
-use axum::Json;
 use secrecy::ExposeSecret;
 use serde_json::Value;
 
@@ -134,19 +133,14 @@ pub async fn create(
         extensions.push(("refreshed_oauth_credentials", creds));
     }
     let opening = Opening::new(&req.model, extensions);
-    let response = async {
-        Ok::<_, ApiError>(if req.stream {
-            let held = reply::hold(
-                started.events,
-                &opening,
-                state.config.first_output_timeout(),
-            )
-            .await?;
-            sse::response(held, state.config.ping_interval(), sse::anthropic())
-        } else {
-            Json(reply::collect(started.events, &opening).await?).into_response()
-        })
-    }
+    let response = reply::respond(
+        &state.config,
+        req.stream,
+        started.events,
+        &opening,
+        sse::anthropic(),
+        |message| message,
+    )
     .await;
     // A turn that failed once started still names its session, so the client can go on.
     Ok(with_session_header(

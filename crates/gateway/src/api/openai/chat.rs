@@ -7,7 +7,6 @@ use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::response::sse::Event as SseEvent;
 use axum::response::{IntoResponse, Response};
-use axum::Json;
 use serde_json::{json, Value};
 
 use super::types::ChatRequest;
@@ -151,22 +150,15 @@ async fn handle(
 
     let session_id = started.session.as_str().to_owned();
     let opening = Opening::new(&req.model, Vec::new());
-    let response = async {
-        Ok::<_, ApiError>(if req.stream {
-            let held = reply::hold(
-                started.events,
-                &opening,
-                state.config.first_output_timeout(),
-            )
-            .await?;
-            let include_usage = req.stream_options.is_some_and(|o| o.include_usage);
-            let render = chunk_renderer(session_id.clone(), include_usage);
-            sse::response(held, state.config.ping_interval(), render)
-        } else {
-            let message = reply::collect(started.events, &opening).await?;
-            Json(completion(&message, &session_id)).into_response()
-        })
-    }
+    let include_usage = req.stream_options.is_some_and(|o| o.include_usage);
+    let response = reply::respond(
+        &state.config,
+        req.stream,
+        started.events,
+        &opening,
+        chunk_renderer(session_id.clone(), include_usage),
+        |message| completion(&message, &session_id),
+    )
     .await;
     // A turn that failed once started still names its session, so the client can go on.
     Ok(with_session_header(
