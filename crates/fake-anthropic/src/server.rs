@@ -32,6 +32,7 @@ pub fn router(recorder: Recorder) -> Router {
         .route("/", any(|| async { "fake-anthropic" }))
         .route("/v1/messages", post(messages))
         .route("/v1/messages/count_tokens", post(count_tokens))
+        .route("/v1/models", get(models))
         .route("/api/oauth/profile", get(profile))
         .route("/v1/oauth/token", post(refresh))
         .route("/_fake/requests", get(list_requests).delete(clear_requests))
@@ -177,6 +178,19 @@ fn unauthorized() -> Response {
 /// Rejects a request without a credential or with one the fake treats as dead.
 fn check_auth(headers: &HeaderMap) -> Option<String> {
     credential(headers).filter(|token| !accounts::is_rejected(token))
+}
+
+/// The model list, as the real API answers it: 200 for a valid key or token, 401 otherwise.
+async fn models(headers: HeaderMap) -> Response {
+    if check_auth(&headers).is_none() {
+        return unauthorized();
+    }
+    let data: Vec<Value> = ["claude-opus-4-5", "claude-sonnet-4-5", "claude-haiku-4-5"]
+        .iter()
+        .map(|id| json!({"type": "model", "id": id, "display_name": id, "created_at": "2025-01-01T00:00:00Z"}))
+        .collect();
+    Json(json!({"data": data, "has_more": false, "first_id": "claude-opus-4-5", "last_id": "claude-haiku-4-5"}))
+        .into_response()
 }
 
 async fn profile(headers: HeaderMap) -> Response {

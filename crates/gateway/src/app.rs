@@ -144,6 +144,7 @@ impl AppState {
             &config.anthropic_base_url,
             install_key.clone(),
             std::time::Duration::from_secs(config.identity_cache_secs),
+            std::time::Duration::from_secs(config.identity_negative_cache_secs),
         );
         let runner = Runner {
             settings: RunnerSettings {
@@ -223,19 +224,18 @@ async fn prepare_sandbox(
 ) -> Result<(Option<Bwrap>, Option<String>), StartupError> {
     let probed = async {
         let cli = cli.unwrap_or(Path::new("claude"));
-        let mut sandbox = Bwrap::new(cli, etc_dir.to_path_buf(), config.sandbox_limits())?;
+        let relay = std::env::current_exe().map_err(SandboxError::Network)?;
+        let mut sandbox = Bwrap::new(cli, relay, etc_dir.to_path_buf(), config.sandbox_limits())?;
         sandbox.mcp_dir = config
             .mcp_dir
             .as_ref()
             .map(|d| std::fs::canonicalize(d).unwrap_or_else(|_| d.clone()));
         if config.sandbox_network == crate::config::SandboxNetwork::Isolated {
-            let relay = std::env::current_exe().map_err(SandboxError::Network)?;
             sandbox.network = Some(
                 crate::sandbox::net::start(
                     &config.data_dir.join("net"),
                     &config.anthropic_base_url,
                     bridge,
-                    relay,
                 )
                 .await
                 .map_err(SandboxError::Network)?,

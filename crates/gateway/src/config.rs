@@ -42,6 +42,10 @@ pub struct RelayArgs {
     /// `ADDR=SOCKET`: listen on ADDR, pass each connection to the unix socket SOCKET.
     #[arg(long = "forward")]
     pub forwards: Vec<crate::sandbox::relay::Forward>,
+    /// A JSON object of variables the command gets besides the relay's own environment (a
+    /// request's MCP `env`: applied here, inside the sandbox, never to a host process).
+    #[arg(long = "env-file")]
+    pub env_file: Option<PathBuf>,
     /// The command to run.
     #[arg(last = true, required = true)]
     pub command: Vec<std::ffi::OsString>,
@@ -238,6 +242,15 @@ pub struct Config {
         default_value_t = 300
     )]
     pub identity_cache_secs: u64,
+
+    /// How long the upstream's refusal of a credential is remembered, in seconds: a refused
+    /// key or token is answered 401 from memory meanwhile, without another upstream call.
+    #[arg(
+        long,
+        env = "CLAUDE_GATEWAY_IDENTITY_NEGATIVE_CACHE_SECS",
+        default_value_t = 60
+    )]
+    pub identity_negative_cache_secs: u64,
 
     /// Longest a request's CLI run may take, in seconds.
     #[arg(long, env = "CLAUDE_GATEWAY_RUN_TIMEOUT_SECS", default_value_t = 600)]

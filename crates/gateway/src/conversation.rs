@@ -46,10 +46,11 @@ fn seed_session(
     cli_cwd: &std::path::Path,
     version: &str,
 ) -> Result<SessionArg, ApiError> {
-    let path = state.sessions.transcript_path(&req.tenant, cli_cwd, key);
     if req.history.is_empty() {
         // A transcript left by a failed first turn would make `--session-id` refuse.
-        let _ = std::fs::remove_file(&path);
+        state
+            .sessions
+            .remove_transcript(&req.tenant, cli_cwd, key)?;
         return Ok(SessionArg::New(key));
     }
     let turns: Vec<Turn<'_>> = req
@@ -60,7 +61,10 @@ fn seed_session(
             content: content.clone(),
         })
         .collect();
-    transcript::write_seed(&path, key, cli_cwd, version, &req.model, &turns)
+    let seeded = transcript::seed(key, cli_cwd, version, &req.model, &turns);
+    state
+        .sessions
+        .seed_transcript(&req.tenant, cli_cwd, key, &seeded)
         .map_err(|e| ApiError::Internal(format!("cannot write the history: {e}")))?;
     Ok(SessionArg::Resume(key))
 }

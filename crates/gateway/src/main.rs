@@ -12,6 +12,7 @@ fn main() -> anyhow::Result<()> {
         Command::SandboxRelay(relay) => {
             std::process::exit(claude_gateway::sandbox::relay::run(
                 &relay.forwards,
+                relay.env_file.as_deref(),
                 &relay.command,
             ));
         }

@@ -77,9 +77,11 @@ async fn settled_messages(
     };
     let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(1);
     loop {
-        let messages = match state.sessions.find_transcript(tenant, meta.cli_session_id) {
-            Some(path) => transcript::read_messages(&path)
-                .map_err(|e| ApiError::Internal(format!("cannot read the transcript: {e}")))?,
+        let messages = match state
+            .sessions
+            .read_transcript(tenant, meta.cli_session_id)?
+        {
+            Some(bytes) => transcript::messages(&bytes),
             None => Vec::new(),
         };
         let prompts = messages.iter().filter(|m| is_prompt(m)).count() as u64;

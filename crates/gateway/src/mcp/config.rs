@@ -253,7 +253,74 @@ fn parse_server(name: &str, v: &Value) -> Result<ServerConfig, ConfigError> {
         Some(e) => string_map(name, "env", e, MAX_ENV, false)?,
         None => BTreeMap::new(),
     };
+    for (var, value) in &env {
+        if let Some(problem) = env_problem(var, value) {
+            return Err(field(name, &format!("env.{var}"), problem));
+        }
+    }
     Ok(ServerConfig::Local { command, args, env })
+}
+
+/// Variables that change how a program is loaded or which code an interpreter runs before
+/// the program itself: glibc's list of variables it drops for setuid programs, plus the
+/// shells', Node's, Python's, Perl's, Ruby's and the JVM's start-up hooks. A server's `env`
+/// only ever reaches the server inside the sandbox, but none of these has a use there that
+/// is worth the risk of one reaching a process that runs before the sandbox exists.
+const REFUSED_ENV_PREFIXES: &[&str] = &["LD_", "DYLD_", "MALLOC_", "BASH_FUNC_"];
+const REFUSED_ENV: &[&str] = &[
+    "GCONV_PATH",
+    "GETCONF_DIR",
+    "HOSTALIASES",
+    "LOCALDOMAIN",
+    "LOCPATH",
+    "NLSPATH",
+    "RESOLV_HOST_CONF",
+    "RES_OPTIONS",
+    "TZDIR",
+    "NODE_OPTIONS",
+    "BASH_ENV",
+    "ENV",
+    "SHELLOPTS",
+    "BASHOPTS",
+    "PS4",
+    "IFS",
+    "PYTHONSTARTUP",
+    "PYTHONHOME",
+    "PYTHONINSPECT",
+    "PYTHONBREAKPOINT",
+    "PERL5OPT",
+    "PERL5DB",
+    "RUBYOPT",
+    "JAVA_TOOL_OPTIONS",
+    "_JAVA_OPTIONS",
+    "JDK_JAVA_OPTIONS",
+];
+
+/// Why a local server's environment variable is refused, if it is.
+pub fn env_problem(var: &str, value: &str) -> Option<String> {
+    let well_formed = var
+        .bytes()
+        .next()
+        .is_some_and(|b| b.is_ascii_alphabetic() || b == b'_')
+        && var.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+        && var.len() <= 128;
+    if !well_formed {
+        return Some(
+            "a variable name is letters, digits and '_', not starting with a digit".into(),
+        );
+    }
+    if value.contains('\0') {
+        return Some("must not contain NUL".into());
+    }
+    let upper = var.to_ascii_uppercase();
+    if REFUSED_ENV.contains(&upper.as_str())
+        || REFUSED_ENV_PREFIXES.iter().any(|p| upper.starts_with(p))
+    {
+        return Some(format!(
+            "{var} changes how programs are loaded or started and is not accepted"
+        ));
+    }
+    None
 }
 
 /// Parses `{name: config}` (the header's text or the body field's value).

@@ -122,7 +122,6 @@ async fn local_tools(
         .args(&line.args)
         .env_clear()
         .envs(line.env.iter().map(|(k, v)| (k, v)))
-        .envs(line.extra_env.iter().map(|(k, v)| (k, v)))
         .current_dir(&line.cwd)
         .process_group(0)
         .kill_on_drop(true);

@@ -74,9 +74,9 @@ pub struct RunPaths<'a> {
 pub struct CommandLine {
     pub program: PathBuf,
     pub args: Vec<OsString>,
+    /// Every variable the process gets: it inherits nothing, and nothing a request names is
+    /// here (a request's variables reach a sandboxed command only through the relay inside).
     pub env: Vec<(&'static str, OsString)>,
-    /// Variables named by a request (an MCP server's `env`).
-    pub extra_env: Vec<(String, String)>,
     pub cwd: PathBuf,
 }
 
@@ -167,7 +167,6 @@ pub fn build(settings: &RunnerSettings, spec: &RunSpec, paths: &RunPaths<'_>) ->
         program: paths.program.to_path_buf(),
         args,
         env,
-        extra_env: Vec::new(),
         cwd: paths.cwd.to_path_buf(),
     }
 }

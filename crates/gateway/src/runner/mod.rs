@@ -77,12 +77,23 @@ impl Runner {
             ("LANG", "C.UTF-8".into()),
         ];
         let home = dir.home();
+        // The request's variables go to the server only, as the CLI would pass them: through a
+        // file the relay reads inside the sandbox, so no host process (bwrap included, whose
+        // loader would honour `LD_PRELOAD` before any namespace exists) ever has them.
+        let env_file = match env.is_empty() {
+            true => None,
+            false => Some(
+                dir.write_file(
+                    "env.json",
+                    &serde_json::to_vec(env).map_err(|e| RunError::RunDir(e.into()))?,
+                )
+                .map_err(RunError::RunDir)?,
+            ),
+        };
         let inner = command::CommandLine {
             program: PathBuf::from(command),
             args: args.iter().map(Into::into).collect(),
             env: Vec::new(),
-            // The request's variables go to the server only, as the CLI would pass them.
-            extra_env: env.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
             cwd: PathBuf::from(bwrap::WORKSPACE),
         };
         let mut line = sandbox.wrap(
@@ -94,6 +105,7 @@ impl Runner {
                 projects: None,
                 mcp_config: None,
                 settings: None,
+                env_file: env_file.as_deref(),
             },
         );
         line.env.append(&mut vars);
@@ -156,6 +168,7 @@ impl Runner {
                         projects: spec.projects_dir.as_deref(),
                         mcp_config: mcp_file.as_deref(),
                         settings: Some(&settings_file),
+                        env_file: None,
                     },
                 )
             }

@@ -45,7 +45,6 @@ impl CliProcess {
             .args(&cmd.args)
             .env_clear()
             .envs(cmd.env.iter().map(|(k, v)| (k, v)))
-            .envs(cmd.extra_env.iter().map(|(k, v)| (k, v)))
             .current_dir(&cmd.cwd)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())

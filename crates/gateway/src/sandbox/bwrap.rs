@@ -25,6 +25,9 @@ pub const TMP: &str = "/tmp";
 pub const PROJECTS: &str = "/home/claude/.claude/projects";
 pub const MCP_CONFIG: &str = "/run/gateway/mcp.json";
 pub const SETTINGS: &str = "/run/gateway/settings.json";
+/// Variables for the sandboxed command that a request named (a local MCP server's `env`),
+/// applied by the relay inside: never to bwrap or any other host process.
+pub const ENV_FILE: &str = "/run/gateway/env.json";
 /// Where the operator's MCP server installations (`--mcp-dir`) appear, read-only.
 pub const MCP_DIR: &str = "/opt/mcp";
 const PRLIMIT: &str = "/usr/bin/prlimit";
@@ -47,6 +50,9 @@ const HOST_ETC: &[&str] = &[
 #[derive(Debug, Clone)]
 pub struct Bwrap {
     pub bwrap: PathBuf,
+    /// The gateway's own binary, which starts every sandboxed command from inside
+    /// ([`super::relay`]), bound read-only at [`net::RELAY`].
+    pub relay: PathBuf,
     /// The directory holding the CLI binary, bound read-only at [`CLI_DIR`].
     pub cli_dir: PathBuf,
     pub cli_name: OsString,
@@ -69,6 +75,8 @@ pub struct Mounts<'a> {
     pub mcp_config: Option<&'a Path>,
     /// The level's permission rules for the CLI.
     pub settings: Option<&'a Path>,
+    /// A JSON object of variables for the sandboxed command ([`ENV_FILE`]).
+    pub env_file: Option<&'a Path>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -87,7 +95,12 @@ pub enum SandboxError {
 
 impl Bwrap {
     /// Prepares the sandbox for the CLI at `cli` (symlinks resolved, so the real install is bound).
-    pub fn new(cli: &Path, etc_dir: PathBuf, limits: Limits) -> Result<Self, SandboxError> {
+    pub fn new(
+        cli: &Path,
+        relay: PathBuf,
+        etc_dir: PathBuf,
+        limits: Limits,
+    ) -> Result<Self, SandboxError> {
         let bwrap = ["/usr/bin/bwrap", "/bin/bwrap", "/usr/local/bin/bwrap"]
             .iter()
             .map(PathBuf::from)
@@ -110,6 +123,7 @@ impl Bwrap {
         .map_err(SandboxError::Etc)?;
         Ok(Self {
             bwrap,
+            relay,
             cli_dir: cli_dir.to_path_buf(),
             cli_name: cli_name.to_os_string(),
             etc_dir,
@@ -177,13 +191,13 @@ impl Bwrap {
             "--ro-bind-try".into(),
             self.cli_dir.clone().into_os_string(),
             CLI_DIR.into(),
+            "--ro-bind".into(),
+            self.relay.clone().into_os_string(),
+            net::RELAY.into(),
         ]);
         match &self.network {
             None => args.push("--share-net".into()),
             Some(network) => args.extend([
-                "--ro-bind".into(),
-                network.relay.clone().into_os_string(),
-                net::RELAY.into(),
                 "--ro-bind".into(),
                 network.sockets_dir.clone().into_os_string(),
                 net::INSIDE_DIR.into(),
@@ -192,14 +206,15 @@ impl Bwrap {
         args
     }
 
-    /// The relay that starts a network-isolated sandbox's command.
-    fn relay_prefix(&self) -> Vec<OsString> {
-        let Some(network) = &self.network else {
-            return Vec::new();
-        };
+    /// The relay that starts every sandboxed command: it serves an isolated network's ports
+    /// and adds the request's variables from [`ENV_FILE`], both from inside the sandbox.
+    fn relay_prefix(&self, env_file: bool) -> Vec<OsString> {
         let mut args: Vec<OsString> = vec![net::RELAY.into(), "sandbox-relay".into()];
-        for forward in network.forwards() {
+        for forward in self.network.iter().flat_map(IsolatedNet::forwards) {
             args.push(format!("--forward={forward}").into());
+        }
+        if env_file {
+            args.push(format!("--env-file={ENV_FILE}").into());
         }
         args.push("--".into());
         args
@@ -235,6 +250,7 @@ impl Bwrap {
             (mounts.mcp_config, MCP_CONFIG),
             (mounts.system_prompt, SYSTEM_PROMPT),
             (mounts.settings, SETTINGS),
+            (mounts.env_file, ENV_FILE),
         ] {
             if let Some(file) = file {
                 args.extend([
@@ -245,7 +261,7 @@ impl Bwrap {
             }
         }
         args.extend(["--chdir".into(), WORKSPACE.into(), "--".into()]);
-        args.extend(self.relay_prefix());
+        args.extend(self.relay_prefix(mounts.env_file.is_some()));
         args.extend([NICE.into(), "-n".into(), NICENESS.into()]);
         // Limits are applied inside, by prlimit, so that the process count is limited per
         // sandbox rather than across every sandbox of the gateway's host user.
@@ -264,7 +280,6 @@ impl Bwrap {
             program: self.bwrap.clone(),
             args,
             env,
-            extra_env: inner.extra_env,
             cwd: mounts.home.to_path_buf(),
         }
     }
@@ -273,7 +288,7 @@ impl Bwrap {
     pub async fn probe(&self) -> Result<(), SandboxError> {
         let mut args = self.base_args();
         args.push("--".into());
-        args.extend(self.relay_prefix());
+        args.extend(self.relay_prefix(false));
         args.push(PRLIMIT.into());
         args.extend(self.limits.prlimit_args());
         args.extend(["--".into(), "/usr/bin/true".into()]);
@@ -311,12 +326,14 @@ mod tests {
             projects: None,
             mcp_config: None,
             settings: None,
+            env_file: None,
         }
     }
 
     fn sandbox() -> Bwrap {
         Bwrap {
             bwrap: "/usr/bin/bwrap".into(),
+            relay: "/usr/local/bin/claude-gateway".into(),
             cli_dir: "/opt/install/bin".into(),
             cli_name: "claude.exe".into(),
             etc_dir: "/data/sandbox-etc".into(),
@@ -331,7 +348,6 @@ mod tests {
             program: sandbox().inside_program(),
             args: vec!["-p".into(), "--model=sonnet".into()],
             env: vec![("CLAUDE_CODE_OAUTH_TOKEN", "sk-ant-oat01-secret".into())],
-            extra_env: Vec::new(),
             cwd: WORKSPACE.into(),
         };
         sandbox().wrap(inner, &run_mounts())
@@ -370,8 +386,16 @@ mod tests {
         assert!(args.contains(&"--die-with-parent".to_owned()));
         let separator = args.iter().position(|a| a == "--").expect("separator");
         assert_eq!(
-            args[separator + 1..separator + 5],
-            [NICE, "-n", NICENESS, PRLIMIT]
+            args[separator + 1..separator + 8],
+            [
+                net::RELAY,
+                "sandbox-relay",
+                "--",
+                NICE,
+                "-n",
+                NICENESS,
+                PRLIMIT
+            ]
         );
         assert!(args.ends_with(&[
             "/opt/claude/claude.exe".to_owned(),
@@ -386,7 +410,6 @@ mod tests {
         assert!(shared.args.iter().any(|a| a == "--share-net"));
         let mut isolated = sandbox();
         isolated.network = Some(IsolatedNet {
-            relay: "/usr/local/bin/claude-gateway".into(),
             sockets_dir: "/data/net".into(),
             bridge_port: 41000,
         });
@@ -394,7 +417,6 @@ mod tests {
             program: isolated.inside_program(),
             args: vec!["-p".into()],
             env: vec![("ANTHROPIC_BASE_URL", "https://api.anthropic.com".into())],
-            extra_env: Vec::new(),
             cwd: WORKSPACE.into(),
         };
         let cmd = isolated.wrap(inner, &run_mounts());

@@ -39,8 +39,6 @@ const BRIDGE: &str = "bridge.sock";
 /// What a sandbox needs to use the gateway's network services.
 #[derive(Debug, Clone)]
 pub struct IsolatedNet {
-    /// The gateway's own binary, which serves as the relay inside.
-    pub relay: PathBuf,
     /// The host directory holding the sockets, bound read-only at [`INSIDE_DIR`].
     pub sockets_dir: PathBuf,
     /// The bridge's loopback port.
@@ -99,7 +97,6 @@ pub async fn start(
     dir: &Path,
     base_url: &str,
     bridge: &crate::mcp::bridge::Bridge,
-    relay: PathBuf,
 ) -> std::io::Result<IsolatedNet> {
     std::os::unix::fs::DirBuilderExt::mode(std::fs::DirBuilder::new().recursive(true), 0o700)
         .create(dir)?;
@@ -124,7 +121,6 @@ pub async fn start(
     });
     bridge.serve_on(bind_unix(&dir.join(BRIDGE))?);
     Ok(IsolatedNet {
-        relay,
         sockets_dir: dir.to_path_buf(),
         bridge_port: bridge.port(),
     })
@@ -277,7 +273,6 @@ mod tests {
     #[test]
     fn inside_the_sandbox_the_upstream_and_the_bridge_are_local_ports() {
         let net = IsolatedNet {
-            relay: "/usr/local/bin/claude-gateway".into(),
             sockets_dir: "/data/net".into(),
             bridge_port: 41000,
         };

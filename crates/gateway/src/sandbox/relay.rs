@@ -38,8 +38,31 @@ impl std::fmt::Display for Forward {
     }
 }
 
-/// Serves `forwards`, runs `command`, and returns the exit code to leave with.
-pub fn run(forwards: &[Forward], command: &[std::ffi::OsString]) -> i32 {
+/// Reads the variables a command gets from `env_file` (a JSON object of strings).
+fn read_env(env_file: Option<&std::path::Path>) -> Result<Vec<(String, String)>, String> {
+    let Some(path) = env_file else {
+        return Ok(Vec::new());
+    };
+    let text = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let vars: std::collections::BTreeMap<String, String> =
+        serde_json::from_slice(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+    Ok(vars.into_iter().collect())
+}
+
+/// Serves `forwards`, runs `command` with the variables of `env_file` added, and returns the
+/// exit code to leave with.
+pub fn run(
+    forwards: &[Forward],
+    env_file: Option<&std::path::Path>,
+    command: &[std::ffi::OsString],
+) -> i32 {
+    let env = match read_env(env_file) {
+        Ok(env) => env,
+        Err(e) => {
+            eprintln!("sandbox-relay: {e}");
+            return 125;
+        }
+    };
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -65,7 +88,11 @@ pub fn run(forwards: &[Forward], command: &[std::ffi::OsString]) -> i32 {
             eprintln!("sandbox-relay: no command");
             return 125;
         };
-        let mut child = match tokio::process::Command::new(program).args(args).spawn() {
+        let mut child = match tokio::process::Command::new(program)
+            .args(args)
+            .envs(env)
+            .spawn()
+        {
             Ok(child) => child,
             Err(e) => {
                 eprintln!("sandbox-relay: cannot run {program:?}: {e}");

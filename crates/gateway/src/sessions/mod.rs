@@ -9,6 +9,7 @@
 //! by two tenants names two different sessions, and no request text becomes a path.
 
 pub mod transcript;
+pub mod tree;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -25,6 +26,8 @@ use crate::tenant::identity::TenantId;
 const SESSIONS_NAMESPACE: Uuid = Uuid::from_u128(0x6a1f_3c2e_98b4_4d0a_b1e7_5c93_2f8d_0e41);
 /// Most idle lock entries kept before pruning.
 const MAX_IDLE_LOCKS: usize = 4096;
+/// The largest transcript the gateway reads back (the tenant's runs write them).
+const MAX_TRANSCRIPT_BYTES: u64 = 64 << 20;
 
 /// A session id as a client sends it: `[A-Za-z0-9._:-]{1,128}`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -117,12 +120,40 @@ impl SessionStore {
         Ok(dir)
     }
 
-    /// Where the CLI keeps the transcript of `cli_session` run with working directory `cwd`.
-    pub fn transcript_path(&self, tenant: &TenantId, cwd: &Path, cli_session: Uuid) -> PathBuf {
-        self.tenant_dir(tenant)
-            .join("projects")
-            .join(transcript::project_dir_name(cwd))
-            .join(format!("{cli_session}.jsonl"))
+    /// The tenant's projects directory, which its runs can write: never resolved by name.
+    fn projects(&self, tenant: &TenantId) -> Result<tree::UntrustedTree, SessionError> {
+        tree::UntrustedTree::open(&self.projects_dir(tenant)?).map_err(storage)
+    }
+
+    /// Where, under the projects directory, the CLI keeps the transcript of `cli_session` run
+    /// with working directory `cwd`.
+    fn transcript_name(cwd: &Path, cli_session: Uuid) -> PathBuf {
+        Path::new(&transcript::project_dir_name(cwd)).join(format!("{cli_session}.jsonl"))
+    }
+
+    /// Writes the transcript a new session resumes from (replacing whatever was there).
+    pub fn seed_transcript(
+        &self,
+        tenant: &TenantId,
+        cwd: &Path,
+        cli_session: Uuid,
+        transcript: &[u8],
+    ) -> Result<(), SessionError> {
+        self.projects(tenant)?
+            .write_new(&Self::transcript_name(cwd, cli_session), transcript)
+            .map_err(storage)
+    }
+
+    /// Removes a transcript a failed first turn may have left (`--session-id` would refuse it).
+    pub fn remove_transcript(
+        &self,
+        tenant: &TenantId,
+        cwd: &Path,
+        cli_session: Uuid,
+    ) -> Result<(), SessionError> {
+        self.projects(tenant)?
+            .remove(&Self::transcript_name(cwd, cli_session))
+            .map_err(storage)
     }
 
     fn meta_path(&self, tenant: &TenantId, key: Uuid) -> PathBuf {
@@ -177,14 +208,27 @@ impl SessionStore {
         Ok(sessions)
     }
 
-    /// The transcript of a session, wherever the CLI put it.
-    pub fn find_transcript(&self, tenant: &TenantId, cli_session: Uuid) -> Option<PathBuf> {
+    /// The transcript of a session, wherever the CLI put it: only a regular file, of at most
+    /// [`MAX_TRANSCRIPT_BYTES`].
+    pub fn read_transcript(
+        &self,
+        tenant: &TenantId,
+        cli_session: Uuid,
+    ) -> Result<Option<Vec<u8>>, SessionError> {
+        let projects = self.projects(tenant)?;
         let name = format!("{cli_session}.jsonl");
-        std::fs::read_dir(self.tenant_dir(tenant).join("projects"))
-            .ok()?
-            .filter_map(|d| d.ok())
-            .map(|d| d.path().join(&name))
-            .find(|p| p.is_file())
+        let Some(found) = projects
+            .subdirs()
+            .into_iter()
+            .map(|d| d.join(&name))
+            .find(|p| projects.is_file(p))
+        else {
+            return Ok(None);
+        };
+        projects
+            .read(&found, MAX_TRANSCRIPT_BYTES)
+            .map(Some)
+            .map_err(storage)
     }
 
     /// Removes a session's metadata and transcripts; `false` if there was none.
@@ -193,12 +237,16 @@ impl SessionStore {
             return Ok(false);
         };
         let key = self.key(tenant, id);
+        let projects = self.projects(tenant)?;
         for cli_session in [meta.cli_session_id, key] {
-            for path in self.derived_files(tenant, cli_session) {
-                remove_if_present(&path)?;
+            for path in Self::derived_files(&projects, cli_session) {
+                projects.remove(&path).map_err(storage)?;
             }
         }
-        remove_if_present(&self.meta_path(tenant, key))?;
+        match std::fs::remove_file(self.meta_path(tenant, key)) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(storage(e)),
+            _ => {}
+        }
         Ok(true)
     }
 
@@ -206,16 +254,14 @@ impl SessionStore {
     /// `<uuid>.jsonl` and the `<uuid>/` dir beside it (saved tool results, subagent
     /// transcripts). The CLI session id is derived from the client id, so anything left would
     /// be inherited by the next conversation under that id.
-    fn derived_files(&self, tenant: &TenantId, cli_session: Uuid) -> Vec<PathBuf> {
-        let Ok(projects) = std::fs::read_dir(self.tenant_dir(tenant).join("projects")) else {
-            return Vec::new();
-        };
+    fn derived_files(projects: &tree::UntrustedTree, cli_session: Uuid) -> Vec<PathBuf> {
         let transcript = format!("{cli_session}.jsonl");
         let dir = cli_session.to_string();
         projects
-            .filter_map(|d| d.ok())
-            .flat_map(|d| [d.path().join(&transcript), d.path().join(&dir)])
-            .filter(|p| p.symlink_metadata().is_ok())
+            .subdirs()
+            .into_iter()
+            .flat_map(|d| [d.join(&transcript), d.join(&dir)])
+            .filter(|p| projects.exists(p))
             .collect()
     }
 
@@ -268,19 +314,6 @@ impl SessionStore {
             }
         }
         removed
-    }
-}
-
-/// Removes a file or a whole directory; a missing one is not an error.
-fn remove_if_present(path: &Path) -> Result<(), SessionError> {
-    let removed = match path.symlink_metadata() {
-        Ok(meta) if meta.is_dir() => std::fs::remove_dir_all(path),
-        _ => std::fs::remove_file(path),
-    };
-    match removed {
-        Ok(()) => Ok(()),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(storage(e)),
     }
 }
 

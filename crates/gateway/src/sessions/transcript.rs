@@ -2,7 +2,6 @@
 //! from a request's history, so the CLI resumes it with roles and content blocks intact, and
 //! reading one back as Anthropic messages.
 
-use std::io::Write;
 use std::path::Path;
 
 use serde_json::{json, Value};
@@ -25,15 +24,14 @@ pub struct Turn<'a> {
     pub content: Value,
 }
 
-/// Writes a transcript holding `history` for `session` as if the CLI had recorded it.
-pub fn write_seed(
-    path: &Path,
+/// A transcript holding `history` for `session`, as if the CLI had recorded it.
+pub fn seed(
     session: Uuid,
     cwd: &Path,
     cli_version: &str,
     model: &str,
     history: &[Turn<'_>],
-) -> std::io::Result<()> {
+) -> Vec<u8> {
     let mut lines = Vec::with_capacity(history.len());
     let mut parent: Option<String> = None;
     let start = clock::now_ms() as i64;
@@ -73,21 +71,19 @@ pub fn write_seed(
         lines.push(record.to_string());
         parent = Some(uuid);
     }
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir)?;
-    }
-    let mut file = std::fs::File::create(path)?;
+    let mut bytes = Vec::new();
     for line in lines {
-        writeln!(file, "{line}")?;
+        bytes.extend_from_slice(line.as_bytes());
+        bytes.push(b'\n');
     }
-    Ok(())
+    bytes
 }
 
 /// The conversation in a transcript, as Anthropic messages. Consecutive records of one model
 /// message (the CLI writes one per content block) are merged; meta and sub-agent records are
 /// left out.
-pub fn read_messages(path: &Path) -> std::io::Result<Vec<Value>> {
-    let text = std::fs::read_to_string(path)?;
+pub fn messages(transcript: &[u8]) -> Vec<Value> {
+    let text = String::from_utf8_lossy(transcript);
     let mut messages: Vec<Value> = Vec::new();
     let mut last_assistant_id: Option<String> = None;
     for line in text.lines() {
@@ -122,7 +118,7 @@ pub fn read_messages(path: &Path) -> std::io::Result<Vec<Value>> {
         last_assistant_id = if kind == "assistant" { id } else { None };
         messages.push(json!({"role": kind, "content": content}));
     }
-    Ok(messages)
+    messages
 }
 
 #[cfg(test)]
@@ -137,8 +133,6 @@ mod tests {
 
     #[test]
     fn a_seeded_transcript_reads_back_as_the_same_conversation() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let path = dir.path().join("s.jsonl");
         let history = [
             Turn {
                 role: "user",
@@ -153,16 +147,14 @@ mod tests {
                 content: json!([{"type": "text", "text": "q2"}]),
             },
         ];
-        write_seed(
-            &path,
+        let transcript = seed(
             Uuid::nil(),
             Path::new("/workspace"),
             "2.1.197",
             "sonnet",
             &history,
-        )
-        .expect("write");
-        let messages = read_messages(&path).expect("read");
+        );
+        let messages = messages(&transcript);
         let roles: Vec<_> = messages
             .iter()
             .map(|m| m["role"].as_str().unwrap_or(""))
@@ -173,8 +165,6 @@ mod tests {
 
     #[test]
     fn per_block_assistant_records_merge_into_one_message() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let path = dir.path().join("s.jsonl");
         let lines = [
             r#"{"type":"user","message":{"role":"user","content":"go"}}"#,
             r#"{"type":"assistant","message":{"id":"m1","role":"assistant","content":[{"type":"text","text":"a"}]}}"#,
@@ -182,8 +172,7 @@ mod tests {
             r#"{"type":"user","isMeta":true,"message":{"role":"user","content":"meta"}}"#,
             r#"{"type":"queue-operation"}"#,
         ];
-        std::fs::write(&path, lines.join("\n")).expect("write");
-        let messages = read_messages(&path).expect("read");
+        let messages = messages(lines.join("\n").as_bytes());
         assert_eq!(messages.len(), 2);
         assert_eq!(messages[1]["content"].as_array().map(Vec::len), Some(2));
     }

@@ -130,25 +130,46 @@ pub enum IdentityError {
 /// Most entries the identity cache holds before it is pruned.
 const CACHE_CAP: usize = 10_000;
 
-/// Resolves credentials to tenants, caching account look-ups by a keyed hash of the token.
+/// What the upstream said of a credential, remembered for a while.
+#[derive(Clone)]
+enum Verdict {
+    Tenant(TenantId),
+    Rejected,
+}
+
+/// Verifies credentials with the upstream and resolves them to tenants. Every outcome the
+/// upstream gave (a tenant, or a refusal) is cached under a keyed hash of the credential, so a
+/// flood of made-up keys or dead tokens costs at most one upstream call each, and nothing is
+/// created for a credential before it is verified.
 pub struct IdentityResolver {
     mode: IdentityMode,
     profile_url: String,
+    models_url: String,
     client: reqwest::Client,
     key: Arc<InstallKey>,
     ttl: Duration,
-    cache: Mutex<HashMap<String, (TenantId, Instant)>>,
+    negative_ttl: Duration,
+    cache: Mutex<HashMap<String, (Verdict, Instant)>>,
 }
 
 impl IdentityResolver {
-    pub fn new(mode: IdentityMode, base_url: &str, key: Arc<InstallKey>, ttl: Duration) -> Self {
+    pub fn new(
+        mode: IdentityMode,
+        base_url: &str,
+        key: Arc<InstallKey>,
+        ttl: Duration,
+        negative_ttl: Duration,
+    ) -> Self {
         let client = super::upstream_client(Duration::from_secs(10));
+        let base = base_url.trim_end_matches('/');
         Self {
             mode,
-            profile_url: format!("{}/api/oauth/profile", base_url.trim_end_matches('/')),
+            profile_url: format!("{base}/api/oauth/profile"),
+            models_url: format!("{base}/v1/models"),
             client,
             key,
             ttl,
+            negative_ttl,
             cache: Mutex::new(HashMap::new()),
         }
     }
@@ -158,35 +179,79 @@ impl IdentityResolver {
     }
 
     pub async fn resolve(&self, credential: &Credential) -> Result<TenantId, IdentityError> {
-        if credential.kind() == CredentialKind::ApiKey || self.mode == IdentityMode::Token {
-            return Ok(TenantId::from_credential(&self.key, credential));
-        }
         let cache_key = self.key.keyed_hash(
-            "identity-cache",
+            &format!("identity-cache:{}", credential.kind().as_str()),
             credential.secret().expose_secret().as_bytes(),
         );
-        if let Some(tenant) = self.cached(&cache_key) {
-            return Ok(tenant);
+        match self.cached(&cache_key) {
+            Some(Verdict::Tenant(tenant)) => return Ok(tenant),
+            Some(Verdict::Rejected) => return Err(IdentityError::Rejected),
+            None => {}
         }
-        let response = self
+        let outcome = match (credential.kind(), self.mode) {
+            (CredentialKind::OAuthToken, IdentityMode::Profile) => self.account(credential).await,
+            _ => self
+                .verify(credential)
+                .await
+                .map(|()| TenantId::from_credential(&self.key, credential)),
+        };
+        match &outcome {
+            Ok(tenant) => self.remember(cache_key, Verdict::Tenant(tenant.clone())),
+            Err(IdentityError::Rejected) => self.remember(cache_key, Verdict::Rejected),
+            // The upstream did not say: nothing to remember, the next request asks again.
+            Err(IdentityError::Unavailable(_)) => {}
+        }
+        outcome
+    }
+
+    /// Sends `request` and sorts the answer: 200 is acceptance, 401 and 403 a refusal, anything
+    /// else leaves the credential unverified.
+    async fn ask(
+        &self,
+        request: reqwest::RequestBuilder,
+        what: &str,
+    ) -> Result<reqwest::Response, IdentityError> {
+        let response = request
+            .send()
+            .await
+            // reqwest's errors name the URL, never a header.
+            .map_err(|e| IdentityError::Unavailable(e.without_url().to_string()))?;
+        match response.status().as_u16() {
+            200 => Ok(response),
+            401 | 403 => Err(IdentityError::Rejected),
+            other => Err(IdentityError::Unavailable(format!(
+                "{what} answered {other}"
+            ))),
+        }
+    }
+
+    /// Whether the upstream accepts the credential: `GET /v1/models`, the cheapest call it
+    /// authenticates.
+    async fn verify(&self, credential: &Credential) -> Result<(), IdentityError> {
+        let secret = credential.secret().expose_secret();
+        let request = self
+            .client
+            .get(&self.models_url)
+            .header("anthropic-version", "2023-06-01");
+        let request = match credential.kind() {
+            CredentialKind::ApiKey => request.header("x-api-key", secret),
+            CredentialKind::OAuthToken => request
+                .bearer_auth(secret)
+                .header("anthropic-beta", "oauth-2025-04-20"),
+        };
+        self.ask(request, "the models endpoint").await.map(|_| ())
+    }
+
+    /// The tenant of an OAuth token: its account uuid from the profile endpoint.
+    async fn account(&self, credential: &Credential) -> Result<TenantId, IdentityError> {
+        let request = self
             .client
             .get(&self.profile_url)
             .bearer_auth(credential.secret().expose_secret())
-            .header("anthropic-beta", "oauth-2025-04-20")
-            .send()
-            .await
-            // reqwest's errors name the URL, never the bearer token.
-            .map_err(|e| IdentityError::Unavailable(e.without_url().to_string()))?;
-        match response.status().as_u16() {
-            401 | 403 => return Err(IdentityError::Rejected),
-            200 => {}
-            other => {
-                return Err(IdentityError::Unavailable(format!(
-                    "profile endpoint answered {other}"
-                )))
-            }
-        }
-        let profile: serde_json::Value = response
+            .header("anthropic-beta", "oauth-2025-04-20");
+        let profile: serde_json::Value = self
+            .ask(request, "the profile endpoint")
+            .await?
             .json()
             .await
             .map_err(|e| IdentityError::Unavailable(format!("unreadable profile: {e}")))?;
@@ -196,29 +261,33 @@ impl IdentityResolver {
             .and_then(|u| u.as_str())
             .filter(|u| !u.is_empty())
             .ok_or_else(|| IdentityError::Unavailable("the profile has no account uuid".into()))?;
-        let tenant = TenantId::from_account(&self.key, uuid);
-        self.remember(cache_key, tenant.clone());
-        Ok(tenant)
+        Ok(TenantId::from_account(&self.key, uuid))
     }
 
-    fn cached(&self, cache_key: &str) -> Option<TenantId> {
+    fn ttl_of(&self, verdict: &Verdict) -> Duration {
+        match verdict {
+            Verdict::Tenant(_) => self.ttl,
+            Verdict::Rejected => self.negative_ttl,
+        }
+    }
+
+    fn cached(&self, cache_key: &str) -> Option<Verdict> {
         let cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
         cache
             .get(cache_key)
-            .filter(|(_, at)| at.elapsed() < self.ttl)
-            .map(|(t, _)| t.clone())
+            .filter(|(verdict, at)| at.elapsed() < self.ttl_of(verdict))
+            .map(|(verdict, _)| verdict.clone())
     }
 
-    fn remember(&self, cache_key: String, tenant: TenantId) {
+    fn remember(&self, cache_key: String, verdict: Verdict) {
         let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
         if cache.len() >= CACHE_CAP {
-            let ttl = self.ttl;
-            cache.retain(|_, (_, at)| at.elapsed() < ttl);
+            cache.retain(|_, (verdict, at)| at.elapsed() < self.ttl_of(verdict));
             if cache.len() >= CACHE_CAP {
                 cache.clear();
             }
         }
-        cache.insert(cache_key, (tenant, Instant::now()));
+        cache.insert(cache_key, (verdict, Instant::now()));
     }
 }
 

@@ -2,14 +2,17 @@
 //!
 //! Refresh tokens rotate: each works once. Two concurrent requests carrying the same refresh
 //! token must not both spend it, or the second fails and the login is lost. So refreshes are
-//! serialised per refresh token (a keyed hash of it, which names one tenant's login), and the
-//! outcome is remembered briefly: the second request waits for the first and reuses its result.
-//! The rotated credentials go back to the client in the response, because a rotated refresh
-//! token the client never sees is a lost login.
+//! serialised per refresh token (a keyed hash of it, which names one tenant's login): requests
+//! that arrive while a refresh is in flight wait for it and share its outcome. The outcome is
+//! handed only to them: a request that presents the old refresh token after the refresh has
+//! completed gets nothing from it (the upstream refuses the spent token), so a stolen old
+//! refresh token cannot be replayed for the new credentials. The rotated credentials go back to
+//! the client in the response, because a rotated refresh token the client never sees is a lost
+//! login.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use secrecy::{ExposeSecret, SecretString};
 use serde::Serialize;
@@ -20,8 +23,6 @@ use super::identity::InstallKey;
 
 /// Refresh when the access token has less than this left.
 const EXPIRY_MARGIN: Duration = Duration::from_secs(60);
-/// How long a refresh outcome is reused by requests that carried the same old refresh token.
-const REUSE_FOR: Duration = Duration::from_secs(300);
 
 /// Rotated credentials, as handed back to the client.
 #[derive(Clone, Serialize)]
@@ -48,7 +49,7 @@ fn expose<S: serde::Serializer>(secret: &SecretString, s: S) -> Result<S::Ok, S:
     s.serialize_str(secret.expose_secret())
 }
 
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum RefreshError {
     #[error("the refresh token was rejected; sign in again")]
     Rejected,
@@ -56,17 +57,15 @@ pub enum RefreshError {
     Unavailable(String),
 }
 
-/// Most remembered refresh outcomes before idle ones are dropped.
-const MAX_SLOTS: usize = 1024;
-
-type Slot = Arc<tokio::sync::Mutex<Option<(RefreshedCredentials, Instant)>>>;
+/// One refresh in flight, shared by every request that arrived while it ran.
+type Flight = Arc<tokio::sync::OnceCell<Result<RefreshedCredentials, RefreshError>>>;
 
 pub struct Refresher {
     token_url: String,
     client_id: String,
     client: reqwest::Client,
     key: Arc<InstallKey>,
-    slots: Mutex<HashMap<String, Slot>>,
+    flights: Mutex<HashMap<String, Flight>>,
 }
 
 use crate::clock::now_ms;
@@ -88,7 +87,7 @@ impl Refresher {
             client_id,
             client,
             key,
-            slots: Mutex::new(HashMap::new()),
+            flights: Mutex::new(HashMap::new()),
         }
     }
 
@@ -112,22 +111,22 @@ impl Refresher {
         let slot_key = self
             .key
             .keyed_hash("refresh-token", refresh_token.expose_secret().as_bytes());
-        let slot = {
-            let mut slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
-            if slots.len() >= MAX_SLOTS {
-                slots.retain(|_, s| Arc::strong_count(s) > 1);
-            }
-            slots.entry(slot_key).or_default().clone()
+        let flight = {
+            let mut flights = self.flights.lock().unwrap_or_else(|e| e.into_inner());
+            // A completed flight is history, not something to join.
+            flights.retain(|_, f| !f.initialized());
+            flights.entry(slot_key.clone()).or_default().clone()
         };
-        let mut outcome = slot.lock().await;
-        if let Some((creds, at)) = outcome.as_ref() {
-            if at.elapsed() < REUSE_FOR {
-                return Ok(Some(creds.clone()));
-            }
-        }
-        let fresh = self.exchange(refresh_token, creds.scopes.as_ref()).await?;
-        *outcome = Some((fresh.clone(), Instant::now()));
-        Ok(Some(fresh))
+        let outcome = flight
+            .get_or_init(|| async {
+                let outcome = self.exchange(refresh_token, creds.scopes.as_ref()).await;
+                // Nobody joins once the outcome is known; only the waiters see it.
+                let mut flights = self.flights.lock().unwrap_or_else(|e| e.into_inner());
+                flights.remove(&slot_key);
+                outcome
+            })
+            .await;
+        outcome.clone().map(Some)
     }
 
     async fn exchange(
