@@ -117,13 +117,32 @@ impl AppState {
         let mcp_bridge = crate::mcp::bridge::Bridge::start(config.mcp_bridge_listen)
             .await
             .map_err(|e| StartupError::Bridge(config.mcp_bridge_listen, e))?;
+        let placeholders = Arc::new(crate::sandbox::masking::Placeholders::default());
+        let upstream = crate::sandbox::net::UpstreamProxy::new(
+            &config.anthropic_base_url,
+            placeholders.clone(),
+        )
+        .map_err(|e| StartupError::Sandbox(SandboxError::Network(e)))?;
         let (sandbox, sandbox_disabled) = prepare_sandbox(
             &config,
             bin.as_deref(),
             &data_dir.join("sandbox-etc"),
             &mcp_bridge,
+            &upstream,
         )
         .await?;
+        // Every run reaches the upstream through the proxy that holds the real credentials:
+        // an isolated sandbox through its socket, any other run through a loopback port.
+        let cli_base_url = match sandbox.as_ref().and_then(|s| s.network.as_ref()) {
+            Some(_) => config.anthropic_base_url.clone(),
+            None => format!(
+                "http://{}",
+                upstream
+                    .serve_loopback()
+                    .await
+                    .map_err(|e| StartupError::Sandbox(SandboxError::Network(e)))?
+            ),
+        };
         let levels = LevelPolicy::new(
             config.security_level,
             config.max_security_level,
@@ -149,13 +168,14 @@ impl AppState {
         let runner = Runner {
             settings: RunnerSettings {
                 claude_bin: bin.clone().unwrap_or_else(|| PathBuf::from("claude")),
-                base_url: config.anthropic_base_url.clone(),
+                base_url: cli_base_url,
                 upstream_max_retries: config.upstream_max_retries,
             },
             runs_dir,
             run_timeout: config.run_timeout(),
             max_line_bytes: config.max_cli_line_bytes,
             sandbox,
+            placeholders,
         };
         let sessions = SessionStore::new(
             tenants_dir.clone(),
@@ -221,6 +241,7 @@ async fn prepare_sandbox(
     cli: Option<&Path>,
     etc_dir: &Path,
     bridge: &crate::mcp::bridge::Bridge,
+    upstream: &crate::sandbox::net::UpstreamProxy,
 ) -> Result<(Option<Bwrap>, Option<String>), StartupError> {
     let probed = async {
         let cli = cli.unwrap_or(Path::new("claude"));
@@ -232,13 +253,9 @@ async fn prepare_sandbox(
             .map(|d| std::fs::canonicalize(d).unwrap_or_else(|_| d.clone()));
         if config.sandbox_network == crate::config::SandboxNetwork::Isolated {
             sandbox.network = Some(
-                crate::sandbox::net::start(
-                    &config.data_dir.join("net"),
-                    &config.anthropic_base_url,
-                    bridge,
-                )
-                .await
-                .map_err(SandboxError::Network)?,
+                crate::sandbox::net::start(&config.data_dir.join("net"), upstream, bridge)
+                    .await
+                    .map_err(SandboxError::Network)?,
             );
         }
         sandbox.probe().await?;
@@ -285,13 +302,19 @@ fn cors(origins: &[String]) -> Option<tower_http::cors::CorsLayer> {
 pub fn router(state: SharedState) -> Router {
     let body_limit = state.config.max_body_bytes;
     let cors = cors(&state.config.cors_allow_origins);
+    let admin = Router::new()
+        .route("/metrics", get(api::health::metrics))
+        .route("/v1/security", get(api::security::security))
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            api::require_admin,
+        ));
     Router::new()
         .route("/", get(api::docs::root))
         .route("/health", get(api::health::health))
         .route("/ready", get(api::health::ready))
-        .route("/metrics", get(api::health::metrics))
+        .merge(admin)
         .route("/v1/models", get(api::models::list))
-        .route("/v1/security", get(api::security::security))
         .route(
             "/v1/mcp/tools",
             get(api::mcp_tools::list).post(api::mcp_tools::list),

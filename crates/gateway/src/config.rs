@@ -11,6 +11,11 @@ use crate::sandbox::{Limits, SecurityLevel};
 use crate::telemetry::logging::LogFormat;
 use crate::tenant::identity::IdentityMode;
 
+/// A setting that is a secret: kept out of `Debug` output and zeroed on drop.
+fn secret(text: &str) -> Result<secrecy::SecretString, std::convert::Infallible> {
+    Ok(secrecy::SecretString::from(text.to_owned()))
+}
+
 #[derive(Debug, Parser)]
 #[command(
     name = "claude-gateway",
@@ -273,8 +278,10 @@ pub struct Config {
     #[arg(long, env = "CLAUDE_GATEWAY_UPSTREAM_MAX_RETRIES", default_value_t = 2)]
     pub upstream_max_retries: u32,
 
-    /// Longest CLI output line accepted (a tool result can make a line of several MB).
-    #[arg(long, env = "CLAUDE_GATEWAY_MAX_CLI_LINE_BYTES", default_value_t = 256 * 1024 * 1024)]
+    /// Longest CLI output line accepted, in bytes. The CLI's output is untrusted (a tool in the
+    /// sandbox may write to it), so this bounds what one line can make the gateway hold; the
+    /// CLI's own lines stay far below it (tool output is cut at ~30k characters).
+    #[arg(long, env = "CLAUDE_GATEWAY_MAX_CLI_LINE_BYTES", default_value_t = 8 * 1024 * 1024)]
     pub max_cli_line_bytes: usize,
 
     /// Largest request body accepted (images and documents arrive base64-encoded).
@@ -291,6 +298,11 @@ pub struct Config {
     /// finish before they are ended, in seconds. Cloud Run allows 10 s in all.
     #[arg(long, env = "CLAUDE_GATEWAY_SHUTDOWN_GRACE_SECS", default_value_t = 8)]
     pub shutdown_grace_secs: u64,
+
+    /// An operator token that `/metrics` and `/v1/security` then require, as
+    /// `Authorization: Bearer <token>` or `X-Admin-Token: <token>`. Unset: both are open.
+    #[arg(long, env = "CLAUDE_GATEWAY_ADMIN_TOKEN", hide_env_values = true, value_parser = secret)]
+    pub admin_token: Option<secrecy::SecretString>,
 
     /// Origins allowed to call the API from a browser (comma-separated; `*` for any). Empty:
     /// CORS off.

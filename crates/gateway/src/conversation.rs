@@ -121,6 +121,11 @@ pub async fn start(state: &Arc<AppState>, req: TurnRequest) -> Result<StartedTur
         None => None,
     };
     let reused = live.is_some();
+    // The CLI session this turn continues or starts; a live process continues its own.
+    let assigned = match &existing {
+        Some(meta) => meta.cli_session_id,
+        None => key,
+    };
     let process = match live {
         Some(mut process) => {
             process.set_deadline(tokio::time::Instant::now() + state.runner.run_timeout);
@@ -132,7 +137,7 @@ pub async fn start(state: &Arc<AppState>, req: TurnRequest) -> Result<StartedTur
             let offered =
                 crate::mcp::connect_all(&mcp, &state.mcp_connector, &state.mcp_bridge).await?;
             let session_arg = match &existing {
-                Some(meta) => SessionArg::Resume(meta.cli_session_id),
+                Some(_) => SessionArg::Resume(assigned),
                 None => seed_session(state, &req, key, &cli_cwd, version)?,
             };
             let spec = RunSpec {
@@ -174,11 +179,15 @@ pub async fn start(state: &Arc<AppState>, req: TurnRequest) -> Result<StartedTur
             result.total_cost_usd,
         );
         let now = now_secs();
-        let cli_session_id = result
-            .session_id
-            .as_deref()
-            .and_then(|s| uuid::Uuid::parse_str(s).ok())
-            .unwrap_or(key);
+        // The CLI's output is untrusted (a tool in the sandbox may be able to write to it):
+        // the session keeps the id the gateway assigned, whatever a result line claims.
+        if result.session_id.as_deref() != Some(assigned.to_string().as_str()) {
+            tracing::warn!(
+                tenant = tenant.fingerprint(),
+                "the CLI reported another session id than the one assigned; keeping the assigned one"
+            );
+        }
+        let cli_session_id = assigned;
         let meta = match existing {
             Some(meta) => SessionMeta {
                 cli_session_id,

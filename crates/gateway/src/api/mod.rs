@@ -86,7 +86,8 @@ pub async fn limit_client_ip(
 ) -> axum::response::Response {
     use axum::response::IntoResponse;
     let path = request.uri().path();
-    let exempt = matches!(path, "/health" | "/ready" | "/metrics");
+    // Platform probes only; `/metrics` counts like every other route.
+    let exempt = matches!(path, "/health" | "/ready");
     let peer = request
         .extensions()
         .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
@@ -105,6 +106,37 @@ pub async fn limit_client_ip(
             } else {
                 refusal.into_response()
             };
+        }
+    }
+    next.run(request).await
+}
+
+/// Guards the operator's routes (`/metrics`, `/v1/security`) with `--admin-token`, when set.
+pub async fn require_admin(
+    axum::extract::State(state): axum::extract::State<crate::app::SharedState>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    if let Some(expected) = &state.config.admin_token {
+        let headers = request.headers();
+        let given = headers
+            .get(axum::http::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .or_else(|| headers.get("x-admin-token").and_then(|v| v.to_str().ok()));
+        // Compared as keyed hashes, so the time taken says nothing about the token.
+        let hash = |t: &str| {
+            state
+                .install_key
+                .keyed_hash("admin-token", t.trim().as_bytes())
+        };
+        if given.map(hash) != Some(hash(secrecy::ExposeSecret::expose_secret(expected))) {
+            return ApiError::Authentication(
+                "this route needs the operator's token: `Authorization: Bearer <admin token>`"
+                    .into(),
+            )
+            .into_response();
         }
     }
     next.run(request).await

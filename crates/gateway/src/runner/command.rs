@@ -80,7 +80,14 @@ pub struct CommandLine {
     pub cwd: PathBuf,
 }
 
-pub fn build(settings: &RunnerSettings, spec: &RunSpec, paths: &RunPaths<'_>) -> CommandLine {
+/// The command line of a run whose CLI authenticates with `credential` (the run's placeholder,
+/// [`crate::sandbox::masking`]; never the tenant's real credential).
+pub fn build(
+    settings: &RunnerSettings,
+    spec: &RunSpec,
+    paths: &RunPaths<'_>,
+    credential: &secrecy::SecretString,
+) -> CommandLine {
     let mut args: Vec<OsString> = [
         "-p",
         "--output-format=stream-json",
@@ -161,7 +168,7 @@ pub fn build(settings: &RunnerSettings, spec: &RunSpec, paths: &RunPaths<'_>) ->
         CredentialKind::OAuthToken => "CLAUDE_CODE_OAUTH_TOKEN",
         CredentialKind::ApiKey => "ANTHROPIC_API_KEY",
     };
-    env.push((secret_var, spec.credential.secret().expose_secret().into()));
+    env.push((secret_var, credential.expose_secret().into()));
 
     CommandLine {
         program: paths.program.to_path_buf(),
@@ -212,7 +219,12 @@ mod tests {
 
     #[test]
     fn request_values_cannot_become_flags() {
-        let cmd = build(&settings(), &spec("sk-ant-oat01-abc"), &paths());
+        let cmd = build(
+            &settings(),
+            &spec("sk-ant-oat01-abc"),
+            &paths(),
+            &secrecy::SecretString::from("sk-ant-oat01-abc"),
+        );
         assert!(cmd
             .args
             .iter()
@@ -229,7 +241,12 @@ mod tests {
 
     #[test]
     fn secrets_and_prompts_stay_out_of_argv() {
-        let cmd = build(&settings(), &spec("sk-ant-oat01-secret-value"), &paths());
+        let cmd = build(
+            &settings(),
+            &spec("sk-ant-oat01-secret-value"),
+            &paths(),
+            &secrecy::SecretString::from("sk-ant-oat01-secret-value"),
+        );
         let argv = format!("{:?}", cmd.args);
         assert!(!argv.contains("secret-value"));
         assert!(!argv.contains("be brief"));
@@ -238,7 +255,12 @@ mod tests {
 
     #[test]
     fn only_the_gateways_settings_and_mcp_servers_are_loaded() {
-        let cmd = build(&settings(), &spec("sk-ant-oat01-a"), &paths());
+        let cmd = build(
+            &settings(),
+            &spec("sk-ant-oat01-a"),
+            &paths(),
+            &secrecy::SecretString::from("sk-ant-oat01-a"),
+        );
         for flag in [
             "--settings=/run/x/settings.json",
             "--setting-sources=user",
@@ -250,13 +272,23 @@ mod tests {
 
     #[test]
     fn oauth_tokens_and_api_keys_use_their_own_variables() {
-        let oauth = build(&settings(), &spec("sk-ant-oat01-a"), &paths());
+        let oauth = build(
+            &settings(),
+            &spec("sk-ant-oat01-a"),
+            &paths(),
+            &secrecy::SecretString::from("sk-ant-oat01-a"),
+        );
         assert!(oauth
             .env
             .iter()
             .any(|(k, _)| *k == "CLAUDE_CODE_OAUTH_TOKEN"));
         assert!(!oauth.env.iter().any(|(k, _)| *k == "ANTHROPIC_API_KEY"));
-        let key = build(&settings(), &spec("sk-ant-api03-a"), &paths());
+        let key = build(
+            &settings(),
+            &spec("sk-ant-api03-a"),
+            &paths(),
+            &secrecy::SecretString::from("sk-ant-api03-a"),
+        );
         assert!(key.env.iter().any(|(k, _)| *k == "ANTHROPIC_API_KEY"));
         assert!(!key.env.iter().any(|(k, _)| *k == "CLAUDE_CODE_OAUTH_TOKEN"));
     }

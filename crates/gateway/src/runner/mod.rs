@@ -44,6 +44,8 @@ pub struct Runner {
     pub max_line_bytes: usize,
     /// `None` only when the operator explicitly ran without a sandbox.
     pub sandbox: Option<Bwrap>,
+    /// What runs get instead of their tenant's credential.
+    pub placeholders: std::sync::Arc<crate::sandbox::masking::Placeholders>,
 }
 
 impl Runner {
@@ -115,6 +117,8 @@ impl Runner {
     /// Starts the CLI for `spec`; the returned process waits for user turns on stdin.
     pub async fn start(&self, spec: &RunSpec) -> Result<CliProcess, RunError> {
         let dir = RunDir::create(&self.runs_dir).map_err(RunError::RunDir)?;
+        // The CLI never holds the real credential: the upstream proxy swaps it in.
+        let lease = self.placeholders.issue(&spec.credential);
         let system_file = match &spec.system_prompt {
             Some((text, _)) => Some(
                 dir.write_file("system-prompt.txt", text.as_bytes())
@@ -158,7 +162,7 @@ impl Runner {
                     mcp_config_file: mcp_file.as_ref().map(|_| Path::new(bwrap::MCP_CONFIG)),
                     settings_file: Some(Path::new(bwrap::SETTINGS)),
                 };
-                let inner = command::build(&self.settings, spec, &paths);
+                let inner = command::build(&self.settings, spec, &paths, lease.placeholder());
                 sandbox.wrap(
                     inner,
                     &Mounts {
@@ -188,10 +192,12 @@ impl Runner {
                     mcp_config_file: mcp_file.as_deref(),
                     settings_file: Some(&settings_file),
                 };
-                command::build(&self.settings, spec, &paths)
+                command::build(&self.settings, spec, &paths, lease.placeholder())
             }
         };
         let deadline = tokio::time::Instant::now() + self.run_timeout;
-        CliProcess::spawn(cmd, dir, deadline, self.max_line_bytes).await
+        let mut process = CliProcess::spawn(cmd, dir, deadline, self.max_line_bytes).await?;
+        process.hold(Box::new(lease));
+        Ok(process)
     }
 }

@@ -107,6 +107,15 @@ impl Bwrap {
             .find(|p| p.is_file())
             .ok_or(SandboxError::NoBwrap)?;
         let real = std::fs::canonicalize(cli).unwrap_or_else(|_| cli.to_path_buf());
+        let copies = etc_dir.with_file_name("sandbox-cli");
+        let real = match execute_only_copy(&real, &copies) {
+            Ok(Some(copy)) => copy,
+            Ok(None) => real,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot install an execute-only copy of the CLI; tools in a run may read the CLI's descriptors");
+                real
+            }
+        };
         let (Some(cli_dir), Some(cli_name)) = (real.parent(), real.file_name()) else {
             return Err(SandboxError::CliPath(real));
         };
@@ -311,6 +320,62 @@ impl Bwrap {
             ))
         }
     }
+}
+
+/// A copy of a native CLI binary that its own user may execute but not read (mode 0111), in
+/// `dir`; `None` when the CLI is already unreadable to the gateway or is a script (which its
+/// interpreter must read).
+///
+/// The kernel makes a process that executes a file it cannot read non-dumpable: no other
+/// process of the same uid may open its `/proc/<pid>/fd/*`, read its memory or environment, or
+/// trace it. Inside the sandbox the gateway's uid is the run's uid, so the tools the CLI runs
+/// (Bash, MCP servers) cannot write forged lines into the CLI's stdout through
+/// `/proc/<cli>/fd/1`, nor read its memory.
+pub fn execute_only_copy(cli: &Path, dir: &Path) -> std::io::Result<Option<PathBuf>> {
+    use std::io::Read;
+    use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
+    if nix::unistd::access(cli, nix::unistd::AccessFlags::R_OK).is_err() {
+        return Ok(None);
+    }
+    let mut magic = [0u8; 4];
+    std::fs::File::open(cli)?.read_exact(&mut magic)?;
+    if magic != *b"\x7fELF" {
+        return Ok(None);
+    }
+    let Some(name) = cli.file_name() else {
+        return Ok(None);
+    };
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)?;
+    let copy = dir.join(name);
+    let source = std::fs::metadata(cli)?;
+    if let Ok(existing) = std::fs::metadata(&copy) {
+        if existing.len() == source.len()
+            && existing.mtime() >= source.mtime()
+            && existing.permissions().mode() & 0o777 == 0o111
+        {
+            return Ok(Some(copy));
+        }
+    }
+    let tmp = dir.join(format!(".{}.tmp", uuid::Uuid::new_v4()));
+    let result = (|| {
+        let mut from = std::fs::File::open(cli)?;
+        let mut to = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o700)
+            .open(&tmp)?;
+        std::io::copy(&mut from, &mut to)?;
+        to.set_permissions(std::fs::Permissions::from_mode(0o111))?;
+        to.sync_all()?;
+        std::fs::rename(&tmp, &copy)
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result.map(|()| Some(copy))
 }
 
 #[cfg(test)]

@@ -4,6 +4,7 @@
 pub mod bwrap;
 pub mod level;
 pub mod limits;
+pub mod masking;
 pub mod net;
 pub mod relay;
 

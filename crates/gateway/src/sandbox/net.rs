@@ -20,8 +20,12 @@ use axum::extract::{Request, State};
 use axum::http::{HeaderName, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 
+use secrecy::ExposeSecret;
+
+use super::masking::Placeholders;
 use super::relay::Forward;
 use crate::mcp::{remote, ssrf};
+use crate::tenant::credential::CredentialKind;
 
 /// Where the sockets appear inside the sandbox.
 pub const INSIDE_DIR: &str = "/run/gateway/net";
@@ -95,22 +99,13 @@ fn bind_unix(path: &Path) -> std::io::Result<tokio::net::UnixListener> {
 /// Starts the upstream and egress services (and the bridge's socket) under `dir`.
 pub async fn start(
     dir: &Path,
-    base_url: &str,
+    upstream: &UpstreamProxy,
     bridge: &crate::mcp::bridge::Bridge,
 ) -> std::io::Result<IsolatedNet> {
     std::os::unix::fs::DirBuilderExt::mode(std::fs::DirBuilder::new().recursive(true), 0o700)
         .create(dir)?;
-    let upstream = Arc::new(Upstream {
-        base: base_url.trim_end_matches('/').to_owned(),
-        client: crate::tls::client_builder()
-            .redirect(reqwest::redirect::Policy::none())
-            .build()
-            .map_err(std::io::Error::other)?,
-    });
     let listener = bind_unix(&dir.join(UPSTREAM))?;
-    let app = axum::Router::new()
-        .fallback(forward_upstream)
-        .with_state(upstream);
+    let app = upstream.router();
     tokio::spawn(async move {
         let _ = axum::serve(listener, app).await;
     });
@@ -126,9 +121,60 @@ pub async fn start(
     })
 }
 
+/// The CLI's only way to the model: a reverse proxy to `ANTHROPIC_BASE_URL` that swaps the
+/// tenant's real credential in for the run's placeholder ([`super::masking`]).
+#[derive(Clone)]
+pub struct UpstreamProxy {
+    inner: Arc<Upstream>,
+}
+
 struct Upstream {
     base: String,
     client: reqwest::Client,
+    placeholders: Arc<Placeholders>,
+}
+
+impl UpstreamProxy {
+    pub fn new(base_url: &str, placeholders: Arc<Placeholders>) -> std::io::Result<Self> {
+        Ok(Self {
+            inner: Arc::new(Upstream {
+                base: base_url.trim_end_matches('/').to_owned(),
+                client: crate::tls::client_builder()
+                    .redirect(reqwest::redirect::Policy::none())
+                    .build()
+                    .map_err(std::io::Error::other)?,
+                placeholders,
+            }),
+        })
+    }
+
+    fn router(&self) -> axum::Router {
+        axum::Router::new()
+            .fallback(forward_upstream)
+            .with_state(self.inner.clone())
+    }
+
+    /// Serves the proxy on a loopback port, for runs that share the host's network (or have
+    /// no sandbox): their `ANTHROPIC_BASE_URL`.
+    pub async fn serve_loopback(&self) -> std::io::Result<SocketAddr> {
+        let listener = tokio::net::TcpListener::bind((std::net::Ipv4Addr::LOCALHOST, 0)).await?;
+        let addr = listener.local_addr()?;
+        let app = self.router();
+        tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        Ok(addr)
+    }
+}
+
+/// The credential a request to the proxy presents: `Authorization: Bearer …` or `x-api-key`.
+fn presented(headers: &axum::http::HeaderMap) -> Option<&str> {
+    headers
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .or_else(|| headers.get("x-api-key").and_then(|v| v.to_str().ok()))
+        .map(str::trim)
 }
 
 fn hop_by_hop(name: &HeaderName) -> bool {
@@ -155,14 +201,38 @@ async fn forward_upstream(State(up): State<Arc<Upstream>>, request: Request) -> 
         .map_or("/", |p| p.as_str())
         .to_owned();
     let (parts, body) = request.into_parts();
+    // The run holds a placeholder; only the gateway knows what it stands for. A credential
+    // the gateway did not issue (or whose run has ended) goes no further.
+    let credential = match presented(&parts.headers) {
+        None => None,
+        Some(placeholder) => match up.placeholders.resolve(placeholder) {
+            Some(credential) => Some(credential),
+            None => {
+                return (
+                    StatusCode::UNAUTHORIZED,
+                    axum::Json(serde_json::json!({"type": "error", "error": {
+                        "type": "authentication_error",
+                        "message": "this credential was not issued for a running request"}})),
+                )
+                    .into_response()
+            }
+        },
+    };
     let mut outgoing = up
         .client
         .request(parts.method, format!("{}{path}", up.base))
         .body(reqwest::Body::wrap_stream(body.into_data_stream()));
     for (name, value) in &parts.headers {
-        if !hop_by_hop(name) {
+        if !hop_by_hop(name) && name != axum::http::header::AUTHORIZATION && name != "x-api-key" {
             outgoing = outgoing.header(name, value);
         }
+    }
+    if let Some(credential) = credential {
+        let secret = credential.secret().expose_secret();
+        outgoing = match credential.kind() {
+            CredentialKind::OAuthToken => outgoing.bearer_auth(secret),
+            CredentialKind::ApiKey => outgoing.header("x-api-key", secret),
+        };
     }
     match outgoing.send().await {
         Ok(res) => {
