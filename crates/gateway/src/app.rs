@@ -253,9 +253,17 @@ async fn prepare_sandbox(
             .map(|d| std::fs::canonicalize(d).unwrap_or_else(|_| d.clone()));
         if config.sandbox_network == crate::config::SandboxNetwork::Isolated {
             sandbox.network = Some(
-                crate::sandbox::net::start(&config.data_dir.join("net"), upstream, bridge)
-                    .await
-                    .map_err(SandboxError::Network)?,
+                crate::sandbox::net::start(
+                    &config.data_dir.join("net"),
+                    upstream,
+                    crate::sandbox::net::Egress {
+                        ports: config.sandbox_egress_ports.clone(),
+                        connect_timeout: std::time::Duration::from_secs(10),
+                    },
+                    bridge,
+                )
+                .await
+                .map_err(SandboxError::Network)?,
             );
         }
         sandbox.probe().await?;

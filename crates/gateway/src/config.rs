@@ -130,6 +130,17 @@ pub struct Config {
     )]
     pub sandbox_network: SandboxNetwork,
 
+    /// The ports a sandbox's tools may reach through the egress (CONNECT) proxy,
+    /// comma-separated. Only HTTPS by default: no SMTP or other services from the gateway's
+    /// address.
+    #[arg(
+        long,
+        env = "CLAUDE_GATEWAY_SANDBOX_EGRESS_PORTS",
+        value_delimiter = ',',
+        default_value = "443"
+    )]
+    pub sandbox_egress_ports: Vec<u16>,
+
     /// Processes (and threads) per run's sandbox.
     #[arg(long, env = "CLAUDE_GATEWAY_SANDBOX_MAX_PROCESSES", default_value_t = Limits::default().max_processes)]
     pub sandbox_max_processes: u64,

@@ -100,6 +100,7 @@ fn bind_unix(path: &Path) -> std::io::Result<tokio::net::UnixListener> {
 pub async fn start(
     dir: &Path,
     upstream: &UpstreamProxy,
+    egress: Egress,
     bridge: &crate::mcp::bridge::Bridge,
 ) -> std::io::Result<IsolatedNet> {
     std::os::unix::fs::DirBuilderExt::mode(std::fs::DirBuilder::new().recursive(true), 0o700)
@@ -110,7 +111,9 @@ pub async fn start(
         let _ = axum::serve(listener, app).await;
     });
     let listener = bind_unix(&dir.join(EGRESS))?;
-    let app = axum::Router::new().fallback(tunnel);
+    let app = axum::Router::new()
+        .fallback(tunnel)
+        .with_state(Arc::new(egress));
     tokio::spawn(async move {
         let _ = axum::serve(listener, app).await;
     });
@@ -258,8 +261,25 @@ async fn forward_upstream(State(up): State<Arc<Upstream>>, request: Request) -> 
     }
 }
 
-/// Where a tunnel may go: the addresses of `host:port` if every one passes the policy.
-pub async fn tunnel_target(host: &str, port: u16) -> Result<Vec<SocketAddr>, String> {
+/// What the egress proxy lets a sandbox's tools reach.
+#[derive(Debug, Clone)]
+pub struct Egress {
+    /// The only ports a tunnel may go to.
+    pub ports: Vec<u16>,
+    /// Longest a tunnel's connection to its target may take to open.
+    pub connect_timeout: std::time::Duration,
+}
+
+/// Where a tunnel may go: the addresses of `host:port` if the port is allowed and every
+/// address passes the policy.
+pub async fn tunnel_target(
+    egress: &Egress,
+    host: &str,
+    port: u16,
+) -> Result<Vec<SocketAddr>, String> {
+    if !egress.ports.contains(&port) {
+        return Err(format!("port {port} is not open to sandboxes"));
+    }
     let host = host.trim_start_matches('[').trim_end_matches(']');
     let url = if host.contains(':') {
         format!("https://[{host}]:{port}/")
@@ -279,8 +299,15 @@ pub async fn tunnel_target(host: &str, port: u16) -> Result<Vec<SocketAddr>, Str
     }
 }
 
+/// Counts and logs a refused tunnel: what a sandbox tried is worth an operator's attention.
+fn refuse_tunnel(reason: String) -> Response {
+    tracing::warn!(%reason, "egress refused");
+    ::metrics::counter!("gateway_egress_refusals_total").increment(1);
+    (StatusCode::FORBIDDEN, format!("refused: {reason}\n")).into_response()
+}
+
 /// `CONNECT host:port`: judged, connected, then spliced.
-async fn tunnel(request: Request) -> Response {
+async fn tunnel(State(egress): State<Arc<Egress>>, request: Request) -> Response {
     if request.method() != Method::CONNECT {
         return (
             StatusCode::METHOD_NOT_ALLOWED,
@@ -295,15 +322,21 @@ async fn tunnel(request: Request) -> Response {
     else {
         return (StatusCode::BAD_REQUEST, "CONNECT needs host:port\n").into_response();
     };
-    let addrs = match tunnel_target(&host, port).await {
+    let addrs = match tunnel_target(&egress, &host, port).await {
         Ok(addrs) => addrs,
-        Err(reason) => {
-            return (StatusCode::FORBIDDEN, format!("refused: {reason}\n")).into_response()
-        }
+        Err(reason) => return refuse_tunnel(reason),
     };
-    let mut target = match tokio::net::TcpStream::connect(&addrs[..]).await {
-        Ok(stream) => stream,
-        Err(e) => return (StatusCode::BAD_GATEWAY, format!("{e}\n")).into_response(),
+    let connect = tokio::net::TcpStream::connect(&addrs[..]);
+    let mut target = match tokio::time::timeout(egress.connect_timeout, connect).await {
+        Ok(Ok(stream)) => stream,
+        Ok(Err(e)) => return (StatusCode::BAD_GATEWAY, format!("{e}\n")).into_response(),
+        Err(_) => {
+            return (
+                StatusCode::GATEWAY_TIMEOUT,
+                "the target did not answer in time\n",
+            )
+                .into_response()
+        }
     };
     let upgrade = hyper::upgrade::on(request);
     tokio::spawn(async move {
@@ -319,10 +352,28 @@ async fn tunnel(request: Request) -> Response {
 mod tests {
     use super::*;
 
+    fn egress() -> Egress {
+        Egress {
+            ports: vec![443],
+            connect_timeout: std::time::Duration::from_secs(1),
+        }
+    }
+
+    #[tokio::test]
+    async fn tunnels_go_only_to_allowed_ports() {
+        // Judged before any look-up or connection: nothing leaves this machine.
+        for port in [25, 22, 80, 6379] {
+            let refused = tunnel_target(&egress(), "93.184.216.34", port).await;
+            assert!(refused.is_err_and(|r| r.contains("not open")), "{port}");
+        }
+    }
+
     #[tokio::test]
     async fn tunnels_go_only_to_public_addresses() {
-        assert!(tunnel_target("93.184.216.34", 443).await.is_ok());
-        assert!(tunnel_target("[2606:2800:220:1::1]", 443).await.is_ok());
+        assert!(tunnel_target(&egress(), "93.184.216.34", 443).await.is_ok());
+        assert!(tunnel_target(&egress(), "[2606:2800:220:1::1]", 443)
+            .await
+            .is_ok());
         for refused in [
             "127.0.0.1",
             "2130706433",
@@ -336,7 +387,10 @@ mod tests {
             "192.168.1.1",
             "[fd00::1]",
         ] {
-            assert!(tunnel_target(refused, 443).await.is_err(), "{refused}");
+            assert!(
+                tunnel_target(&egress(), refused, 443).await.is_err(),
+                "{refused}"
+            );
         }
     }
 

@@ -139,9 +139,16 @@ impl SessionStore {
         cli_session: Uuid,
         transcript: &[u8],
     ) -> Result<(), SessionError> {
-        self.projects(tenant)?
-            .write_new(&Self::transcript_name(cwd, cli_session), transcript)
-            .map_err(storage)
+        let projects = self.projects(tenant)?;
+        let name = Self::transcript_name(cwd, cli_session);
+        // A run may have left a link or a file where the project directory belongs; it is
+        // removed (the link, never its target) so the transcript lands in a real directory.
+        if let Some(dir) = name.parent() {
+            if projects.exists(dir) && !projects.is_dir(dir) {
+                projects.remove(dir).map_err(storage)?;
+            }
+        }
+        projects.write_new(&name, transcript).map_err(storage)
     }
 
     /// Removes a transcript a failed first turn may have left (`--session-id` would refuse it).

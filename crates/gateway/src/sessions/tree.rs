@@ -50,6 +50,13 @@ impl UntrustedTree {
             .is_ok_and(|m| m.file_type().is_file())
     }
 
+    /// Whether `rel` is a real directory (not a link to one).
+    pub fn is_dir(&self, rel: &Path) -> bool {
+        self.root
+            .symlink_metadata(rel)
+            .is_ok_and(|m| m.file_type().is_dir())
+    }
+
     /// Whether anything (a link included) is at `rel`.
     pub fn exists(&self, rel: &Path) -> bool {
         self.root.symlink_metadata(rel).is_ok()
