@@ -517,15 +517,17 @@ impl Config {
                 reason,
             ));
         }
-        self.claude_bin = match self.claude_bin.take() {
-            Some(bin) => Some(resolve_program(cwd, &bin).map_err(|reason| {
-                setting("--claude-bin", "CLAUDE_GATEWAY_CLAUDE_BIN", &bin, reason)
+        // On an error each setting keeps what was given, so `check` goes on to report on it
+        // rather than on some default.
+        self.claude_bin = match &self.claude_bin {
+            Some(bin) => Some(resolve_program(cwd, bin).map_err(|reason| {
+                setting("--claude-bin", "CLAUDE_GATEWAY_CLAUDE_BIN", bin, reason)
             })?),
             // Not found is not an error here: /ready and `check` say why the CLI is missing.
             None => crate::runner::locate::find_claude(None).map(|p| absolute(cwd, &p)),
         };
-        if let Some(dir) = self.mcp_dir.take() {
-            let abs = absolute(cwd, &dir);
+        if let Some(dir) = &self.mcp_dir {
+            let abs = absolute(cwd, dir);
             let problem = match std::fs::metadata(&abs) {
                 Err(e) => Some(e.to_string()),
                 Ok(meta) if !meta.is_dir() => Some("is not a directory".into()),
@@ -539,8 +541,8 @@ impl Config {
             }
             self.mcp_dir = Some(abs);
         }
-        if let Some(file) = self.mcp_presets_file.take() {
-            let abs = absolute(cwd, &file);
+        if let Some(file) = &self.mcp_presets_file {
+            let abs = absolute(cwd, file);
             let problem = match std::fs::metadata(&abs) {
                 Err(e) => Some(e.to_string()),
                 Ok(meta) if !meta.is_file() => Some("is not a file".into()),
@@ -665,6 +667,14 @@ mod tests {
         );
         let e = refusal(&["--claude-bin", "no-such-claude-anywhere"], cwd.path());
         assert!(e.contains("--claude-bin") && e.contains("PATH"), "{e}");
+    }
+
+    #[test]
+    fn a_refused_setting_keeps_what_was_given() {
+        let cwd = tempfile::tempdir().expect("tempdir");
+        let mut c = Config::from_args(["--claude-bin", "nowhere/claude"]).expect("parses");
+        assert!(c.resolve_paths_from(cwd.path()).is_err());
+        assert_eq!(c.claude_bin, Some(PathBuf::from("nowhere/claude")));
     }
 
     #[test]
