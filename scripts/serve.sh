@@ -36,7 +36,7 @@ announce() {
           echo "Ready: $url (upstream: demo, the built-in fake at $upstream; any sk-ant-oat01-… token works)"
           auth="-H 'authorization: Bearer sk-ant-oat01-demo'"
         else
-          echo "Ready: $url (upstream: $upstream; each request brings its own credential)"
+          echo "Ready: $url (upstream: real, $upstream; each request brings its own credential)"
           auth="-H \"x-api-key: \$ANTHROPIC_API_KEY\""
         fi
         echo "Try it from another shell:"

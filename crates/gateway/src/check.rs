@@ -281,7 +281,9 @@ async fn sandbox_probe(config: &Config, cli: Option<&Path>) -> Check {
         );
     }
     let outcome = async {
-        let bridge = crate::mcp::bridge::Bridge::start(config.mcp_bridge_listen)
+        // Port 0: a gateway already serving may hold the configured port.
+        let listen = std::net::SocketAddr::new(config.mcp_bridge_listen.ip(), 0);
+        let bridge = crate::mcp::bridge::Bridge::start(listen)
             .await
             .map_err(crate::sandbox::SandboxError::Network)?;
         crate::app::build_sandbox(

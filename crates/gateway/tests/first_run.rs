@@ -230,6 +230,23 @@ async fn the_readmes_first_command_serves_its_curl_and_python_examples_from_a_fr
         "{message}"
     );
 
+    // The request serve.sh printed works as pasted.
+    let pasted: String = printed
+        .lines()
+        .skip_while(|l| !l.trim_start().starts_with("curl "))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    let answered = clean(
+        tokio::process::Command::new("bash")
+            .arg("-c")
+            .arg(format!("{} -w '\\n%{{http_code}}'", pasted.trim())),
+    )
+    .output()
+    .await
+    .expect("curl runs");
+    let answered = String::from_utf8_lossy(&answered.stdout).into_owned();
+    assert!(answered.ends_with("\n200"), "{pasted}\n{answered}");
+
     // The README's Python SDK example, with its port and a demo token.
     let python = steps
         .python
