@@ -53,6 +53,16 @@ pub type SharedState = Arc<AppState>;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartupError {
+    /// A path setting that cannot be used; names the flag and its variable.
+    #[error("{flag} ({env}) {}: {reason}", path.display())]
+    Setting {
+        flag: &'static str,
+        env: &'static str,
+        path: PathBuf,
+        reason: String,
+    },
+    #[error("cannot read the working directory: {0}")]
+    WorkingDir(std::io::Error),
     #[error("cannot prepare the data directory {0}: {1}")]
     DataDir(PathBuf, std::io::Error),
     #[error("cannot bind {0}: {1}")]
@@ -99,11 +109,7 @@ impl AppState {
                 .map_err(|e| StartupError::DataDir(data_dir.clone(), e))?,
         );
 
-        let bin = locate::find_claude(config.claude_bin.as_deref());
-        let version = match &bin {
-            Some(bin) => locate::version(bin).await,
-            None => Err("the Claude Code CLI was not found: run `npm ci` in the project root, pass --claude-bin, or put `claude` on PATH".into()),
-        };
+        let ClaudeInfo { bin, version } = claude_info(config.claude_bin.as_deref()).await;
         match &version {
             Ok(v) => tracing::info!(claude_version = %v, "found the Claude Code CLI"),
             Err(reason) => tracing::error!(%reason, "the Claude Code CLI is not usable"),
@@ -234,6 +240,16 @@ impl AppState {
     }
 }
 
+/// Finds the CLI (`explicit`, else the usual places) and asks its version.
+pub async fn claude_info(explicit: Option<&Path>) -> ClaudeInfo {
+    let bin = locate::find_claude(explicit);
+    let version = match &bin {
+        Some(bin) => locate::version(bin).await,
+        None => Err("the Claude Code CLI was not found: run `npm ci` in the project root, pass --claude-bin, or put `claude` on PATH".into()),
+    };
+    ClaudeInfo { bin, version }
+}
+
 /// Sets up and probes the sandbox; without one the gateway refuses to start unless the operator
 /// explicitly accepted running unsandboxed.
 async fn prepare_sandbox(
@@ -243,32 +259,14 @@ async fn prepare_sandbox(
     bridge: &crate::mcp::bridge::Bridge,
     upstream: &crate::sandbox::net::UpstreamProxy,
 ) -> Result<(Option<Bwrap>, Option<String>), StartupError> {
-    let probed = async {
-        let cli = cli.unwrap_or(Path::new("claude"));
-        let relay = std::env::current_exe().map_err(SandboxError::Network)?;
-        let mut sandbox = Bwrap::new(cli, relay, etc_dir.to_path_buf(), config.sandbox_limits())?;
-        sandbox.mcp_dir = config
-            .mcp_dir
-            .as_ref()
-            .map(|d| std::fs::canonicalize(d).unwrap_or_else(|_| d.clone()));
-        if config.sandbox_network == crate::config::SandboxNetwork::Isolated {
-            sandbox.network = Some(
-                crate::sandbox::net::start(
-                    &config.data_dir.join("net"),
-                    upstream,
-                    crate::sandbox::net::Egress {
-                        ports: config.sandbox_egress_ports.clone(),
-                        connect_timeout: std::time::Duration::from_secs(10),
-                    },
-                    bridge,
-                )
-                .await
-                .map_err(SandboxError::Network)?,
-            );
-        }
-        sandbox.probe().await?;
-        Ok::<_, SandboxError>(sandbox)
-    }
+    let probed = build_sandbox(
+        config,
+        cli,
+        etc_dir,
+        &config.data_dir.join("net"),
+        bridge,
+        upstream,
+    )
     .await;
     if config.insecure_no_sandbox {
         let reason = match probed {
@@ -281,6 +279,42 @@ async fn prepare_sandbox(
     let sandbox = probed.map_err(StartupError::Sandbox)?;
     tracing::info!(bwrap = %sandbox.bwrap.display(), "every CLI run is sandboxed with bubblewrap");
     Ok((Some(sandbox), None))
+}
+
+/// The sandbox as the configuration asks for it, with its /etc files in `etc_dir` and its
+/// network services' sockets in `net_dir`, probed: bubblewrap ran `true` inside it.
+pub(crate) async fn build_sandbox(
+    config: &Config,
+    cli: Option<&Path>,
+    etc_dir: &Path,
+    net_dir: &Path,
+    bridge: &crate::mcp::bridge::Bridge,
+    upstream: &crate::sandbox::net::UpstreamProxy,
+) -> Result<Bwrap, SandboxError> {
+    let cli = cli.unwrap_or(Path::new("claude"));
+    let relay = std::env::current_exe().map_err(SandboxError::Network)?;
+    let mut sandbox = Bwrap::new(cli, relay, etc_dir.to_path_buf(), config.sandbox_limits())?;
+    sandbox.mcp_dir = config
+        .mcp_dir
+        .as_ref()
+        .map(|d| std::fs::canonicalize(d).unwrap_or_else(|_| d.clone()));
+    if config.sandbox_network == crate::config::SandboxNetwork::Isolated {
+        sandbox.network = Some(
+            crate::sandbox::net::start(
+                net_dir,
+                upstream,
+                crate::sandbox::net::Egress {
+                    ports: config.sandbox_egress_ports.clone(),
+                    connect_timeout: std::time::Duration::from_secs(10),
+                },
+                bridge,
+            )
+            .await
+            .map_err(SandboxError::Network)?,
+        );
+    }
+    sandbox.probe().await?;
+    Ok(sandbox)
 }
 
 /// CORS for browser clients, when the operator names the origins.
@@ -356,8 +390,10 @@ pub fn router(state: SharedState) -> Router {
 
 /// Runs the gateway until SIGTERM or Ctrl-C.
 pub async fn serve(mut config: Config) -> Result<(), StartupError> {
+    // Before anything reads a path: from here on every path in the config is absolute.
+    config.resolve_paths()?;
     // Kept alive for the server's lifetime.
-    let _demo = if config.demo {
+    let demo = if config.demo {
         let fake = fake_anthropic::FakeAnthropic::start(([127, 0, 0, 1], 0).into())
             .await
             .map_err(StartupError::Demo)?;
@@ -377,8 +413,21 @@ pub async fn serve(mut config: Config) -> Result<(), StartupError> {
         .map_err(|e| StartupError::Bind(addr, e))?;
     let local = listener.local_addr().map_err(StartupError::Serve)?;
     tracing::info!(addr = %local, "claude-gateway listening");
-    // Scripts and tests that start the binary read the address from this line.
-    println!("claude-gateway listening on http://{local}");
+    // Scripts and tests that start the binary read the address from the first line, and
+    // scripts/serve.sh the upstream from the second. One write, errors ignored: a reader that
+    // stops reading after the first line must not take the server down (println! would panic).
+    let announce = format!(
+        "claude-gateway listening on http://{local}\nclaude-gateway upstream {} {}\n",
+        if demo.is_some() { "demo" } else { "real" },
+        state.config.anthropic_base_url
+    );
+    {
+        use std::io::Write;
+        let mut out = std::io::stdout().lock();
+        let _ = out
+            .write_all(announce.as_bytes())
+            .and_then(|()| out.flush());
+    }
     let grace = std::time::Duration::from_secs(state.config.shutdown_grace_secs);
     // After the signal no new connection is accepted; running requests get `grace` to finish.
     let drained = crate::serve::serve(

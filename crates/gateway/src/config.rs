@@ -1,11 +1,14 @@
 //! Every setting, once: its flag, its `CLAUDE_GATEWAY_*` variable, its default and its meaning.
 
 use std::net::{Ipv4Addr, SocketAddr};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
+
+use nix::unistd::{access, AccessFlags};
 
 use clap::{Args, Parser, Subcommand};
 
+use crate::app::StartupError;
 use crate::runner::SystemPromptMode;
 use crate::sandbox::{Limits, SecurityLevel};
 use crate::telemetry::logging::LogFormat;
@@ -31,6 +34,9 @@ pub struct Cli {
 pub enum Command {
     /// Serve the HTTP API.
     Serve(Box<Config>),
+    /// Check the configuration, the CLI, the sandbox, the data dir and the upstream (the same
+    /// flags and variables as `serve`); one line per check, exit code 0 when all pass.
+    Check(Box<Config>),
     /// Inside a sandbox: relay loopback ports to the gateway's sockets, then run a command.
     #[command(hide = true)]
     SandboxRelay(RelayArgs),
@@ -434,16 +440,300 @@ impl Config {
             .chain(args.into_iter().map(Into::into));
         match Cli::try_parse_from(args)?.command {
             Command::Serve(config) => Ok(*config),
-            Command::SandboxRelay(_) => {
+            Command::Check(_) | Command::SandboxRelay(_) => {
                 Err(clap::Error::new(clap::error::ErrorKind::InvalidSubcommand))
             }
         }
     }
 }
 
+/// The setting a path came from, as an operator would write it.
+fn setting(
+    flag: &'static str,
+    env: &'static str,
+    path: &Path,
+    reason: impl Into<String>,
+) -> StartupError {
+    StartupError::Setting {
+        flag,
+        env,
+        path: path.to_path_buf(),
+        reason: reason.into(),
+    }
+}
+
+/// `path` against `cwd`, with `.` components dropped. `..` is kept: lexically removing it
+/// would be wrong across symlinks.
+fn absolute(cwd: &Path, path: &Path) -> PathBuf {
+    cwd.join(path).components().collect()
+}
+
+fn usable(path: &Path, flags: AccessFlags) -> bool {
+    access(path, flags).is_ok()
+}
+
+/// Why `dir` cannot serve as the data dir: it must be a writable directory, or not exist yet
+/// under a writable directory (it is then created).
+fn data_dir_problem(dir: &Path) -> Option<String> {
+    match std::fs::metadata(dir) {
+        Ok(meta) if !meta.is_dir() => Some("exists and is not a directory".into()),
+        Ok(_) if !usable(dir, AccessFlags::W_OK | AccessFlags::X_OK) => {
+            Some("is not writable by this user".into())
+        }
+        Ok(_) => None,
+        // NotADirectory: some ancestor is a file, which the search below names.
+        Err(e)
+            if !matches!(
+                e.kind(),
+                std::io::ErrorKind::NotFound | std::io::ErrorKind::NotADirectory
+            ) =>
+        {
+            Some(e.to_string())
+        }
+        Err(_) => {
+            let Some(parent) = dir.ancestors().skip(1).find(|a| a.exists()) else {
+                return Some("has no existing parent directory".into());
+            };
+            if !parent.is_dir() || !usable(parent, AccessFlags::W_OK | AccessFlags::X_OK) {
+                Some(format!(
+                    "does not exist and cannot be created: {} is not a writable directory",
+                    parent.display()
+                ))
+            } else {
+                None
+            }
+        }
+    }
+}
+
+/// The CLI named by `--claude-bin`: a name without a slash is looked up on PATH, as a shell
+/// would; anything else is a path relative to `cwd`.
+fn resolve_program(cwd: &Path, bin: &Path) -> Result<PathBuf, String> {
+    let is_bare_name =
+        bin.components().count() == 1 && !bin.as_os_str().as_encoded_bytes().contains(&b'/');
+    let path = if is_bare_name {
+        let found = std::env::var_os("PATH").and_then(|paths| {
+            std::env::split_paths(&paths)
+                .map(|dir| absolute(cwd, &dir.join(bin)))
+                .find(|p| p.is_file())
+        });
+        found.ok_or_else(|| "was not found on PATH".to_owned())?
+    } else {
+        absolute(cwd, bin)
+    };
+    match std::fs::metadata(&path) {
+        Err(e) => Err(format!("{}: {e}", path.display())),
+        Ok(meta) if !meta.is_file() => Err(format!("{} is not a file", path.display())),
+        Ok(_) if !usable(&path, AccessFlags::X_OK) => {
+            Err(format!("{} is not executable", path.display()))
+        }
+        Ok(_) => Ok(path),
+    }
+}
+
+impl Config {
+    /// Makes every path setting absolute, against the working directory at launch, and checks
+    /// that each is usable. Runs once, first thing: the CLI and bubblewrap run in other working
+    /// directories, where a relative path names something else, so nothing downstream may see
+    /// one; and a bad path is the operator's to fix at start-up, not a tenant's first request
+    /// to discover.
+    pub fn resolve_paths(&mut self) -> Result<(), StartupError> {
+        let cwd = std::env::current_dir().map_err(StartupError::WorkingDir)?;
+        self.resolve_paths_from(&cwd)
+    }
+
+    /// [`Config::resolve_paths`] against a given working directory.
+    pub fn resolve_paths_from(&mut self, cwd: &Path) -> Result<(), StartupError> {
+        self.data_dir = absolute(cwd, &self.data_dir);
+        if let Some(reason) = data_dir_problem(&self.data_dir) {
+            return Err(setting(
+                "--data-dir",
+                "CLAUDE_GATEWAY_DATA_DIR",
+                &self.data_dir,
+                reason,
+            ));
+        }
+        // On an error each setting keeps what was given, so `check` goes on to report on it
+        // rather than on some default.
+        self.claude_bin = match &self.claude_bin {
+            Some(bin) => Some(resolve_program(cwd, bin).map_err(|reason| {
+                setting("--claude-bin", "CLAUDE_GATEWAY_CLAUDE_BIN", bin, reason)
+            })?),
+            // Not found is not an error here: /ready and `check` say why the CLI is missing.
+            None => crate::runner::locate::find_claude(None).map(|p| absolute(cwd, &p)),
+        };
+        if let Some(dir) = &self.mcp_dir {
+            let abs = absolute(cwd, dir);
+            let problem = match std::fs::metadata(&abs) {
+                Err(e) => Some(e.to_string()),
+                Ok(meta) if !meta.is_dir() => Some("is not a directory".into()),
+                Ok(_) if !usable(&abs, AccessFlags::R_OK | AccessFlags::X_OK) => {
+                    Some("is not readable by this user".into())
+                }
+                Ok(_) => None,
+            };
+            if let Some(reason) = problem {
+                return Err(setting("--mcp-dir", "CLAUDE_GATEWAY_MCP_DIR", &abs, reason));
+            }
+            self.mcp_dir = Some(abs);
+        }
+        if let Some(file) = &self.mcp_presets_file {
+            let abs = absolute(cwd, file);
+            let problem = match std::fs::metadata(&abs) {
+                Err(e) => Some(e.to_string()),
+                Ok(meta) if !meta.is_file() => Some("is not a file".into()),
+                Ok(_) if !usable(&abs, AccessFlags::R_OK) => {
+                    Some("is not readable by this user".into())
+                }
+                Ok(_) => None,
+            };
+            if let Some(reason) = problem {
+                return Err(setting(
+                    "--mcp-presets-file",
+                    "CLAUDE_GATEWAY_MCP_PRESETS_FILE",
+                    &abs,
+                    reason,
+                ));
+            }
+            self.mcp_presets_file = Some(abs);
+        }
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    fn in_dir(args: &[&str], cwd: &Path) -> Result<Config, StartupError> {
+        let mut c = Config::from_args(args).expect("parses");
+        c.resolve_paths_from(cwd).map(|()| c)
+    }
+
+    fn executable(path: &Path) {
+        std::fs::write(path, "#!/bin/sh\n").expect("write");
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    }
+
+    #[test]
+    fn relative_paths_become_absolute_against_the_launch_directory() {
+        let cwd = tempfile::tempdir().expect("tempdir");
+        std::fs::create_dir_all(cwd.path().join("mcp")).expect("mkdir");
+        std::fs::create_dir_all(cwd.path().join("bin")).expect("mkdir");
+        executable(&cwd.path().join("bin/claude"));
+        std::fs::write(cwd.path().join("presets.json"), "{}").expect("write");
+        let c = in_dir(
+            &[
+                "--claude-bin",
+                "./bin/claude",
+                "--mcp-dir",
+                "mcp",
+                "--mcp-presets-file",
+                "./presets.json",
+            ],
+            cwd.path(),
+        )
+        .expect("resolves");
+        assert_eq!(c.data_dir, cwd.path().join("data"), "the default ./data");
+        assert_eq!(c.claude_bin, Some(cwd.path().join("bin/claude")));
+        assert_eq!(c.mcp_dir, Some(cwd.path().join("mcp")));
+        assert_eq!(c.mcp_presets_file, Some(cwd.path().join("presets.json")));
+        assert!(
+            !cwd.path().join("data").exists(),
+            "resolving creates nothing"
+        );
+    }
+
+    #[test]
+    fn absolute_paths_stay_as_they_are() {
+        let cwd = tempfile::tempdir().expect("tempdir");
+        let data = tempfile::tempdir().expect("tempdir");
+        let c = in_dir(
+            &["--data-dir", data.path().to_str().expect("utf-8")],
+            cwd.path(),
+        )
+        .expect("resolves");
+        assert_eq!(c.data_dir, data.path());
+    }
+
+    #[test]
+    fn a_data_dir_that_does_not_exist_yet_is_fine_under_a_writable_parent() {
+        let cwd = tempfile::tempdir().expect("tempdir");
+        let c = in_dir(&["--data-dir", "state/gateway/data"], cwd.path()).expect("resolves");
+        assert_eq!(c.data_dir, cwd.path().join("state/gateway/data"));
+    }
+
+    fn refusal(args: &[&str], cwd: &Path) -> String {
+        match in_dir(args, cwd) {
+            Ok(c) => panic!("{args:?} was accepted: {c:?}"),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    #[test]
+    fn an_unusable_data_dir_is_refused_naming_the_flag() {
+        let cwd = tempfile::tempdir().expect("tempdir");
+        std::fs::write(cwd.path().join("file"), "").expect("write");
+        let e = refusal(&["--data-dir", "file"], cwd.path());
+        assert!(
+            e.contains("--data-dir") && e.contains("not a directory"),
+            "{e}"
+        );
+        let e = refusal(&["--data-dir", "file/data"], cwd.path());
+        assert!(
+            e.contains("--data-dir") && e.contains("cannot be created"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn a_missing_or_unusable_cli_is_refused_naming_the_flag() {
+        let cwd = tempfile::tempdir().expect("tempdir");
+        let e = refusal(&["--claude-bin", "nowhere/claude"], cwd.path());
+        assert!(
+            e.contains("--claude-bin") && e.contains("nowhere/claude"),
+            "{e}"
+        );
+        std::fs::write(cwd.path().join("plain"), "").expect("write");
+        let e = refusal(&["--claude-bin", "./plain"], cwd.path());
+        assert!(
+            e.contains("--claude-bin") && e.contains("not executable"),
+            "{e}"
+        );
+        let e = refusal(&["--claude-bin", "no-such-claude-anywhere"], cwd.path());
+        assert!(e.contains("--claude-bin") && e.contains("PATH"), "{e}");
+    }
+
+    #[test]
+    fn a_refused_setting_keeps_what_was_given() {
+        let cwd = tempfile::tempdir().expect("tempdir");
+        let mut c = Config::from_args(["--claude-bin", "nowhere/claude"]).expect("parses");
+        assert!(c.resolve_paths_from(cwd.path()).is_err());
+        assert_eq!(c.claude_bin, Some(PathBuf::from("nowhere/claude")));
+    }
+
+    #[test]
+    fn a_bare_cli_name_is_looked_up_on_path() {
+        let cwd = tempfile::tempdir().expect("tempdir");
+        let c = in_dir(&["--claude-bin", "sh"], cwd.path()).expect("sh is on PATH");
+        let bin = c.claude_bin.expect("resolved");
+        assert!(bin.is_absolute() && bin.ends_with("sh"), "{bin:?}");
+    }
+
+    #[test]
+    fn missing_mcp_paths_are_refused_naming_the_flag() {
+        let cwd = tempfile::tempdir().expect("tempdir");
+        let e = refusal(&["--mcp-dir", "absent"], cwd.path());
+        assert!(e.contains("--mcp-dir"), "{e}");
+        let e = refusal(&["--mcp-presets-file", "absent.json"], cwd.path());
+        assert!(e.contains("--mcp-presets-file"), "{e}");
+        let e = refusal(&["--mcp-presets-file", "."], cwd.path());
+        assert!(
+            e.contains("--mcp-presets-file") && e.contains("not a file"),
+            "{e}"
+        );
+    }
 
     #[test]
     fn defaults_parse_and_lists_split_on_commas() {

@@ -7,6 +7,7 @@
 pub mod admission;
 pub mod api;
 pub mod app;
+pub mod check;
 pub mod clock;
 pub mod config;
 pub mod conversation;

@@ -9,6 +9,17 @@ fn main() -> anyhow::Result<()> {
             claude_gateway::telemetry::logging::init(config.log_format);
             tokio::runtime::Runtime::new()?.block_on(claude_gateway::serve(*config))?;
         }
+        Command::Check(config) => {
+            claude_gateway::telemetry::logging::init(config.log_format);
+            let checks =
+                tokio::runtime::Runtime::new()?.block_on(claude_gateway::check::run(*config));
+            for check in &checks {
+                println!("{check}");
+            }
+            let verdict = claude_gateway::check::verdict(&checks);
+            println!("{}", verdict.line);
+            std::process::exit(verdict.exit_code());
+        }
         Command::SandboxRelay(relay) => {
             std::process::exit(claude_gateway::sandbox::relay::run(
                 &relay.forwards,

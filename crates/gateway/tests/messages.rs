@@ -254,17 +254,27 @@ async fn a_dead_token_is_401_even_when_the_cli_would_retry() {
 }
 
 #[tokio::test]
-async fn a_missing_cli_is_reported_by_ready_and_as_502() {
-    let gw = Gateway::builder()
-        .claude_bin("/nonexistent/claude")
-        .start()
-        .await;
+async fn a_cli_that_does_not_answer_its_version_is_reported_by_ready_and_as_502() {
+    // A missing --claude-bin stops the gateway at start-up (tests/first_run.rs); one that is
+    // there but broken is what /ready reports.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let broken = dir.path().join("claude");
+    std::fs::write(&broken, "#!/bin/sh\nexit 1\n").expect("write");
+    std::fs::set_permissions(&broken, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+        .expect("chmod");
+    let gw = Gateway::builder().claude_bin(&broken).start().await;
     let ready = gw.get("/ready").send().await.expect("sent");
     assert_eq!(ready.status(), 503);
     let ready: Value = ready.json().await.expect("json");
-    assert!(ready["reasons"][0]
-        .as_str()
-        .is_some_and(|r| r.contains("/nonexistent/claude")));
+    assert!(
+        ready["reasons"][0]
+            .as_str()
+            .is_some_and(|r| r.contains(broken.to_str().expect("utf-8"))),
+        "{ready}"
+    );
+    assert!(ready["checks"].as_array().is_some_and(|c| c
+        .iter()
+        .any(|c| c["name"] == "cli" && c["status"] == "fail")));
     let (status, err) = error_of(gw.messages(ALICE, body("x")).await).await;
     assert_eq!(status, 502);
     assert_eq!(err["error"]["type"], "api_error");
@@ -309,6 +319,17 @@ async fn ready_health_and_models_answer() {
     assert_eq!(ready.status(), 200);
     let ready: Value = ready.json().await.expect("json");
     assert_eq!(ready["claude_code_version"], "2.1.197");
+    let checks: Vec<(&str, &str)> = ready["checks"]
+        .as_array()
+        .expect("checks")
+        .iter()
+        .filter_map(|c| Some((c["name"].as_str()?, c["status"].as_str()?)))
+        .collect();
+    assert_eq!(
+        checks.iter().map(|c| c.0).collect::<Vec<_>>(),
+        ["cli", "sandbox", "data dir"]
+    );
+    assert!(checks.iter().all(|c| c.1 != "fail"), "{ready}");
     let (_, models) = gw.get_json("/v1/models").await;
     let ids: Vec<&str> = models["data"]
         .as_array()

@@ -7,6 +7,7 @@ use axum::Json;
 use serde_json::json;
 
 use crate::app::SharedState;
+use crate::check;
 
 /// Liveness: the process serves HTTP.
 #[utoipa::path(get, path = "/health", tag = "Operations", security(), responses((status = 200, body = Object)))]
@@ -14,30 +15,44 @@ pub async fn health() -> impl IntoResponse {
     Json(json!({"status": "ok", "version": env!("CARGO_PKG_VERSION")}))
 }
 
-/// Readiness: the CLI is present and answers `--version`.
+/// Readiness: the checks of `claude-gateway check` that need no network: the CLI (its version
+/// from start-up), the sandbox (probed at start-up) and the data dir (permissions and free
+/// space, measured now: a few system calls).
 #[utoipa::path(get, path = "/ready", tag = "Operations", security(),
     responses((status = 200, body = Object), (status = 503, description = "Not ready, with reasons", body = Object)))]
 pub async fn ready(State(state): State<SharedState>) -> impl IntoResponse {
-    match &state.claude.version {
-        Ok(version) => {
-            let mut body = json!({
-                "status": "ready",
-                "version": env!("CARGO_PKG_VERSION"),
-                "claude_code_version": version,
-                "sandbox": if state.runner.sandbox.is_some() { "bubblewrap" } else { "DISABLED" },
-            });
-            if let Some(reason) = &state.sandbox_disabled {
-                body["warning"] = json!(format!(
-                    "INSECURE: CLI runs are not sandboxed ({reason}); only PARANOID is served"
-                ));
-            }
-            (StatusCode::OK, Json(body))
-        }
-        Err(reason) => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            Json(json!({"status": "not_ready", "reasons": [reason]})),
+    let checks = [
+        check::cli(&state.claude),
+        check::sandbox_state(
+            state.runner.sandbox.as_ref(),
+            state.sandbox_disabled.as_deref(),
         ),
+        check::data_dir(&state.config.data_dir),
+    ];
+    if !check::verdict(&checks).passed {
+        let reasons: Vec<&str> = checks
+            .iter()
+            .filter(|c| c.status == check::Status::Fail)
+            .map(|c| c.detail.as_str())
+            .collect();
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({"status": "not_ready", "reasons": reasons, "checks": checks})),
+        );
     }
+    let mut body = json!({
+        "status": "ready",
+        "version": env!("CARGO_PKG_VERSION"),
+        "claude_code_version": state.claude.version.as_deref().unwrap_or_default(),
+        "sandbox": if state.runner.sandbox.is_some() { "bubblewrap" } else { "DISABLED" },
+        "checks": checks,
+    });
+    if let Some(reason) = &state.sandbox_disabled {
+        body["warning"] = json!(format!(
+            "INSECURE: CLI runs are not sandboxed ({reason}); only PARANOID is served"
+        ));
+    }
+    (StatusCode::OK, Json(body))
 }
 
 /// Prometheus metrics (text format).
