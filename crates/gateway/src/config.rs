@@ -147,6 +147,15 @@ pub struct Config {
     )]
     pub sandbox_egress_ports: Vec<u16>,
 
+    /// Size of each run's `/tmp`, in MiB. It lives in memory, so it is bounded apart from the
+    /// processes' own memory.
+    #[arg(long, env = "CLAUDE_GATEWAY_SANDBOX_TMP_MB", default_value_t = Limits::default().tmp_bytes >> 20)]
+    pub sandbox_tmp_mb: u64,
+
+    /// Size of each run's `/dev/shm` (shared memory), in MiB.
+    #[arg(long, env = "CLAUDE_GATEWAY_SANDBOX_SHM_MB", default_value_t = Limits::default().shm_bytes >> 20)]
+    pub sandbox_shm_mb: u64,
+
     /// Processes (and threads) per run's sandbox.
     #[arg(long, env = "CLAUDE_GATEWAY_SANDBOX_MAX_PROCESSES", default_value_t = Limits::default().max_processes)]
     pub sandbox_max_processes: u64,
@@ -410,6 +419,8 @@ impl Config {
             max_memory_bytes: self.sandbox_max_memory_mb << 20,
             max_file_bytes: self.sandbox_max_file_mb << 20,
             max_cpu_secs: self.sandbox_max_cpu_secs,
+            tmp_bytes: self.sandbox_tmp_mb << 20,
+            shm_bytes: self.sandbox_shm_mb << 20,
             ..Limits::default()
         }
     }

@@ -47,6 +47,19 @@ pub async fn security(State(state): State<SharedState>) -> Json<Value> {
             },
             "uid_inside": 1000,
             "limits": b.limits,
+            "syscall_filter": {
+                "enabled": !b.seccomp.is_empty(),
+                "refused": "new namespaces (unshare, setns, clone with namespace flags), mounts, bpf, perf_event_open, key rings, kernel modules, kexec, userfaultfd, io_uring, personality changes, TIOCSTI/TIOCLINUX; clone3 answers ENOSYS",
+            },
+            "nested_user_namespaces": false,
+            "memory_mounts": {"tmp_bytes": b.limits.tmp_bytes, "dev_shm_bytes": b.limits.shm_bytes, "dev": "read-only"},
+            "cgroups": {
+                "enabled": false,
+                "note": "no per-run cgroup: memory is bounded per process (RLIMIT_DATA) and by the sized memory mounts, processes per run by RLIMIT_NPROC",
+            },
+            "credential": "runs hold a per-run placeholder; the gateway's upstream proxy swaps in the real credential, so it never enters the sandbox",
+            "cli_process": "executed from an execute-only copy: not dumpable, so its tools cannot read its memory or descriptors",
+            "egress_ports": state.config.sandbox_egress_ports,
         }),
         (None, reason) => json!({
             "enabled": false,

@@ -117,14 +117,9 @@ async fn local_tools(
     let (line, _dir) = runner
         .mcp_server_command(workspace, &server.command, &server.args, &server.env)
         .map_err(|e| e.to_string())?;
-    let mut command = tokio::process::Command::new(&line.program);
-    command
-        .args(&line.args)
-        .env_clear()
-        .envs(line.env.iter().map(|(k, v)| (k, v)))
-        .current_dir(&line.cwd)
-        .process_group(0)
-        .kill_on_drop(true);
+    let (command, _fds) = line
+        .command()
+        .map_err(|e| format!("cannot start the server: {e}"))?;
     let (transport, _) = TokioChildProcess::builder(command)
         .stderr(Stdio::null())
         .spawn()

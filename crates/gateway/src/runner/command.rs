@@ -78,6 +78,25 @@ pub struct CommandLine {
     /// here (a request's variables reach a sandboxed command only through the relay inside).
     pub env: Vec<(&'static str, OsString)>,
     pub cwd: PathBuf,
+    /// Data the child gets as descriptors 3, 4, … (the sandbox's syscall filter).
+    pub fds: Vec<std::sync::Arc<[u8]>>,
+}
+
+impl CommandLine {
+    /// The command to spawn: this program, argv and environment (nothing inherited), in its
+    /// own process group, killed if dropped; with the descriptors that must live until spawn.
+    pub fn command(&self) -> std::io::Result<(tokio::process::Command, Vec<std::os::fd::OwnedFd>)> {
+        let mut command = tokio::process::Command::new(&self.program);
+        command
+            .args(&self.args)
+            .env_clear()
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
+            .current_dir(&self.cwd)
+            .process_group(0)
+            .kill_on_drop(true);
+        let fds = crate::sandbox::seccomp::attach(&mut command, &self.fds)?;
+        Ok((command, fds))
+    }
 }
 
 /// The command line of a run whose CLI authenticates with `credential` (the run's placeholder,
@@ -175,6 +194,7 @@ pub fn build(
         args,
         env,
         cwd: paths.cwd.to_path_buf(),
+        fds: Vec::new(),
     }
 }
 

@@ -97,6 +97,7 @@ impl Runner {
             args: args.iter().map(Into::into).collect(),
             env: Vec::new(),
             cwd: PathBuf::from(bwrap::WORKSPACE),
+            fds: Vec::new(),
         };
         let mut line = sandbox.wrap(
             inner,

@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 use nix::sys::signal::{killpg, Signal};
 use nix::unistd::Pid;
 use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncWriteExt, BufReader};
-use tokio::process::{Child, ChildStdin, ChildStdout, Command};
+use tokio::process::{Child, ChildStdin, ChildStdout};
 use tokio::time::Instant;
 
 use super::command::CommandLine;
@@ -40,17 +40,11 @@ impl CliProcess {
         deadline: Instant,
         max_line_bytes: usize,
     ) -> Result<Self, RunError> {
-        let mut command = Command::new(&cmd.program);
+        let (mut command, _fds) = cmd.command().map_err(RunError::Spawn)?;
         command
-            .args(&cmd.args)
-            .env_clear()
-            .envs(cmd.env.iter().map(|(k, v)| (k, v)))
-            .current_dir(&cmd.cwd)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .process_group(0)
-            .kill_on_drop(true);
+            .stderr(Stdio::piped());
         let mut attempt = 0;
         let mut child = loop {
             match command.spawn() {

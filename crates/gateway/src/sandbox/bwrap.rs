@@ -63,6 +63,8 @@ pub struct Bwrap {
     pub mcp_dir: Option<PathBuf>,
     /// A network of its own per sandbox, with the gateway's services; `None` shares the host's.
     pub network: Option<IsolatedNet>,
+    /// The syscall filter's programs ([`super::seccomp`]), given to bwrap as descriptors.
+    pub seccomp: Vec<std::sync::Arc<[u8]>>,
 }
 
 /// The host paths a run mounts.
@@ -91,6 +93,8 @@ pub enum SandboxError {
     Probe(String),
     #[error("cannot prepare the sandbox's network services: {0}")]
     Network(std::io::Error),
+    #[error(transparent)]
+    Seccomp(#[from] super::seccomp::SeccompError),
 }
 
 impl Bwrap {
@@ -139,6 +143,10 @@ impl Bwrap {
             limits,
             mcp_dir: None,
             network: None,
+            seccomp: super::seccomp::programs()?
+                .into_iter()
+                .map(Into::into)
+                .collect(),
         })
     }
 
@@ -150,6 +158,9 @@ impl Bwrap {
     fn base_args(&self) -> Vec<OsString> {
         let mut args: Vec<OsString> = [
             "--unshare-all",
+            // Named, so that nested user namespaces can be disabled: no `unshare -r` inside.
+            "--unshare-user",
+            "--disable-userns",
             "--uid",
             "1000",
             "--gid",
@@ -179,12 +190,35 @@ impl Bwrap {
             "/proc",
             "--dev",
             "/dev",
-            "--tmpfs",
-            TMP,
         ]
         .iter()
         .map(OsString::from)
         .collect();
+        // The memory-backed mounts are bounded: unbounded, each could take half the host's
+        // memory. /dev itself is read-only (its devices keep working); /dev/shm and /tmp are
+        // writable, each with its own size.
+        args.extend([
+            "--perms".into(),
+            "1777".into(),
+            "--size".into(),
+            self.limits.shm_bytes.to_string().into(),
+            "--tmpfs".into(),
+            "/dev/shm".into(),
+            "--remount-ro".into(),
+            "/dev".into(),
+            "--perms".into(),
+            "1777".into(),
+            "--size".into(),
+            self.limits.tmp_bytes.to_string().into(),
+            "--tmpfs".into(),
+            TMP.into(),
+        ]);
+        for i in 0..self.seccomp.len() {
+            args.extend([
+                "--add-seccomp-fd".into(),
+                (super::seccomp::FIRST_FD + i as i32).to_string().into(),
+            ]);
+        }
         for path in HOST_ETC {
             args.extend(["--ro-bind-try".into(), (*path).into(), (*path).into()]);
         }
@@ -290,6 +324,7 @@ impl Bwrap {
             args,
             env,
             cwd: mounts.home.to_path_buf(),
+            fds: self.seccomp.clone(),
         }
     }
 
@@ -301,17 +336,14 @@ impl Bwrap {
         args.push(PRLIMIT.into());
         args.extend(self.limits.prlimit_args());
         args.extend(["--".into(), "/usr/bin/true".into()]);
-        let output = tokio::time::timeout(
-            std::time::Duration::from_secs(10),
-            tokio::process::Command::new(&self.bwrap)
-                .args(&args)
-                .env_clear()
-                .kill_on_drop(true)
-                .output(),
-        )
-        .await
-        .map_err(|_| SandboxError::Probe("timed out".into()))?
-        .map_err(|e| SandboxError::Probe(e.to_string()))?;
+        let mut command = tokio::process::Command::new(&self.bwrap);
+        command.args(&args).env_clear().kill_on_drop(true);
+        let _fds = super::seccomp::attach(&mut command, &self.seccomp)
+            .map_err(|e| SandboxError::Probe(e.to_string()))?;
+        let output = tokio::time::timeout(std::time::Duration::from_secs(10), command.output())
+            .await
+            .map_err(|_| SandboxError::Probe("timed out".into()))?
+            .map_err(|e| SandboxError::Probe(e.to_string()))?;
         if output.status.success() {
             Ok(())
         } else {
@@ -405,6 +437,7 @@ mod tests {
             limits: Limits::default(),
             mcp_dir: None,
             network: None,
+            seccomp: Vec::new(),
         }
     }
 
@@ -414,6 +447,7 @@ mod tests {
             args: vec!["-p".into(), "--model=sonnet".into()],
             env: vec![("CLAUDE_CODE_OAUTH_TOKEN", "sk-ant-oat01-secret".into())],
             cwd: WORKSPACE.into(),
+            fds: Vec::new(),
         };
         sandbox().wrap(inner, &run_mounts())
     }
@@ -483,6 +517,7 @@ mod tests {
             args: vec!["-p".into()],
             env: vec![("ANTHROPIC_BASE_URL", "https://api.anthropic.com".into())],
             cwd: WORKSPACE.into(),
+            fds: Vec::new(),
         };
         let cmd = isolated.wrap(inner, &run_mounts());
         let args: Vec<String> = cmd

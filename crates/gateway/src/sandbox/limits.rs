@@ -17,6 +17,10 @@ pub struct Limits {
     /// CPU seconds per process.
     pub max_cpu_secs: u64,
     pub max_open_files: u64,
+    /// Size of the run's `/tmp` (memory), in bytes.
+    pub tmp_bytes: u64,
+    /// Size of the run's `/dev/shm` (memory), in bytes.
+    pub shm_bytes: u64,
 }
 
 impl Default for Limits {
@@ -27,6 +31,8 @@ impl Default for Limits {
             max_file_bytes: 1024 * 1024 * 1024,
             max_cpu_secs: 600,
             max_open_files: 1024,
+            tmp_bytes: 512 * 1024 * 1024,
+            shm_bytes: 64 * 1024 * 1024,
         }
     }
 }

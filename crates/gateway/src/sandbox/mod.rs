@@ -7,6 +7,7 @@ pub mod limits;
 pub mod masking;
 pub mod net;
 pub mod relay;
+pub mod seccomp;
 
 pub use bwrap::{Bwrap, Mounts, SandboxError};
 pub use level::{LevelError, LevelPolicy, SecurityLevel, ToolPolicy};

@@ -1,0 +1,154 @@
+//! The sandbox's own hardening, tried from inside as a tenant with Bash would: the syscall
+//! filter, no nested user namespaces, bounded memory mounts, and the egress proxy's ports.
+//! Real CLI, real sandbox, scripted by fake-anthropic; every address is loopback.
+
+mod common;
+
+use common::{body, scripted, tool_results, Gateway};
+use serde_json::{json, Value};
+
+const TENANT: &str = "sk-ant-oat01-hardy.hardening";
+const BYSTANDER: &str = "sk-ant-oat01-bystander.hardening";
+
+async fn gateway() -> Gateway {
+    Gateway::builder()
+        .args(&[
+            "--max-security-level",
+            "DEVELOPER",
+            "--sandbox-tmp-mb",
+            "32",
+            "--sandbox-shm-mb",
+            "16",
+            "--run-timeout-secs",
+            "90",
+        ])
+        .start()
+        .await
+}
+
+fn bash(command: &str) -> Value {
+    json!({"name": "Bash", "input": {"command": command, "description": "attempt"}})
+}
+
+/// Runs one Bash command at DEVELOPER; its output as the upstream saw it.
+async fn inside(gw: &Gateway, marker: &str, command: &str) -> String {
+    let mut req = body(&scripted(marker, json!({"tools": [bash(command)]})));
+    req["security_level"] = json!("DEVELOPER");
+    let res = gw.messages(TENANT, req).await;
+    assert_eq!(res.status(), 200);
+    tool_results(&gw.upstream_with(marker)).join("\n")
+}
+
+/// `syscall(nr, 0, …)` from Python: `ret errno`.
+fn raw_syscall(name: &str, nr: u32) -> String {
+    format!(
+        "python3 -c \"import ctypes; c=ctypes.CDLL(None, use_errno=True); \
+         print('{name}', c.syscall({nr}, 0, 0, 0, 0, 0), ctypes.get_errno())\""
+    )
+}
+
+#[tokio::test]
+async fn a_run_has_a_syscall_filter_and_no_nested_namespaces_or_mounts() {
+    let gw = gateway().await;
+    let probe = [
+        "grep -E '^(Seccomp|NoNewPrivs):' /proc/self/status".to_owned(),
+        "unshare -r id 2>&1 | head -1; echo unshare-r=$?".to_owned(),
+        "unshare -n true 2>&1 | head -1".to_owned(),
+        "mkdir -p /tmp/m && mount -t tmpfs none /tmp/m 2>&1 | head -1".to_owned(),
+        // keyctl, bpf, perf_event_open, io_uring_setup and userfaultfd on x86_64.
+        raw_syscall("keyctl", 250),
+        raw_syscall("bpf", 321),
+        raw_syscall("perf_event_open", 298),
+        raw_syscall("io_uring_setup", 425),
+        raw_syscall("userfaultfd", 323),
+        // What a run needs still works: threads, processes, git, node.
+        "python3 -c 'import threading; t=threading.Thread(target=print, args=(\"thread-ok\",)); t.start(); t.join()'".to_owned(),
+        "git init -q /tmp/repo && echo git-ok".to_owned(),
+        "node -e 'console.log(\"node-ok\")' 2>&1 || echo no-node".to_owned(),
+    ]
+    .join("; ");
+    let out = inside(&gw, "marker-seccomp", &probe).await;
+    assert!(out.contains("Seccomp:\t2"), "{out}");
+    assert!(out.contains("NoNewPrivs:\t1"), "{out}");
+    assert!(!out.contains("uid=0"), "a nested user namespace: {out}");
+    assert!(out.contains("unshare failed"), "{out}");
+    assert!(!out.contains("\nmount-ok"), "{out}");
+    for name in [
+        "keyctl",
+        "bpf",
+        "perf_event_open",
+        "io_uring_setup",
+        "userfaultfd",
+    ] {
+        let line = out
+            .lines()
+            .find(|l| l.starts_with(&format!("{name} ")))
+            .unwrap_or_else(|| panic!("{name} not tried: {out}"));
+        assert!(
+            line.ends_with(" -1 1"),
+            "{name} was not refused with EPERM: {line}"
+        );
+    }
+    assert!(out.contains("thread-ok"), "{out}");
+    assert!(out.contains("git-ok"), "{out}");
+}
+
+#[tokio::test]
+async fn memory_mounts_are_bounded_and_a_bystander_is_served_meanwhile() {
+    let gw = gateway().await;
+    let fill = "dd if=/dev/zero of=/dev/shm/fill bs=1M count=64 2>&1 | grep -q 'No space left' && echo shm-full; \
+                dd if=/dev/zero of=/tmp/fill bs=1M count=128 2>&1 | grep -q 'No space left' && echo tmp-full; \
+                touch /dev/planted 2>&1; df -k /tmp /dev/shm | tail -2";
+    let mut req = body(&scripted("marker-fill", json!({"tools": [bash(fill)]})));
+    req["security_level"] = json!("DEVELOPER");
+    let (filled, bystander) = tokio::join!(
+        gw.messages(TENANT, req),
+        gw.messages(BYSTANDER, body("marker-bystander"))
+    );
+    assert_eq!(filled.status(), 200);
+    assert_eq!(bystander.status(), 200);
+    let out = tool_results(&gw.upstream_with("marker-fill")).join("\n");
+    assert!(
+        out.contains("shm-full") && out.contains("tmp-full"),
+        "both memory mounts stop at their size: {out}"
+    );
+    assert!(
+        out.contains("Read-only file system"),
+        "/dev is read-only: {out}"
+    );
+}
+
+#[tokio::test]
+async fn the_egress_proxy_tunnels_only_to_allowed_ports() {
+    let gw = gateway().await;
+    // Port 25 on loopback: refused for its port before any address is judged or dialled.
+    let out = inside(
+        &gw,
+        "marker-smtp",
+        "curl -sS --noproxy '' -o /dev/null -w 'code=%{http_code}' -x http://127.0.0.1:3128 https://127.0.0.1:25/ 2>&1; echo",
+    )
+    .await;
+    assert!(out.contains("403") || out.contains("CONNECT"), "{out}");
+    let logs = gw.logs();
+    assert!(
+        logs.contains("port 25 is not open to sandboxes"),
+        "the refusal is logged with its reason"
+    );
+    assert!(gw
+        .metrics()
+        .await
+        .lines()
+        .any(|l| l.starts_with("gateway_egress_refusals_total ") && !l.ends_with(" 0")));
+}
+
+#[tokio::test]
+async fn the_security_report_names_the_hardening() {
+    let gw = gateway().await;
+    let (status, report) = gw.get_json("/v1/security").await;
+    assert_eq!(status, 200);
+    let sandbox = &report["sandbox"];
+    assert_eq!(sandbox["syscall_filter"]["enabled"], true);
+    assert_eq!(sandbox["nested_user_namespaces"], false);
+    assert_eq!(sandbox["memory_mounts"]["tmp_bytes"], 32 << 20);
+    assert_eq!(sandbox["egress_ports"], json!([443]));
+}
