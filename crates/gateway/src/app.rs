@@ -259,15 +259,7 @@ async fn prepare_sandbox(
     bridge: &crate::mcp::bridge::Bridge,
     upstream: &crate::sandbox::net::UpstreamProxy,
 ) -> Result<(Option<Bwrap>, Option<String>), StartupError> {
-    let probed = build_sandbox(
-        config,
-        cli,
-        etc_dir,
-        &config.data_dir.join("net"),
-        bridge,
-        upstream,
-    )
-    .await;
+    let probed = build_sandbox(config, cli, etc_dir, bridge, upstream).await;
     if config.insecure_no_sandbox {
         let reason = match probed {
             Ok(_) => "disabled by --insecure-no-sandbox".to_owned(),
@@ -287,7 +279,6 @@ pub(crate) async fn build_sandbox(
     config: &Config,
     cli: Option<&Path>,
     etc_dir: &Path,
-    net_dir: &Path,
     bridge: &crate::mcp::bridge::Bridge,
     upstream: &crate::sandbox::net::UpstreamProxy,
 ) -> Result<Bwrap, SandboxError> {
@@ -299,19 +290,18 @@ pub(crate) async fn build_sandbox(
         .as_ref()
         .map(|d| std::fs::canonicalize(d).unwrap_or_else(|_| d.clone()));
     if config.sandbox_network == crate::config::SandboxNetwork::Isolated {
-        sandbox.network = Some(
-            crate::sandbox::net::start(
-                net_dir,
-                upstream,
-                crate::sandbox::net::Egress {
-                    ports: config.sandbox_egress_ports.clone(),
-                    connect_timeout: std::time::Duration::from_secs(10),
-                },
-                bridge,
-            )
-            .await
-            .map_err(SandboxError::Network)?,
-        );
+        sandbox.network = Some(crate::sandbox::net::isolated(
+            upstream,
+            crate::sandbox::net::Egress {
+                ports: config.sandbox_egress_ports.clone(),
+                connect_timeout: std::time::Duration::from_secs(10),
+            },
+            bridge,
+            crate::sandbox::net::SocketLimits {
+                max_connections: config.sandbox_max_connections,
+                header_timeout: config.client_timeout(),
+            },
+        ));
     }
     sandbox.probe().await?;
     Ok(sandbox)
@@ -404,6 +394,7 @@ pub async fn serve(mut config: Config) -> Result<(), StartupError> {
         None
     };
     let addr = config.listen_addr();
+    raise_open_files_limit();
     crate::telemetry::metrics::handle();
     let state = Arc::new(AppState::new(config).await?);
     tokio::spawn(expire_sessions(state.clone()));
@@ -449,6 +440,21 @@ pub async fn serve(mut config: Config) -> Result<(), StartupError> {
     state.live.clear();
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Raises the gateway's own descriptor limit to the hard limit: every run holds a few sockets
+/// and pipes, and its sandbox may hold up to `--sandbox-max-connections` on each socket. What
+/// runs inside a sandbox gets its own limit again (`prlimit --nofile`).
+fn raise_open_files_limit() {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    if let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) {
+        if soft < hard {
+            match setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+                Ok(()) => tracing::debug!(from = soft, to = hard, "raised the open files limit"),
+                Err(e) => tracing::warn!(error = %e, "could not raise the open files limit"),
+            }
+        }
+    }
 }
 
 /// Removes idle sessions now and then.

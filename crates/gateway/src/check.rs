@@ -291,15 +291,7 @@ async fn sandbox_probe(config: &Config, cli: Option<&Path>) -> Check {
             std::sync::Arc::default(),
         )
         .map_err(crate::sandbox::SandboxError::Network)?;
-        crate::app::build_sandbox(
-            config,
-            cli,
-            &scratch.join("etc"),
-            &scratch.join("net"),
-            &bridge,
-            &upstream,
-        )
-        .await
+        crate::app::build_sandbox(config, cli, &scratch.join("etc"), &bridge, &upstream).await
     }
     .await;
     let _ = std::fs::remove_dir_all(&scratch);

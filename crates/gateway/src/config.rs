@@ -147,6 +147,16 @@ pub struct Config {
     )]
     pub sandbox_egress_ports: Vec<u16>,
 
+    /// Open connections one run may hold on each of its sockets to the gateway (upstream,
+    /// egress proxy, MCP bridge), and open tunnels through the egress proxy. Beyond, new
+    /// connections are closed at once; other runs are not affected.
+    #[arg(
+        long,
+        env = "CLAUDE_GATEWAY_SANDBOX_MAX_CONNECTIONS",
+        default_value_t = 64
+    )]
+    pub sandbox_max_connections: usize,
+
     /// Size of each run's `/tmp`, in MiB. It lives in memory, so it is bounded apart from the
     /// processes' own memory.
     #[arg(long, env = "CLAUDE_GATEWAY_SANDBOX_TMP_MB", default_value_t = Limits::default().tmp_bytes >> 20)]

@@ -142,6 +142,7 @@ pub async fn start(state: &Arc<AppState>, req: TurnRequest) -> Result<StartedTur
             };
             let spec = RunSpec {
                 credential: req.credential,
+                tenant: req.tenant.fingerprint().to_owned(),
                 model: req.model.clone(),
                 system_prompt: req.system_prompt,
                 workspace,

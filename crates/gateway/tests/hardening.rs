@@ -152,3 +152,82 @@ async fn the_security_report_names_the_hardening() {
     assert_eq!(sandbox["memory_mounts"]["tmp_bytes"], 32 << 20);
     assert_eq!(sandbox["egress_ports"], json!([443]));
 }
+
+/// Opens `n` connections to each of the run's sockets, sends a request on each and counts
+/// which were answered and which were closed unanswered; holds them all for a moment.
+const CONNECTION_FLOOD: &str = r#"
+import socket, time
+for name in ["upstream", "egress", "bridge"]:
+    conns = []
+    for _ in range(200):
+        s = socket.socket(socket.AF_UNIX)
+        s.settimeout(5)
+        try:
+            s.connect("/run/gateway/net/%s.sock" % name)
+            s.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            conns.append(s)
+        except OSError:
+            s.close()
+    answered = 0
+    for s in conns:
+        try:
+            answered += 1 if s.recv(64) else 0
+        except OSError:
+            pass
+    print("%s answered=%d unanswered=%d" % (name, answered, len(conns) - answered))
+    globals()["keep_" + name] = conns
+time.sleep(2)
+"#;
+
+#[tokio::test]
+async fn a_run_flooding_its_sockets_is_capped_and_others_are_served() {
+    let gw = Gateway::builder()
+        .args(&[
+            "--max-security-level",
+            "DEVELOPER",
+            "--sandbox-max-connections",
+            "16",
+        ])
+        .start()
+        .await;
+    let script =
+        format!("cat > /tmp/flood.py <<'PY'\n{CONNECTION_FLOOD}\nPY\npython3 /tmp/flood.py");
+    let mut req = body(&scripted("marker-flood", json!({"tools": [bash(&script)]})));
+    req["security_level"] = json!("DEVELOPER");
+    let (flood, bystander, health) = tokio::join!(
+        gw.messages(TENANT, req),
+        gw.messages(BYSTANDER, body("marker-flood-bystander")),
+        gw.get("/health").send()
+    );
+    assert_eq!(flood.status(), 200);
+    assert_eq!(bystander.status(), 200);
+    assert_eq!(health.expect("health").status(), 200);
+    let out = tool_results(&gw.upstream_with("marker-flood")).join("\n");
+    for name in ["upstream", "egress", "bridge"] {
+        let line = out
+            .lines()
+            .find(|l| l.starts_with(&format!("{name} answered=")))
+            .unwrap_or_else(|| panic!("{name} not tried: {out}"));
+        let answered: usize = line
+            .split_whitespace()
+            .find_map(|w| w.strip_prefix("answered="))
+            .and_then(|n| n.parse().ok())
+            .expect("a count");
+        assert!(answered <= 16, "{name}: more than the cap answered: {line}");
+        assert!(
+            answered > 0,
+            "{name}: the socket serves within the cap: {line}"
+        );
+    }
+    // After the run, a bystander is still served and nothing is left open for the run.
+    assert_eq!(
+        gw.messages(BYSTANDER, body("marker-after-flood"))
+            .await
+            .status(),
+        200
+    );
+    assert!(gw
+        .metrics()
+        .await
+        .contains("gateway_sandbox_connections_refused_total"));
+}

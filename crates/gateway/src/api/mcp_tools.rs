@@ -53,8 +53,11 @@ pub async fn list(
     let listed = crate::mcp::tools::list(
         &state.mcp,
         &state.mcp_connector,
-        &state.runner,
-        &workspace,
+        crate::mcp::tools::LocalPlace {
+            runner: &state.runner,
+            tenant: tenant.fingerprint(),
+            workspace: &workspace,
+        },
         level,
         &servers,
         std::time::Duration::from_secs(state.config.mcp_timeout_secs),

@@ -106,20 +106,10 @@ impl Bridge {
         Ok(bridge)
     }
 
-    fn router(&self) -> axum::Router {
+    pub fn router(&self) -> axum::Router {
         axum::Router::new()
             .route("/mcp/{id}", axum::routing::any(serve_route))
             .with_state(self.routes.clone())
-    }
-
-    /// Serves the same routes on a unix socket too: how network-isolated sandboxes reach it.
-    pub fn serve_on(&self, listener: tokio::net::UnixListener) {
-        let app = self.router();
-        tokio::spawn(async move {
-            if let Err(e) = axum::serve(listener, app).await {
-                tracing::error!(error = %e, "the MCP bridge's socket stopped");
-            }
-        });
     }
 
     /// The loopback port the bridge listens on.

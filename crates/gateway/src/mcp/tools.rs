@@ -35,12 +35,20 @@ fn failed(name: &str, status: &'static str, error: String) -> ServerTools {
     }
 }
 
+/// Where a tenant's local servers start: its sandbox, as a run of its would.
+#[derive(Clone, Copy)]
+pub struct LocalPlace<'a> {
+    pub runner: &'a Runner,
+    /// The tenant's fingerprint, for the log.
+    pub tenant: &'a str,
+    pub workspace: &'a std::path::Path,
+}
+
 /// Lists every server's tools, concurrently, each within `timeout`.
 pub async fn list(
     policy: &McpPolicy,
     connector: &Connector,
-    runner: &Runner,
-    workspace: &std::path::Path,
+    place: LocalPlace<'_>,
     level: SecurityLevel,
     servers: &BTreeMap<String, ServerConfig>,
     timeout: Duration,
@@ -76,7 +84,7 @@ pub async fn list(
                 }
             },
             Ok(Effective::Local(local)) => {
-                match tokio::time::timeout(timeout, local_tools(runner, workspace, &local)).await {
+                match tokio::time::timeout(timeout, local_tools(place, &local)).await {
                     Err(_) => failed(
                         name,
                         "error",
@@ -110,12 +118,18 @@ fn listed(name: &str, tools: Vec<rmcp::model::Tool>) -> ServerTools {
 }
 
 async fn local_tools(
-    runner: &Runner,
-    workspace: &std::path::Path,
+    place: LocalPlace<'_>,
     server: &LocalServer,
 ) -> Result<Vec<rmcp::model::Tool>, String> {
-    let (line, _dir) = runner
-        .mcp_server_command(workspace, &server.command, &server.args, &server.env)
+    let (line, _dir) = place
+        .runner
+        .mcp_server_command(
+            place.tenant,
+            place.workspace,
+            &server.command,
+            &server.args,
+            &server.env,
+        )
         .map_err(|e| e.to_string())?;
     let (command, _fds) = line
         .command()

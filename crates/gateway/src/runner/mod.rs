@@ -61,6 +61,7 @@ impl Runner {
     /// tenant's sandbox as a run would start it, and the private dir it uses as HOME.
     pub fn mcp_server_command(
         &self,
+        tenant: &str,
         workspace: &Path,
         command: &str,
         args: &[String],
@@ -71,7 +72,8 @@ impl Runner {
                 "local MCP servers run only inside the sandbox",
             ))
         })?;
-        let dir = RunDir::create(&self.runs_dir).map_err(RunError::RunDir)?;
+        let mut dir = RunDir::create(&self.runs_dir).map_err(RunError::RunDir)?;
+        let net_dir = open_run_net(sandbox, &mut dir, tenant)?;
         let mut vars: Vec<(&'static str, std::ffi::OsString)> = vec![
             ("PATH", "/usr/local/bin:/usr/bin:/bin".into()),
             ("HOME", bwrap::HOME.into()),
@@ -109,6 +111,7 @@ impl Runner {
                 mcp_config: None,
                 settings: None,
                 env_file: env_file.as_deref(),
+                net_dir: net_dir.as_deref(),
             },
         );
         line.env.append(&mut vars);
@@ -117,7 +120,11 @@ impl Runner {
 
     /// Starts the CLI for `spec`; the returned process waits for user turns on stdin.
     pub async fn start(&self, spec: &RunSpec) -> Result<CliProcess, RunError> {
-        let dir = RunDir::create(&self.runs_dir).map_err(RunError::RunDir)?;
+        let mut dir = RunDir::create(&self.runs_dir).map_err(RunError::RunDir)?;
+        let net_dir = match &self.sandbox {
+            Some(sandbox) => open_run_net(sandbox, &mut dir, &spec.tenant)?,
+            None => None,
+        };
         // The CLI never holds the real credential: the upstream proxy swaps it in.
         let lease = self.placeholders.issue(&spec.credential);
         let system_file = match &spec.system_prompt {
@@ -174,6 +181,7 @@ impl Runner {
                         mcp_config: mcp_file.as_deref(),
                         settings: Some(&settings_file),
                         env_file: None,
+                        net_dir: net_dir.as_deref(),
                     },
                 )
             }
@@ -200,5 +208,71 @@ impl Runner {
         let mut process = CliProcess::spawn(cmd, dir, deadline, self.max_line_bytes).await?;
         process.hold(Box::new(lease));
         Ok(process)
+    }
+}
+
+/// Opens the run's own network sockets in its dir (held, and closed, with it), when the
+/// sandbox has an isolated network; where they are.
+fn open_run_net(
+    sandbox: &Bwrap,
+    dir: &mut RunDir,
+    tenant: &str,
+) -> Result<Option<PathBuf>, RunError> {
+    let Some(network) = &sandbox.network else {
+        return Ok(None);
+    };
+    let path = dir.net();
+    let run_net = network.open_run(&path, tenant).map_err(RunError::RunDir)?;
+    dir.hold(Box::new(run_net));
+    Ok(Some(path))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn no_request_field_reaches_a_host_process_environment_or_argv() {
+        let runs = tempfile::tempdir().expect("tempdir");
+        let runner = Runner {
+            settings: RunnerSettings {
+                claude_bin: "/bin/claude".into(),
+                base_url: "http://127.0.0.1:1".into(),
+                upstream_max_retries: 0,
+            },
+            runs_dir: runs.path().to_path_buf(),
+            run_timeout: Duration::from_secs(1),
+            max_line_bytes: 1024,
+            sandbox: Some(Bwrap {
+                bwrap: "/usr/bin/bwrap".into(),
+                relay: "/usr/local/bin/claude-gateway".into(),
+                cli_dir: "/opt/install/bin".into(),
+                cli_name: "claude.exe".into(),
+                etc_dir: "/data/sandbox-etc".into(),
+                limits: crate::sandbox::Limits::default(),
+                mcp_dir: None,
+                network: None,
+                seccomp: Vec::new(),
+            }),
+            placeholders: Default::default(),
+        };
+        let env = std::collections::BTreeMap::from([
+            ("LD_PRELOAD".to_owned(), "/workspace/evil.so".to_owned()),
+            ("SERVER_TOKEN".to_owned(), "request-value-9d1c".to_owned()),
+        ]);
+        let (line, dir) = runner
+            .mcp_server_command("t1", Path::new("/ws"), "node", &["server.js".into()], &env)
+            .expect("command");
+        // bwrap itself gets only the gateway's own variables.
+        for (name, value) in &line.env {
+            assert!(!env.contains_key(*name), "{name} reached bwrap");
+            assert!(!value.to_string_lossy().contains("request-value"));
+        }
+        let argv = format!("{:?}", line.args);
+        assert!(!argv.contains("request-value") && !argv.contains("evil.so"));
+        // The variables wait in the run's private dir for the relay inside the sandbox.
+        assert!(argv.contains(&format!("--env-file={}", bwrap::ENV_FILE)));
+        let file = std::fs::read_to_string(dir.root().join("env.json")).expect("env file");
+        assert!(file.contains("request-value-9d1c"));
     }
 }

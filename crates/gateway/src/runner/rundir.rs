@@ -7,6 +7,8 @@ use std::path::{Path, PathBuf};
 
 pub struct RunDir {
     root: PathBuf,
+    /// What serves the run from inside this directory (its network sockets), ended with it.
+    held: Vec<Box<dyn Send>>,
 }
 
 impl RunDir {
@@ -15,7 +17,10 @@ impl RunDir {
         let mut builder = std::fs::DirBuilder::new();
         builder.mode(0o700);
         builder.create(&root)?;
-        let dir = Self { root };
+        let dir = Self {
+            root,
+            held: Vec::new(),
+        };
         builder.create(dir.home())?;
         builder.create(dir.tmp())?;
         Ok(dir)
@@ -23,6 +28,16 @@ impl RunDir {
 
     pub fn root(&self) -> &Path {
         &self.root
+    }
+
+    /// Keeps `value` until the run dir is removed.
+    pub fn hold(&mut self, value: Box<dyn Send>) {
+        self.held.push(value);
+    }
+
+    /// Where the run's own network sockets are served.
+    pub fn net(&self) -> PathBuf {
+        self.root.join("net")
     }
 
     pub fn home(&self) -> PathBuf {
@@ -50,6 +65,7 @@ impl RunDir {
 
 impl Drop for RunDir {
     fn drop(&mut self) {
+        self.held.clear();
         if let Err(e) = std::fs::remove_dir_all(&self.root) {
             if e.kind() != std::io::ErrorKind::NotFound {
                 tracing::warn!(dir = %self.root.display(), error = %e, "could not remove run dir");

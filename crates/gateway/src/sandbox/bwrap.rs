@@ -79,6 +79,8 @@ pub struct Mounts<'a> {
     pub settings: Option<&'a Path>,
     /// A JSON object of variables for the sandboxed command ([`ENV_FILE`]).
     pub env_file: Option<&'a Path>,
+    /// The run's own network sockets, when the sandbox has an isolated network.
+    pub net_dir: Option<&'a Path>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -238,15 +240,22 @@ impl Bwrap {
             self.relay.clone().into_os_string(),
             net::RELAY.into(),
         ]);
-        match &self.network {
-            None => args.push("--share-net".into()),
-            Some(network) => args.extend([
-                "--ro-bind".into(),
-                network.sockets_dir.clone().into_os_string(),
-                net::INSIDE_DIR.into(),
-            ]),
+        if self.network.is_none() {
+            args.push("--share-net".into());
         }
         args
+    }
+
+    /// The run's own network sockets ([`net::IsolatedNet::open_run`]), where the relay finds them.
+    fn net_args(&self, net_dir: Option<&Path>) -> Vec<OsString> {
+        match (&self.network, net_dir) {
+            (Some(_), Some(dir)) => vec![
+                "--ro-bind".into(),
+                dir.as_os_str().to_owned(),
+                net::INSIDE_DIR.into(),
+            ],
+            _ => Vec::new(),
+        }
     }
 
     /// The relay that starts every sandboxed command: it serves an isolated network's ports
@@ -266,6 +275,7 @@ impl Bwrap {
     /// Wraps `inner` (built with the inside paths) so it runs in the sandbox with `mounts`.
     pub fn wrap(&self, inner: CommandLine, mounts: &Mounts<'_>) -> CommandLine {
         let mut args = self.base_args();
+        args.extend(self.net_args(mounts.net_dir));
         args.extend([
             "--bind".into(),
             mounts.home.as_os_str().to_owned(),
@@ -331,6 +341,12 @@ impl Bwrap {
     /// Checks that a sandbox can be created here, by running `true` in one.
     pub async fn probe(&self) -> Result<(), SandboxError> {
         let mut args = self.base_args();
+        // The relay starts without its sockets; an empty directory stands in for them.
+        let net_dir = self.etc_dir.with_file_name("sandbox-probe-net");
+        if self.network.is_some() {
+            std::fs::create_dir_all(&net_dir).map_err(|e| SandboxError::Probe(e.to_string()))?;
+        }
+        args.extend(self.net_args(Some(&net_dir)));
         args.push("--".into());
         args.extend(self.relay_prefix(false));
         args.push(PRLIMIT.into());
@@ -424,6 +440,7 @@ mod tests {
             mcp_config: None,
             settings: None,
             env_file: None,
+            net_dir: Some(Path::new("/data/runs/r1/net")),
         }
     }
 
@@ -509,8 +526,8 @@ mod tests {
         assert!(shared.args.iter().any(|a| a == "--share-net"));
         let mut isolated = sandbox();
         isolated.network = Some(IsolatedNet {
-            sockets_dir: "/data/net".into(),
             bridge_port: 41000,
+            services: None,
         });
         let inner = CommandLine {
             program: isolated.inside_program(),
@@ -531,7 +548,7 @@ mod tests {
             .filter(|w| w[0] == "--ro-bind")
             .map(|w| (w[1].as_str(), w[2].as_str()))
             .collect();
-        assert!(ro.contains(&("/data/net", net::INSIDE_DIR)));
+        assert!(ro.contains(&("/data/runs/r1/net", net::INSIDE_DIR)));
         assert!(ro.contains(&("/usr/local/bin/claude-gateway", net::RELAY)));
         let separator = args.iter().position(|a| a == "--").expect("separator");
         assert_eq!(

@@ -1,6 +1,6 @@
 //! The network a sandboxed run has: its own namespace with nothing but loopback, plus exactly
-//! three ways out, each a unix socket the gateway serves and binds into the sandbox, reached
-//! through the in-sandbox relay ([`super::relay`]):
+//! three ways out, each a unix socket the gateway serves for that run alone and binds into its
+//! sandbox, reached through the in-sandbox relay ([`super::relay`]):
 //!
 //! - **upstream**: a reverse proxy to `ANTHROPIC_BASE_URL`, the CLI's only way to the model
 //!   (inside, `ANTHROPIC_BASE_URL` is `http://127.0.0.1:4000`);
@@ -10,9 +10,16 @@
 //!   server), judged on every address a name resolves to when connecting;
 //! - **bridge**: the remote-MCP bridge ([`crate::mcp::bridge`]), at the same loopback port
 //!   inside as outside, so bridge URLs read the same in both places.
+//!
+//! Each run has its own three sockets (in its private directory), so what one run does to them
+//! is bounded per run: at most `max_connections` open connections on each (beyond, new ones are
+//! closed at once), request headers within a deadline (also while a kept-alive connection
+//! idles), and at most as many tunnels as connections. When the run ends its sockets and every
+//! connection and tunnel on them end too. One tenant's thousands of connections then cost that
+//! tenant's run its refusals, never another tenant's run or the gateway's own descriptors.
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 
 use axum::body::Body;
@@ -41,12 +48,48 @@ const EGRESS: &str = "egress.sock";
 const BRIDGE: &str = "bridge.sock";
 
 /// What a sandbox needs to use the gateway's network services.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct IsolatedNet {
-    /// The host directory holding the sockets, bound read-only at [`INSIDE_DIR`].
-    pub sockets_dir: PathBuf,
     /// The bridge's loopback port.
     pub bridge_port: u16,
+    /// The services behind each run's sockets; `None` only in tests of the command line.
+    pub services: Option<Arc<Services>>,
+}
+
+impl std::fmt::Debug for IsolatedNet {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("IsolatedNet")
+            .field("bridge_port", &self.bridge_port)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Bounds on what one run may hold open on each of its sockets.
+#[derive(Debug, Clone, Copy)]
+pub struct SocketLimits {
+    /// Open connections per socket per run (and open tunnels per run).
+    pub max_connections: usize,
+    /// Longest a connection may take to send a request's headers, or sit idle between requests.
+    pub header_timeout: std::time::Duration,
+}
+
+/// The gateway's network services, served on each run's own sockets.
+pub struct Services {
+    upstream: UpstreamProxy,
+    egress: Egress,
+    bridge: crate::mcp::bridge::Bridge,
+    limits: SocketLimits,
+}
+
+/// One run's sockets: served while this lives; dropping it closes them and every connection.
+pub struct RunNet {
+    cancel: tokio_util::sync::CancellationToken,
+}
+
+impl Drop for RunNet {
+    fn drop(&mut self) {
+        self.cancel.cancel();
+    }
 }
 
 impl IsolatedNet {
@@ -96,32 +139,108 @@ fn bind_unix(path: &Path) -> std::io::Result<tokio::net::UnixListener> {
     tokio::net::UnixListener::bind(path)
 }
 
-/// Starts the upstream and egress services (and the bridge's socket) under `dir`.
-pub async fn start(
-    dir: &Path,
+/// The isolated network's services: each run's sockets are opened with [`IsolatedNet::open_run`].
+pub fn isolated(
     upstream: &UpstreamProxy,
     egress: Egress,
     bridge: &crate::mcp::bridge::Bridge,
-) -> std::io::Result<IsolatedNet> {
-    std::os::unix::fs::DirBuilderExt::mode(std::fs::DirBuilder::new().recursive(true), 0o700)
-        .create(dir)?;
-    let listener = bind_unix(&dir.join(UPSTREAM))?;
-    let app = upstream.router();
-    tokio::spawn(async move {
-        let _ = axum::serve(listener, app).await;
-    });
-    let listener = bind_unix(&dir.join(EGRESS))?;
-    let app = axum::Router::new()
-        .fallback(tunnel)
-        .with_state(Arc::new(egress));
-    tokio::spawn(async move {
-        let _ = axum::serve(listener, app).await;
-    });
-    bridge.serve_on(bind_unix(&dir.join(BRIDGE))?);
-    Ok(IsolatedNet {
-        sockets_dir: dir.to_path_buf(),
+    limits: SocketLimits,
+) -> IsolatedNet {
+    IsolatedNet {
         bridge_port: bridge.port(),
-    })
+        services: Some(Arc::new(Services {
+            upstream: upstream.clone(),
+            egress,
+            bridge: bridge.clone(),
+            limits,
+        })),
+    }
+}
+
+impl IsolatedNet {
+    /// Serves a run's three sockets in `dir` (created 0700), until the returned [`RunNet`] is
+    /// dropped; `tenant` names the run in what the gateway logs about it.
+    pub fn open_run(&self, dir: &Path, tenant: &str) -> std::io::Result<RunNet> {
+        std::os::unix::fs::DirBuilderExt::mode(std::fs::DirBuilder::new().recursive(true), 0o700)
+            .create(dir)?;
+        let cancel = tokio_util::sync::CancellationToken::new();
+        let Some(services) = &self.services else {
+            return Ok(RunNet { cancel });
+        };
+        let limits = services.limits;
+        let egress = axum::Router::new()
+            .fallback(tunnel)
+            .with_state(Arc::new(RunEgress {
+                egress: services.egress.clone(),
+                tenant: tenant.to_owned(),
+                tunnels: Arc::new(tokio::sync::Semaphore::new(limits.max_connections)),
+                cancel: cancel.clone(),
+            }));
+        for (name, router) in [
+            (UPSTREAM, services.upstream.router()),
+            (EGRESS, egress),
+            (BRIDGE, services.bridge.router()),
+        ] {
+            let listener = bind_unix(&dir.join(name))?;
+            tokio::spawn(serve_bounded(
+                listener,
+                router,
+                limits,
+                cancel.clone(),
+                name,
+            ));
+        }
+        Ok(RunNet { cancel })
+    }
+}
+
+/// Serves `router` on one run's socket within `limits`, until `cancel`.
+async fn serve_bounded(
+    listener: tokio::net::UnixListener,
+    router: axum::Router,
+    limits: SocketLimits,
+    cancel: tokio_util::sync::CancellationToken,
+    socket: &'static str,
+) {
+    use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_timeout)
+        .max_headers(crate::serve::MAX_HEADERS)
+        .max_buf_size(crate::serve::MAX_HEADER_BYTES);
+    let open = Arc::new(tokio::sync::Semaphore::new(limits.max_connections));
+    loop {
+        let stream = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    tracing::warn!(error = %e, socket, "accepting a sandbox connection failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = cancel.cancelled() => return,
+        };
+        let Ok(permit) = open.clone().try_acquire_owned() else {
+            ::metrics::counter!("gateway_sandbox_connections_refused_total", "socket" => socket)
+                .increment(1);
+            continue;
+        };
+        let service = hyper_util::service::TowerToHyperService::new(router.clone());
+        let connection = builder
+            .serve_connection_with_upgrades(TokioIo::new(stream), service)
+            .into_owned();
+        let cancel = cancel.clone();
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = connection => {}
+                () = cancel.cancelled() => {}
+            }
+            drop(permit);
+        });
+    }
 }
 
 /// The CLI's only way to the model: a reverse proxy to `ANTHROPIC_BASE_URL` that swaps the
@@ -151,7 +270,7 @@ impl UpstreamProxy {
         })
     }
 
-    fn router(&self) -> axum::Router {
+    pub fn router(&self) -> axum::Router {
         axum::Router::new()
             .fallback(forward_upstream)
             .with_state(self.inner.clone())
@@ -299,15 +418,24 @@ pub async fn tunnel_target(
     }
 }
 
+/// One run's view of the egress proxy: its tenant (for the log), its tunnels, its end.
+struct RunEgress {
+    egress: Egress,
+    tenant: String,
+    tunnels: Arc<tokio::sync::Semaphore>,
+    cancel: tokio_util::sync::CancellationToken,
+}
+
 /// Counts and logs a refused tunnel: what a sandbox tried is worth an operator's attention.
-fn refuse_tunnel(reason: String) -> Response {
-    tracing::warn!(%reason, "egress refused");
+fn refuse_tunnel(tenant: &str, reason: String) -> Response {
+    tracing::warn!(tenant, %reason, "egress refused");
     ::metrics::counter!("gateway_egress_refusals_total").increment(1);
     (StatusCode::FORBIDDEN, format!("refused: {reason}\n")).into_response()
 }
 
 /// `CONNECT host:port`: judged, connected, then spliced.
-async fn tunnel(State(egress): State<Arc<Egress>>, request: Request) -> Response {
+async fn tunnel(State(run): State<Arc<RunEgress>>, request: Request) -> Response {
+    let egress = &run.egress;
     if request.method() != Method::CONNECT {
         return (
             StatusCode::METHOD_NOT_ALLOWED,
@@ -322,9 +450,12 @@ async fn tunnel(State(egress): State<Arc<Egress>>, request: Request) -> Response
     else {
         return (StatusCode::BAD_REQUEST, "CONNECT needs host:port\n").into_response();
     };
-    let addrs = match tunnel_target(&egress, &host, port).await {
+    let addrs = match tunnel_target(egress, &host, port).await {
         Ok(addrs) => addrs,
-        Err(reason) => return refuse_tunnel(reason),
+        Err(reason) => return refuse_tunnel(&run.tenant, reason),
+    };
+    let Ok(permit) = run.tunnels.clone().try_acquire_owned() else {
+        return refuse_tunnel(&run.tenant, "too many open tunnels for one run".into());
     };
     let connect = tokio::net::TcpStream::connect(&addrs[..]);
     let mut target = match tokio::time::timeout(egress.connect_timeout, connect).await {
@@ -339,11 +470,17 @@ async fn tunnel(State(egress): State<Arc<Egress>>, request: Request) -> Response
         }
     };
     let upgrade = hyper::upgrade::on(request);
+    let cancel = run.cancel.clone();
     tokio::spawn(async move {
         if let Ok(upgraded) = upgrade.await {
             let mut client = hyper_util::rt::TokioIo::new(upgraded);
-            let _ = tokio::io::copy_bidirectional(&mut client, &mut target).await;
+            // A tunnel ends with its run, and holds one of the run's tunnel slots till then.
+            tokio::select! {
+                _ = tokio::io::copy_bidirectional(&mut client, &mut target) => {}
+                () = cancel.cancelled() => {}
+            }
         }
+        drop(permit);
     });
     StatusCode::OK.into_response()
 }
@@ -397,8 +534,8 @@ mod tests {
     #[test]
     fn inside_the_sandbox_the_upstream_and_the_bridge_are_local_ports() {
         let net = IsolatedNet {
-            sockets_dir: "/data/net".into(),
             bridge_port: 41000,
+            services: None,
         };
         let forwards: Vec<String> = net.forwards().iter().map(|f| f.to_string()).collect();
         assert_eq!(
