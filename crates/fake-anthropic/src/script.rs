@@ -18,6 +18,9 @@ pub struct Script {
     /// The final text reply. Defaults to an echo of the prompt (or of the tool results).
     #[serde(default)]
     pub reply: Option<String>,
+    /// A final reply of exactly this many bytes (a marker, then filler), for large answers.
+    #[serde(default)]
+    pub reply_bytes: Option<usize>,
     /// Tool calls to make, one per model turn, before the final reply.
     #[serde(default)]
     pub tools: Vec<ToolCall>,
@@ -112,10 +115,11 @@ pub fn plan(body: &Value) -> Plan {
     let results = tool_results_since(&messages[index + 1..]);
     let turn = match script.tools.get(results.len()) {
         Some(call) => Turn::ToolUse(call.clone()),
-        None => Turn::Text(match &script.reply {
-            Some(reply) => reply.clone(),
-            None if script.tools.is_empty() => default_reply(messages),
-            None => format!("tool results: {}", Value::Array(results)),
+        None => Turn::Text(match (&script.reply, script.reply_bytes) {
+            (_, Some(n)) => sized_reply(n),
+            (Some(reply), None) => reply.clone(),
+            (None, None) if script.tools.is_empty() => default_reply(messages),
+            (None, None) => format!("tool results: {}", Value::Array(results)),
         }),
     };
     Plan { turn, script }
@@ -167,6 +171,21 @@ fn tool_results_since(messages: &[Value]) -> Vec<Value> {
 
 /// Echoes the last text block of the last user message: the CLI puts its own context
 /// (`<system-reminder>` blocks) before the prompt, so the prompt is the last block.
+/// `BEGIN-`, then digits and spaces, then `-END`: exactly `n` bytes (at least 10), so a test
+/// can tell a whole answer from a cut one.
+pub fn sized_reply(n: usize) -> String {
+    let n = n.max(10);
+    let mut text = String::with_capacity(n);
+    text.push_str("BEGIN-");
+    let filler = "0123456789 ";
+    while text.len() < n - 4 {
+        let take = (n - 4 - text.len()).min(filler.len());
+        text.push_str(&filler[..take]);
+    }
+    text.push_str("-END");
+    text
+}
+
 fn default_reply(messages: &[Value]) -> String {
     let last = messages
         .iter()

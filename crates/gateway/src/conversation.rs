@@ -81,6 +81,12 @@ pub struct StartedTurn {
 /// the history in the request is ignored: the session already holds it, and only the new turn
 /// is sent.
 pub async fn start(state: &Arc<AppState>, req: TurnRequest) -> Result<StartedTurn, ApiError> {
+    if req.max_output_tokens == Some(0) {
+        // The API refuses it; the CLI would silently take its own default instead.
+        return Err(ApiError::InvalidRequest(
+            "max_tokens: must be at least 1".into(),
+        ));
+    }
     let sessions = &state.sessions;
     let workspace = state
         .workspace(&req.tenant)

@@ -82,7 +82,7 @@ impl ApiError {
 
     /// The error body; also the data of a mid-stream SSE `error` event.
     pub fn body(&self) -> Value {
-        json!({"type":"error","error":{"type":self.error_type(),"message":redact(&self.to_string())}})
+        json!({"type":"error","error":{"type":self.error_type(),"message":client_facing(&self.to_string())}})
     }
 
     /// Maps an upstream status, as the CLI reported it, to what the client should see.
@@ -293,6 +293,31 @@ impl From<axum::extract::rejection::JsonRejection> for ApiError {
             }
         }
     }
+}
+
+/// What a client may read of an error: no credential, and no address internal to the
+/// gateway (the CLI names its upstream, which is the gateway's proxy at a loopback address).
+pub fn client_facing(message: &str) -> String {
+    let mut text = redact(message);
+    const HINT: &str = " If it persists, check your inference gateway (";
+    while let Some(start) = text.find(HINT) {
+        let end = text[start + HINT.len()..]
+            .find(')')
+            .map_or(text.len(), |i| start + HINT.len() + i + 1);
+        let end = if text[end..].starts_with('.') {
+            end + 1
+        } else {
+            end
+        };
+        text.replace_range(start..end, "");
+    }
+    for internal in [
+        format!("http://127.0.0.1:{}", crate::sandbox::net::UPSTREAM_PORT),
+        format!("127.0.0.1:{}", crate::sandbox::net::UPSTREAM_PORT),
+    ] {
+        text = text.replace(&internal, "the upstream");
+    }
+    text
 }
 
 #[cfg(test)]

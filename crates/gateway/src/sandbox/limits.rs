@@ -3,6 +3,12 @@
 //! Memory is limited with RLIMIT_DATA, not RLIMIT_AS: the CLI's JavaScript engine reserves tens
 //! of GiB of address space it never touches, so an address-space limit would stop the CLI
 //! itself, while the data limit bounds what a process can actually allocate.
+//!
+//! The data limit still counts reserved (not touched) private memory, and the CLI reserves
+//! far more than it uses when its input is large: a 10 MB request (two 4 MB images) needs
+//! 2-3 GiB of it, a 30 MB one 4-8 GiB, and below that the CLI does not fail, it stalls. So the
+//! default is 8 GiB, which lets every body the gateway accepts (32 MiB) through; what a run
+//! really holds is bounded by what it touches, and a per-run memory cgroup is the bound to add.
 
 use std::ffi::OsString;
 
@@ -27,7 +33,7 @@ impl Default for Limits {
     fn default() -> Self {
         Self {
             max_processes: 256,
-            max_memory_bytes: 2 * 1024 * 1024 * 1024,
+            max_memory_bytes: 8 * 1024 * 1024 * 1024,
             max_file_bytes: 1024 * 1024 * 1024,
             max_cpu_secs: 600,
             max_open_files: 1024,

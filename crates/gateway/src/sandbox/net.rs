@@ -368,15 +368,16 @@ async fn forward_upstream(State(up): State<Arc<Upstream>>, request: Request) -> 
                 .body(Body::from_stream(res.bytes_stream()))
                 .unwrap_or_else(|_| StatusCode::BAD_GATEWAY.into_response())
         }
-        // reqwest's errors name the URL, never a header: nothing secret in the message.
-        Err(e) => (
-            StatusCode::BAD_GATEWAY,
-            format!(
-                "the gateway could not reach the upstream: {}",
-                remote::describe(&e)
-            ),
-        )
-            .into_response(),
+        // Logged with its cause; the run (and through it, the client) learns only that the
+        // upstream was unreachable, not where the gateway's upstream is.
+        Err(e) => {
+            tracing::warn!(error = %remote::describe(&e), "the upstream could not be reached");
+            (
+                StatusCode::BAD_GATEWAY,
+                "the gateway could not reach the upstream",
+            )
+                .into_response()
+        }
     }
 }
 

@@ -352,6 +352,12 @@ impl Assembler {
                 .unwrap_or_else(|| format!("the CLI reported an error ({})", result.subtype));
             return Step::Failed(match result.api_error_status {
                 Some(status) => TurnError::Upstream { status, message },
+                // The CLI refuses an over-long prompt itself, as the API would have: the
+                // request is at fault, not the server (and a client must not retry it).
+                None if message.starts_with("Prompt is too long") => TurnError::Upstream {
+                    status: 400,
+                    message,
+                },
                 None => TurnError::Cli(message),
             });
         }

@@ -93,10 +93,10 @@ async fn drive(
             let _ = tx.send(Item::Failed(e.into())).await;
             return;
         }
-        if keep.is_none() {
-            // No further turn will come: closing stdin lets the CLI exit after its result.
-            process.close_input();
-        }
+        // Input stays open until the result has been read whole, even when no further turn
+        // will come: a CLI whose input has ended exits right after printing its result, and
+        // exiting drops whatever of a large result line its output pipe had not yet taken (a
+        // 2 MiB answer arrived cut short). `finish` closes it once the result is in.
         let mut started = false;
         let began = std::time::Instant::now();
         let mut first_output = false;

@@ -1,0 +1,154 @@
+//! Faults and large payloads through the real CLI: large requests reach the upstream, large
+//! answers arrive whole, and failures are reported in the API's own terms without naming the
+//! gateway's internals.
+
+mod common;
+
+use common::{body, parse_sse, scripted, streamed_text, Gateway};
+use serde_json::{json, Value};
+
+const TOKEN: &str = "sk-ant-oat01-faye.faults";
+
+async fn gateway() -> Gateway {
+    // A stalled CLI shows as a 504 within a minute, not after the default ten.
+    Gateway::builder()
+        .args(&["--run-timeout-secs", "60"])
+        .start()
+        .await
+}
+
+/// A base64 PNG of `side`×`side` random pixels (incompressible: ~3 MB for 1000).
+fn noise_png_base64(side: u32) -> String {
+    let script = format!(
+        r#"
+import base64, os, struct, sys, zlib
+w = h = {side}
+raw = b"".join(b"\x00" + os.urandom(w * 3) for _ in range(h))
+def chunk(t, d):
+    return struct.pack(">I", len(d)) + t + d + struct.pack(">I", zlib.crc32(t + d) & 0xffffffff)
+png = b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0)) \
+    + chunk(b"IDAT", zlib.compress(raw, 1)) + chunk(b"IEND", b"")
+sys.stdout.write(base64.b64encode(png).decode())
+"#
+    );
+    let out = std::process::Command::new("python3")
+        .args(["-c", &script])
+        .output()
+        .expect("python3 runs");
+    assert!(out.status.success());
+    String::from_utf8(out.stdout).expect("base64 text")
+}
+
+#[tokio::test]
+async fn two_four_megabyte_images_reach_the_upstream() {
+    let gw = gateway().await;
+    let image = json!({"type": "image", "source": {"type": "base64", "media_type": "image/png",
+        "data": noise_png_base64(1000)}});
+    assert!(image.to_string().len() > 4_000_000);
+    let req = json!({"model": "sonnet", "max_tokens": 100, "messages": [{"role": "user",
+        "content": [{"type": "text", "text": "marker-two-images"}, image, image]}]});
+    assert!(req.to_string().len() > 8_000_000);
+    let res = gw.messages(TOKEN, req).await;
+    assert_eq!(
+        res.status(),
+        200,
+        "{}",
+        res.text().await.unwrap_or_default()
+    );
+    let calls = gw.upstream_with("marker-two-images");
+    assert!(!calls.is_empty(), "the upstream was called");
+    let images = calls[0].body["messages"][0]["content"]
+        .as_array()
+        .map_or(0, |blocks| {
+            blocks.iter().filter(|b| b["type"] == "image").count()
+        });
+    assert_eq!(images, 2);
+}
+
+#[tokio::test]
+async fn a_two_mebibyte_answer_arrives_whole_without_a_session_ten_times_in_a_row() {
+    let gw = gateway().await;
+    let size = 2 << 20;
+    let expected = fake_anthropic::script::sized_reply(size);
+    for round in 0..10 {
+        let prompt = scripted(&format!("marker-big-{round}"), json!({"reply_bytes": size}));
+        let res = gw.messages(TOKEN, body(&prompt)).await;
+        assert_eq!(res.status(), 200, "round {round}");
+        let message: Value = res.json().await.expect("json");
+        let text = message["content"][0]["text"].as_str().unwrap_or_default();
+        assert!(
+            text == expected,
+            "round {round}: {} of {size} bytes",
+            text.len()
+        );
+
+        let mut req = body(&prompt);
+        req["stream"] = json!(true);
+        let res = gw.messages(TOKEN, req).await;
+        assert_eq!(res.status(), 200, "round {round}, streamed");
+        let events = parse_sse(&res.text().await.expect("body"));
+        assert_eq!(
+            events.last().map(|e| e.event.as_str()),
+            Some("message_stop"),
+            "round {round}: the stream ends cleanly"
+        );
+        let text = streamed_text(&events);
+        assert!(
+            text == expected,
+            "round {round}, streamed: {} of {size} bytes",
+            text.len()
+        );
+    }
+    // The OpenAI dialect gets it whole too.
+    let res = gw
+        .post("/v1/chat/completions")
+        .bearer_auth(TOKEN)
+        .json(&json!({"model": "sonnet", "messages": [{"role": "user",
+            "content": scripted("marker-big-openai", json!({"reply_bytes": size}))}]}))
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(res.status(), 200);
+    let completion: Value = res.json().await.expect("json");
+    assert!(completion["choices"][0]["message"]["content"] == expected.as_str());
+}
+
+#[tokio::test]
+async fn a_prompt_that_is_too_long_is_the_clients_400_not_a_server_error() {
+    let gw = gateway().await;
+    // The fake counts a token per four bytes: a megabyte is past any model's window.
+    let long = format!("marker-too-long {}", "word ".repeat(240_000));
+    let res = gw.messages(TOKEN, body(&long)).await;
+    assert_eq!(res.status(), 400);
+    let err: Value = res.json().await.expect("json");
+    assert_eq!(err["error"]["type"], "invalid_request_error");
+    assert!(err["error"]["message"]
+        .as_str()
+        .is_some_and(|m| m.contains("too long")));
+}
+
+#[tokio::test]
+async fn error_messages_name_no_internal_address() {
+    let gw = gateway().await;
+    for status in [500, 529] {
+        let prompt = scripted("marker-5xx", json!({"error": {"status": status}}));
+        let res = gw.messages(TOKEN, body(&prompt)).await;
+        assert_eq!(res.status().as_u16(), if status == 500 { 502 } else { 529 });
+        let text = res.text().await.expect("text");
+        assert!(!text.contains("127.0.0.1"), "{text}");
+        assert!(!text.contains("inference gateway"), "{text}");
+        assert!(!text.contains(&gw.fake.base_url()), "{text}");
+    }
+}
+
+#[tokio::test]
+async fn max_tokens_zero_is_refused_as_the_api_does() {
+    let gw = gateway().await;
+    let mut req = body("marker-zero");
+    req["max_tokens"] = json!(0);
+    let res = gw.messages(TOKEN, req).await;
+    assert_eq!(res.status(), 400);
+    let err: Value = res.json().await.expect("json");
+    assert_eq!(err["error"]["type"], "invalid_request_error");
+    assert!(gw.upstream_with("marker-zero").is_empty());
+}
