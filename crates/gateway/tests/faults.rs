@@ -152,3 +152,45 @@ async fn max_tokens_zero_is_refused_as_the_api_does() {
     assert_eq!(err["error"]["type"], "invalid_request_error");
     assert!(gw.upstream_with("marker-zero").is_empty());
 }
+
+#[tokio::test]
+async fn a_stream_that_fails_after_its_headers_is_logged_and_counted() {
+    let gw = Gateway::builder()
+        .args(&["--run-timeout-secs", "5"])
+        .start()
+        .await;
+    // The first delta arrives, then the model stalls past the run's time limit.
+    let prompt = scripted(
+        "marker-stall",
+        json!({"reply": "one two three", "chunks": 3, "chunk_delay_ms": 30000}),
+    );
+    let mut req = body(&prompt);
+    req["stream"] = json!(true);
+    let res = gw.messages(TOKEN, req).await;
+    assert_eq!(
+        res.status(),
+        200,
+        "the headers went out with the first output"
+    );
+    let events = parse_sse(&res.text().await.expect("body"));
+    let error = events
+        .iter()
+        .find(|e| e.event == "error")
+        .expect("an in-stream error event");
+    assert_eq!(error.data["error"]["type"], "timeout_error");
+    assert!(gw
+        .metrics()
+        .await
+        .lines()
+        .any(|l| l.starts_with("gateway_http_requests_total")
+            && l.contains("status=\"504_in_stream\"")));
+    assert!(gw.metrics().await.contains("gateway_stream_failures_total"));
+    let logs = gw.logs();
+    assert!(
+        logs.lines()
+            .any(|l| l.contains("request failed after its stream started")
+                && l.contains("\"status\":504")
+                && l.contains("WARN")),
+        "the failure is logged at WARN with its status"
+    );
+}

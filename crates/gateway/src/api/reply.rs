@@ -19,14 +19,17 @@ pub struct Opening {
     pub model: String,
     /// Extension fields of the message object (`session_id`, …).
     pub extensions: Vec<(&'static str, Value)>,
+    /// The route template, for what is counted of a stream that fails after its headers.
+    pub route: &'static str,
 }
 
 impl Opening {
-    pub fn new(model: &str, extensions: Vec<(&'static str, Value)>) -> Self {
+    pub fn new(route: &'static str, model: &str, extensions: Vec<(&'static str, Value)>) -> Self {
         Self {
             id: format!("msg_{}", uuid::Uuid::new_v4().simple()),
             model: model.to_owned(),
             extensions,
+            route,
         }
     }
 
@@ -58,7 +61,12 @@ pub async fn respond(
     use axum::response::IntoResponse;
     if stream {
         let held = hold(rx, opening, config.first_output_timeout()).await?;
-        Ok(super::sse::response(held, config.ping_interval(), render))
+        Ok(super::sse::response(
+            held,
+            config.ping_interval(),
+            render,
+            opening.route,
+        ))
     } else {
         let message = collect(rx, opening).await?;
         Ok(axum::Json(complete(message)).into_response())

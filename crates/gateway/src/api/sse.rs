@@ -35,6 +35,7 @@ struct RelayState {
     rx: Option<mpsc::Receiver<Item>>,
     ping: tokio::time::Interval,
     render: Render,
+    route: &'static str,
 }
 
 /// An `error` event carrying the failure in Anthropic's error shape.
@@ -46,7 +47,7 @@ pub fn error_event(e: ApiError) -> Event {
 }
 
 /// Streams `held` and then whatever its channel delivers.
-pub fn response(held: Held, ping_every: Duration, render: Render) -> Response {
+pub fn response(held: Held, ping_every: Duration, render: Render, route: &'static str) -> Response {
     let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + ping_every, ping_every);
     ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let state = RelayState {
@@ -55,6 +56,7 @@ pub fn response(held: Held, ping_every: Duration, render: Render) -> Response {
         rx: held.rest,
         ping,
         render,
+        route,
     };
     let mut response = Sse::new(relay(state)).into_response();
     // Proxies such as nginx buffer event streams unless told not to.
@@ -63,6 +65,23 @@ pub fn response(held: Held, ping_every: Duration, render: Render) -> Response {
         axum::http::HeaderValue::from_static("no"),
     );
     response
+}
+
+/// A failure after the headers went out as 200: logged with the status it would have had, and
+/// counted under it (marked as in-stream), so operators see it as they see any other failure.
+fn failed_in_stream(route: &'static str, e: ApiError) -> ApiError {
+    let status = e.status().as_u16();
+    tracing::warn!(
+        status,
+        error = %crate::telemetry::redact(&e.to_string()),
+        "request failed after its stream started"
+    );
+    metrics::counter!("gateway_http_requests_total", "route" => route, "method" => "POST",
+        "status" => format!("{status}_in_stream"))
+    .increment(1);
+    metrics::counter!("gateway_stream_failures_total", "route" => route, "status" => status.to_string())
+        .increment(1);
+    e
 }
 
 fn relay(state: RelayState) -> impl Stream<Item = Result<SseEvent, Infallible>> {
@@ -92,13 +111,14 @@ fn relay(state: RelayState) -> impl Stream<Item = Result<SseEvent, Infallible>> 
                     s.rx = None;
                 }
                 Some(Item::Failed(e)) => {
-                    s.pending.push_back(error_event(e.into()));
+                    s.pending
+                        .push_back(error_event(failed_in_stream(s.route, e.into())));
                     s.rx = None;
                 }
                 None => {
-                    s.pending.push_back(error_event(ApiError::BadGateway(
-                        "the run ended without a result".into(),
-                    )));
+                    let e = ApiError::BadGateway("the run ended without a result".into());
+                    s.pending
+                        .push_back(error_event(failed_in_stream(s.route, e)));
                     s.rx = None;
                 }
             }

@@ -132,7 +132,7 @@ pub async fn create(
     {
         extensions.push(("refreshed_oauth_credentials", creds));
     }
-    let opening = Opening::new(&req.model, extensions);
+    let opening = Opening::new("/v1/messages", &req.model, extensions);
     let response = reply::respond(
         &state.config,
         req.stream,

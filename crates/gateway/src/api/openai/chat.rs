@@ -149,7 +149,7 @@ async fn handle(
     .await?;
 
     let session_id = started.session.as_str().to_owned();
-    let opening = Opening::new(&req.model, Vec::new());
+    let opening = Opening::new("/v1/chat/completions", &req.model, Vec::new());
     let include_usage = req.stream_options.is_some_and(|o| o.include_usage);
     let response = reply::respond(
         &state.config,
