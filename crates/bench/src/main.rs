@@ -77,6 +77,11 @@ enum Bench {
         #[arg(long, default_value_t = 50)]
         turns: usize,
     },
+    /// What the syscall filter adds to starting a sandbox: `true` in one, with and without it.
+    Sandbox {
+        #[arg(long, default_value_t = 40)]
+        runs: usize,
+    },
 }
 
 impl Bench {
@@ -101,12 +106,20 @@ impl Bench {
                 },
                 Bench::Sessions { turns: 2, live: 1 },
                 Bench::Growth { turns: 1 },
+                Bench::Sandbox { runs: 2 },
             ]
         } else {
-            ["overhead", "rejection", "concurrency", "sessions", "growth"]
-                .into_iter()
-                .map(default)
-                .collect()
+            [
+                "overhead",
+                "rejection",
+                "concurrency",
+                "sessions",
+                "growth",
+                "sandbox",
+            ]
+            .into_iter()
+            .map(default)
+            .collect()
         }
     }
 
@@ -121,6 +134,7 @@ impl Bench {
             Bench::Concurrency { .. } => vec!["concurrency", "concurrency-queue"],
             Bench::Sessions { .. } => vec!["sessions"],
             Bench::Growth { .. } => vec!["growth"],
+            Bench::Sandbox { .. } => vec!["sandbox"],
         }
     }
 }
@@ -236,6 +250,63 @@ async fn sessions(args: &Args, turns: usize, live_count: usize) -> anyhow::Resul
     )])
 }
 
+/// Starting a sandbox (bubblewrap running `true`, as the gateway probes it at start-up) with
+/// and without the syscall filter, interleaved; everything else about the sandbox is the same.
+async fn sandbox_setup(
+    gateway: &std::path::Path,
+    claude: &std::path::Path,
+    runs: usize,
+) -> anyhow::Result<Vec<Block>> {
+    let dir = tempfile::tempdir()?;
+    let mut sandbox = claude_gateway::sandbox::Bwrap::new(
+        claude,
+        gateway.to_path_buf(),
+        dir.path().join("sandbox-etc"),
+        claude_gateway::sandbox::Limits::default(),
+    )?;
+    let filter = sandbox.seccomp.clone();
+    let (mut without, mut with) = (Vec::new(), Vec::new());
+    for _ in 0..runs {
+        for (programs, samples) in [(Vec::new(), &mut without), (filter.clone(), &mut with)] {
+            sandbox.seccomp = programs;
+            let started = std::time::Instant::now();
+            sandbox.probe().await?;
+            samples.push(started.elapsed());
+        }
+    }
+    let compile = {
+        let started = std::time::Instant::now();
+        claude_gateway::sandbox::seccomp::programs()?;
+        started.elapsed()
+    };
+    let row = |name: &str, samples: &[Duration]| {
+        let s = Summary::of(samples);
+        format!(
+            "| {name} | {} | {:.1} | {:.1} |",
+            samples.len(),
+            s.median_ms,
+            s.p95_ms
+        )
+    };
+    let (a, b) = (Summary::of(&without), Summary::of(&with));
+    let body = format!(
+        "| sandbox start (`true` inside) | n | median ms | p95 ms |\n|---|---|---|---|\n{}\n{}\n\n\
+         The filter adds **{:+.1} ms** per run at the median ({:.2}x); it is compiled once, at \
+         start-up ({:.2} ms).\n",
+        row("without the syscall filter", &without),
+        row("with the syscall filter", &with),
+        b.median_ms - a.median_ms,
+        b.median_ms / a.median_ms.max(0.001),
+        compile.as_secs_f64() * 1000.0
+    );
+    Ok(vec![Block::new(
+        "sandbox",
+        "Sandbox start with and without the syscall filter",
+        &format!("{} sandbox --runs {runs}", load::BENCH),
+        &body,
+    )])
+}
+
 /// Runs one benchmark (not `all`) with the limits every loop is held to.
 async fn run(args: &Args, bench: Bench) -> anyhow::Result<Vec<Block>> {
     let (gw, claude) = (&args.gateway, &args.claude);
@@ -253,6 +324,7 @@ async fn run(args: &Args, bench: Bench) -> anyhow::Result<Vec<Block>> {
             sessions(args, turns.clamp(2, 1000), live.clamp(1, 64)).await
         }
         Bench::Growth { turns } => load::growth(gw, claude, turns.clamp(1, 100)).await,
+        Bench::Sandbox { runs } => sandbox_setup(gw, claude, runs.clamp(1, 1000)).await,
     }
 }
 
