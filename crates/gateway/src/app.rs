@@ -369,6 +369,9 @@ pub fn router(state: SharedState) -> Router {
             api::limit_client_ip,
         ))
         .layer(DefaultBodyLimit::max(body_limit))
+        // gzip bodies are read as what they decompress to (the body limit applies to that);
+        // another encoding is 415 rather than a JSON parse error.
+        .layer(tower_http::decompression::RequestDecompressionLayer::new())
         .layer(tower_http::timeout::RequestBodyTimeoutLayer::new(
             state.config.client_timeout(),
         ))

@@ -229,8 +229,19 @@ pub async fn start(state: &Arc<AppState>, req: TurnRequest) -> Result<StartedTur
         } else {
             None
         };
+    let on_failure = {
+        let state = state.clone();
+        let tenant = req.tenant.clone();
+        let checkpoint = state.sessions.checkpoint(&req.tenant, assigned);
+        Box::new(move || {
+            if let Err(e) = state.sessions.roll_back(&tenant, &checkpoint) {
+                tracing::error!(error = %e, "could not put the session back after a failed turn");
+            }
+        })
+    };
     let hooks = turn::Hooks {
         on_result,
+        on_failure,
         // The session stays locked until its process has exited or been kept.
         hold: Box::new((guard, permit)),
         keep,

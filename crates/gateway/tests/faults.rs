@@ -194,3 +194,84 @@ async fn a_stream_that_fails_after_its_headers_is_logged_and_counted() {
         "the failure is logged at WARN with its status"
     );
 }
+
+#[tokio::test]
+async fn a_failed_turn_leaves_the_session_as_it_was_and_a_retry_succeeds_once() {
+    let gw = gateway().await;
+    let turn = |prompt: String| {
+        let mut req = body(&prompt);
+        req["session_id"] = json!("retry-me");
+        gw.messages(TOKEN, req)
+    };
+    assert_eq!(turn("marker-first-turn".into()).await.status(), 200);
+    let failing = scripted("marker-failing-turn", json!({"error": {"status": 500}}));
+    assert_eq!(turn(failing).await.status(), 502);
+    let (status, session) = gw.get_json_as(TOKEN, "/v1/sessions/retry-me").await;
+    assert_eq!(status, 200);
+    assert_eq!(session["turns"], 1, "{session}");
+    let messages = session["messages"].as_array().cloned().unwrap_or_default();
+    assert_eq!(messages.len(), 2, "only the first turn: {session}");
+    assert!(!session.to_string().contains("marker-failing-turn"));
+    // The retry sees the conversation without the failed turn, and exactly one of itself.
+    assert_eq!(turn("marker-retry-turn".into()).await.status(), 200);
+    let seen = gw.upstream_with("marker-retry-turn");
+    let text = seen[0].body_text();
+    assert!(text.contains("marker-first-turn"), "history kept");
+    assert!(
+        !text.contains("marker-failing-turn"),
+        "the failed turn is gone: {text}"
+    );
+    assert_eq!(text.matches("marker-retry-turn").count(), 1);
+    let (_, session) = gw.get_json_as(TOKEN, "/v1/sessions/retry-me").await;
+    assert_eq!(session["turns"], 2);
+}
+
+#[tokio::test]
+async fn an_unknown_content_block_is_refused_by_name() {
+    let gw = gateway().await;
+    let req = json!({"model": "sonnet", "max_tokens": 10, "messages": [{"role": "user",
+        "content": [{"type": "text", "text": "marker-unknown"}, {"type": "hologram", "data": "x"}]}]});
+    let res = gw.messages(TOKEN, req).await;
+    assert_eq!(res.status(), 400);
+    let err: Value = res.json().await.expect("json");
+    assert!(err["error"]["message"]
+        .as_str()
+        .is_some_and(|m| m.contains("hologram") && m.contains("messages.0.content.1")));
+    assert!(gw.upstream_with("marker-unknown").is_empty());
+}
+
+#[tokio::test]
+async fn a_gzip_body_is_read_and_an_unknown_encoding_is_415() {
+    let gw = gateway().await;
+    let plain = body("marker-gzip").to_string();
+    let mut child = std::process::Command::new("gzip")
+        .arg("-c")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("gzip runs");
+    std::io::Write::write_all(&mut child.stdin.take().expect("stdin"), plain.as_bytes())
+        .expect("written");
+    let gzipped = child.wait_with_output().expect("gzip").stdout;
+    let res = gw
+        .post("/v1/messages")
+        .bearer_auth(TOKEN)
+        .header("content-type", "application/json")
+        .header("content-encoding", "gzip")
+        .body(gzipped)
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(res.status(), 200);
+    assert!(!gw.upstream_with("marker-gzip").is_empty());
+    let res = gw
+        .post("/v1/messages")
+        .bearer_auth(TOKEN)
+        .header("content-type", "application/json")
+        .header("content-encoding", "x-unheard-of")
+        .body(plain)
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(res.status(), 415);
+}

@@ -84,6 +84,14 @@ pub struct SessionMeta {
 
 pub use crate::clock::now_secs;
 
+/// A session's transcript as it stood before a turn ([`SessionStore::checkpoint`]).
+#[derive(Debug, Clone)]
+pub struct Checkpoint {
+    cli_session: Uuid,
+    /// Its length in bytes; `None` when the session had no transcript yet.
+    length: Option<u64>,
+}
+
 fn storage(e: std::io::Error) -> SessionError {
     SessionError::Storage(e.to_string())
 }
@@ -215,6 +223,51 @@ impl SessionStore {
         Ok(sessions)
     }
 
+    /// Where the CLI keeps the transcript of `cli_session` (a regular file), if anywhere.
+    fn find_transcript(projects: &tree::UntrustedTree, cli_session: Uuid) -> Option<PathBuf> {
+        let name = format!("{cli_session}.jsonl");
+        projects
+            .subdirs()
+            .into_iter()
+            .map(|d| d.join(&name))
+            .find(|p| projects.is_file(p))
+    }
+
+    /// How the session's transcript stands before a turn, to put it back if the turn fails.
+    pub fn checkpoint(&self, tenant: &TenantId, cli_session: Uuid) -> Checkpoint {
+        let length = self.projects(tenant).ok().and_then(|projects| {
+            Self::find_transcript(&projects, cli_session).and_then(|p| projects.len(&p))
+        });
+        Checkpoint {
+            cli_session,
+            length,
+        }
+    }
+
+    /// Puts the transcript back as it stood at `checkpoint`: what a failed turn appended (the
+    /// prompt, a partial or made-up reply) is cut off, and a session that had none loses the
+    /// one the turn started. Call only once the turn's process is gone.
+    pub fn roll_back(
+        &self,
+        tenant: &TenantId,
+        checkpoint: &Checkpoint,
+    ) -> Result<(), SessionError> {
+        let projects = self.projects(tenant)?;
+        match checkpoint.length {
+            Some(length) => {
+                if let Some(path) = Self::find_transcript(&projects, checkpoint.cli_session) {
+                    projects.truncate(&path, length).map_err(storage)?;
+                }
+            }
+            None => {
+                for path in Self::derived_files(&projects, checkpoint.cli_session) {
+                    projects.remove(&path).map_err(storage)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// The transcript of a session, wherever the CLI put it: only a regular file, of at most
     /// [`MAX_TRANSCRIPT_BYTES`].
     pub fn read_transcript(
@@ -223,13 +276,7 @@ impl SessionStore {
         cli_session: Uuid,
     ) -> Result<Option<Vec<u8>>, SessionError> {
         let projects = self.projects(tenant)?;
-        let name = format!("{cli_session}.jsonl");
-        let Some(found) = projects
-            .subdirs()
-            .into_iter()
-            .map(|d| d.join(&name))
-            .find(|p| projects.is_file(p))
-        else {
+        let Some(found) = Self::find_transcript(&projects, cli_session) else {
             return Ok(None);
         };
         projects

@@ -106,6 +106,28 @@ impl UntrustedTree {
         file.write_all(bytes)
     }
 
+    /// The size of the regular file at `rel`.
+    pub fn len(&self, rel: &Path) -> Option<u64> {
+        self.root
+            .symlink_metadata(rel)
+            .ok()
+            .filter(|m| m.file_type().is_file())
+            .map(|m| m.len())
+    }
+
+    /// Cuts the regular file at `rel` back to `len` bytes (never through a link).
+    pub fn truncate(&self, rel: &Path, len: u64) -> std::io::Result<()> {
+        let mut options = OpenOptions::new();
+        options
+            .write(true)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK);
+        let file = self.root.open_with(rel, &options)?;
+        if !file.metadata()?.is_file() {
+            return Err(refused("not a regular file"));
+        }
+        file.set_len(len)
+    }
+
     /// Removes what is at `rel`: a file or link (never its target), or a directory with
     /// everything in it. Nothing there is not an error.
     pub fn remove(&self, rel: &Path) -> std::io::Result<()> {

@@ -53,6 +53,9 @@ pub struct Hooks {
     /// Takes the process after a successful turn to keep it for the next one (live sessions);
     /// without it the process gets no more input and exits.
     pub keep: Option<Box<dyn FnOnce(CliProcess) + Send>>,
+    /// Called when the turn ends without a result (failed, timed out, or its client left),
+    /// once its process is gone and before `hold` is dropped: puts the session back.
+    pub on_failure: Box<dyn FnOnce() + Send>,
 }
 
 /// Sends `input` to `process` and returns the channel of what follows.
@@ -70,8 +73,13 @@ pub fn start(
                 on_result,
                 hold,
                 keep,
+                on_failure,
             } = hooks;
-            drive(process, input, show_tools, &tx, on_result, keep).await;
+            // `drive` owns the process: by the time it returns, the process is killed (or
+            // kept), so nothing writes to the session behind the roll-back.
+            if !drive(process, input, show_tools, &tx, on_result, keep).await {
+                on_failure();
+            }
             drop(hold);
         },
         span,
@@ -86,12 +94,12 @@ async fn drive(
     tx: &mpsc::Sender<Item>,
     on_result: Box<dyn FnOnce(&ResultLine) + Send>,
     keep: Option<Box<dyn FnOnce(CliProcess) + Send>>,
-) {
+) -> bool {
     {
         let mut assembler = Assembler::new(show_tools);
         if let Err(e) = process.send(&input).await {
             let _ = tx.send(Item::Failed(e.into())).await;
-            return;
+            return false;
         }
         // Input stays open until the result has been read whole, even when no further turn
         // will come: a CLI whose input has ended exits right after printing its result, and
@@ -102,7 +110,7 @@ async fn drive(
         let mut first_output = false;
         loop {
             let line = tokio::select! {
-                _ = tx.closed() => return,
+                _ = tx.closed() => return false,
                 line = process.next_line() => line,
             };
             let item = match line {
@@ -122,7 +130,7 @@ async fn drive(
                     started = true;
                     let usage = assembler.start_usage.clone();
                     if tx.send(Item::Started { model, usage }).await.is_err() {
-                        return;
+                        return false;
                     }
                 }
             }
@@ -140,16 +148,16 @@ async fn drive(
                 let _ = tx.send(item).await;
                 if let Some(keep) = keep {
                     keep(process);
-                    return;
+                    return true;
                 }
                 if !process.finish(FINISH_GRACE).await {
                     tracing::warn!("the CLI did not exit after its result; killing it");
                 }
-                return;
+                return true;
             }
             let last = matches!(item, Item::Failed(_));
             if tx.send(item).await.is_err() || last {
-                return;
+                return false;
             }
         }
     }

@@ -26,6 +26,48 @@ fn parse_body(body: Result<Bytes, BytesRejection>) -> Result<MessagesRequest, Ap
 /// Earlier turns: role (`"user"`/`"assistant"`) and content.
 type History = Vec<(&'static str, Value)>;
 
+/// The content block types of the Messages API. Anything else would be dropped by the CLI
+/// without a word, so it is refused, named.
+const BLOCK_TYPES: &[&str] = &[
+    "text",
+    "image",
+    "document",
+    "search_result",
+    "tool_use",
+    "tool_result",
+    "thinking",
+    "redacted_thinking",
+    "server_tool_use",
+    "web_search_tool_result",
+    "web_fetch_tool_result",
+    "code_execution_tool_result",
+    "mcp_tool_use",
+    "mcp_tool_result",
+    "container_upload",
+];
+
+fn check_blocks(i: usize, content: &super::types::Content) -> Result<(), ApiError> {
+    let super::types::Content::Blocks(blocks) = content else {
+        return Ok(());
+    };
+    for (j, block) in blocks.iter().enumerate() {
+        match block.get("type").and_then(Value::as_str) {
+            Some(kind) if BLOCK_TYPES.contains(&kind) => {}
+            Some(kind) => {
+                return Err(ApiError::InvalidRequest(format!(
+                    "messages.{i}.content.{j}.type: unknown content block type {kind:?}"
+                )))
+            }
+            None => {
+                return Err(ApiError::InvalidRequest(format!(
+                    "messages.{i}.content.{j}.type: required"
+                )))
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Splits `messages` into the earlier turns and the new user turn.
 fn split_turns(req: &MessagesRequest) -> Result<(History, Value), ApiError> {
     let (last, earlier) = req.messages.split_last().ok_or_else(|| {
@@ -35,6 +77,9 @@ fn split_turns(req: &MessagesRequest) -> Result<(History, Value), ApiError> {
         return Err(ApiError::InvalidRequest(
             "messages: the last message must have role \"user\"".into(),
         ));
+    }
+    for (i, message) in req.messages.iter().enumerate() {
+        check_blocks(i, &message.content)?;
     }
     let history = earlier
         .iter()
