@@ -18,6 +18,10 @@ pub struct Script {
     /// The final text reply. Defaults to an echo of the prompt (or of the tool results).
     #[serde(default)]
     pub reply: Option<String>,
+    /// The reply to a non-streaming call instead of `reply`: what the CLI's retry gets after
+    /// a stream was cut (`fail_after_chunks`), to test an answer that changes on retry.
+    #[serde(default)]
+    pub retry_reply: Option<String>,
     /// A final reply of exactly this many bytes (a marker, then filler), for large answers.
     #[serde(default)]
     pub reply_bytes: Option<usize>,

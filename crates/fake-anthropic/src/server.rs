@@ -278,7 +278,10 @@ async fn messages(headers: HeaderMap, body: Bytes) -> Response {
         .get("stream")
         .and_then(Value::as_bool)
         .unwrap_or(false);
-    let Plan { turn, script } = script::plan(&request);
+    let Plan { mut turn, script } = script::plan(&request);
+    if let (false, Some(retry), Turn::Text(_)) = (stream, &script.retry_reply, &turn) {
+        turn = Turn::Text(retry.clone());
+    }
     if script.first_byte_delay_ms > 0 {
         tokio::time::sleep(Duration::from_millis(script.first_byte_delay_ms)).await;
     }

@@ -275,3 +275,30 @@ async fn a_gzip_body_is_read_and_an_unknown_encoding_is_415() {
         .expect("sent");
     assert_eq!(res.status(), 415);
 }
+
+#[tokio::test]
+async fn a_cut_stream_whose_retry_answers_differently_is_never_spliced() {
+    let gw = gateway().await;
+    let script = json!({"reply": "alpha beta gamma delta epsilon", "chunks": 5,
+        "fail_after_chunks": 2, "retry_reply": "a different final answer"});
+    // Not streamed: only the retried answer, as one block.
+    let res = gw
+        .messages(TOKEN, body(&scripted("marker-splice", script.clone())))
+        .await;
+    assert_eq!(res.status(), 200);
+    let message: Value = res.json().await.expect("json");
+    let blocks = message["content"].as_array().cloned().unwrap_or_default();
+    assert_eq!(blocks.len(), 1, "{message}");
+    assert_eq!(blocks[0]["text"], "a different final answer");
+    // Streamed: the fragment already went out, so the stream ends with an error, not with the
+    // other answer glued on.
+    let mut req = body(&scripted("marker-splice-stream", script));
+    req["stream"] = json!(true);
+    let res = gw.messages(TOKEN, req).await;
+    assert_eq!(res.status(), 200);
+    let events = parse_sse(&res.text().await.expect("body"));
+    let text = streamed_text(&events);
+    assert!(!text.contains("different"), "spliced: {text:?}");
+    assert!(events.iter().any(|e| e.event == "error"), "{events:?}");
+    assert!(!events.iter().any(|e| e.event == "message_stop"));
+}

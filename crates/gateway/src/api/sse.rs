@@ -91,6 +91,19 @@ fn relay(state: RelayState) -> impl Stream<Item = Result<SseEvent, Infallible>> 
                 return Some((Ok(out), s));
             }
             if let Some(event) = s.pending.pop_front() {
+                if event.name == crate::turn::assemble::RETRACT {
+                    // Part of a different answer has been sent: report it, never splice.
+                    let e = ApiError::BadGateway(
+                        "the upstream's answer broke off and its retry answered differently; \
+                         the partial answer already sent is void: send the request again"
+                            .into(),
+                    );
+                    s.pending.clear();
+                    s.pending
+                        .push_back(error_event(failed_in_stream(s.route, e)));
+                    s.rx = None;
+                    continue;
+                }
                 s.out.extend((s.render)(&event));
                 continue;
             }

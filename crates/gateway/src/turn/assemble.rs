@@ -38,6 +38,11 @@ impl Event {
     }
 }
 
+/// The gateway's own event (never sent as such): the block at `index` was a fragment of an
+/// answer that the retried call replaced. A complete message leaves it out; a stream that has
+/// already sent it cannot take it back and ends with an error instead.
+pub const RETRACT: &str = "retract";
+
 /// What a line meant for the response.
 #[derive(Debug)]
 pub enum Step {
@@ -287,10 +292,18 @@ impl Assembler {
                 }
                 return events;
             }
-            // What was streamed does not match the final block: close it and send the block whole.
+            // What was streamed does not match the final block (the stream broke and the
+            // retried call answered differently): close it, declare it void, and send the
+            // block whole. Never both as if they were one answer.
             if seen.open {
                 seen.open = false;
                 events.extend(seen.index.map(stop_event));
+            }
+            if let Some(index) = seen.index.filter(|_| !seen.streamed.is_empty()) {
+                events.push(Event::new(
+                    RETRACT,
+                    json!({"type": RETRACT, "index": index}),
+                ));
             }
         }
         let mut opening = block.clone();

@@ -61,6 +61,11 @@ impl MessageBuilder {
                     }
                 }
             }
+            (super::assemble::RETRACT, Some(i)) => {
+                if let Some(block) = self.content.get_mut(i) {
+                    *block = Value::Null;
+                }
+            }
             ("message_delta", _) => {
                 if let Some(Value::Object(delta)) = data.get("delta") {
                     for (k, v) in delta {
