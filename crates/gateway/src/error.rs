@@ -220,10 +220,21 @@ impl From<RunError> for ApiError {
 impl From<TurnError> for ApiError {
     fn from(e: TurnError) -> Self {
         match e {
-            TurnError::Upstream { status, message } => {
+            TurnError::Upstream {
+                status,
+                message,
+                retry_after,
+            } => {
                 metrics::counter!("gateway_upstream_errors_total", "status" => status.to_string())
                     .increment(1);
-                ApiError::from_upstream(status, &message)
+                match ApiError::from_upstream(status, &message) {
+                    ApiError::RateLimited { message, limit, .. } => ApiError::RateLimited {
+                        message,
+                        retry_after,
+                        limit,
+                    },
+                    other => other,
+                }
             }
             TurnError::Cli(message) => ApiError::BadGateway(format!(
                 "the Claude Code CLI reported an error: {}",

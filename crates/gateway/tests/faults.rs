@@ -302,3 +302,36 @@ async fn a_cut_stream_whose_retry_answers_differently_is_never_spliced() {
     assert!(events.iter().any(|e| e.event == "error"), "{events:?}");
     assert!(!events.iter().any(|e| e.event == "message_stop"));
 }
+
+#[tokio::test]
+async fn an_upstream_429_keeps_its_retry_after() {
+    let gw = gateway().await;
+    let prompt = scripted(
+        "marker-429",
+        json!({"error": {"status": 429, "retry_after": 7}}),
+    );
+    let res = gw.messages(TOKEN, body(&prompt)).await;
+    assert_eq!(res.status(), 429);
+    assert_eq!(
+        res.headers()
+            .get("retry-after")
+            .and_then(|v| v.to_str().ok()),
+        Some("7")
+    );
+    let err: Value = res.json().await.expect("json");
+    assert_eq!(err["error"]["type"], "rate_limit_error");
+    let res = gw
+        .post("/v1/chat/completions")
+        .bearer_auth(TOKEN)
+        .json(&json!({"model": "sonnet", "messages": [{"role": "user", "content": prompt}]}))
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(res.status(), 429);
+    assert_eq!(
+        res.headers()
+            .get("retry-after")
+            .and_then(|v| v.to_str().ok()),
+        Some("7")
+    );
+}

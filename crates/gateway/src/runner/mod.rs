@@ -73,7 +73,7 @@ impl Runner {
             ))
         })?;
         let mut dir = RunDir::create(&self.runs_dir).map_err(RunError::RunDir)?;
-        let net_dir = open_run_net(sandbox, &mut dir, tenant)?;
+        let net_dir = open_run_net(sandbox, &mut dir, tenant)?.map(|(path, _)| path);
         let mut vars: Vec<(&'static str, std::ffi::OsString)> = vec![
             ("PATH", "/usr/local/bin:/usr/bin:/bin".into()),
             ("HOME", bwrap::HOME.into()),
@@ -121,9 +121,9 @@ impl Runner {
     /// Starts the CLI for `spec`; the returned process waits for user turns on stdin.
     pub async fn start(&self, spec: &RunSpec) -> Result<CliProcess, RunError> {
         let mut dir = RunDir::create(&self.runs_dir).map_err(RunError::RunDir)?;
-        let net_dir = match &self.sandbox {
-            Some(sandbox) => open_run_net(sandbox, &mut dir, &spec.tenant)?,
-            None => None,
+        let (net_dir, observed) = match &self.sandbox {
+            Some(sandbox) => open_run_net(sandbox, &mut dir, &spec.tenant)?.unzip(),
+            None => (None, None),
         };
         // The CLI never holds the real credential: the upstream proxy swaps it in.
         let lease = self.placeholders.issue(&spec.credential);
@@ -207,6 +207,7 @@ impl Runner {
         let deadline = tokio::time::Instant::now() + self.run_timeout;
         let mut process = CliProcess::spawn(cmd, dir, deadline, self.max_line_bytes).await?;
         process.hold(Box::new(lease));
+        process.observed = observed;
         Ok(process)
     }
 }
@@ -217,14 +218,15 @@ fn open_run_net(
     sandbox: &Bwrap,
     dir: &mut RunDir,
     tenant: &str,
-) -> Result<Option<PathBuf>, RunError> {
+) -> Result<Option<(PathBuf, std::sync::Arc<crate::sandbox::net::Observed>)>, RunError> {
     let Some(network) = &sandbox.network else {
         return Ok(None);
     };
     let path = dir.net();
     let run_net = network.open_run(&path, tenant).map_err(RunError::RunDir)?;
+    let observed = run_net.observed();
     dir.hold(Box::new(run_net));
-    Ok(Some(path))
+    Ok(Some((path, observed)))
 }
 
 #[cfg(test)]

@@ -31,6 +31,8 @@ pub struct CliProcess {
     _dir: RunDir,
     /// What must live exactly as long as the process (e.g. its MCP bridge routes).
     held: Vec<Box<dyn Send>>,
+    /// What the gateway's upstream proxy saw of this run's calls (isolated network only).
+    pub observed: Option<std::sync::Arc<crate::sandbox::net::Observed>>,
 }
 
 impl CliProcess {
@@ -83,6 +85,7 @@ impl CliProcess {
             line: Vec::new(),
             _dir: dir,
             held: Vec::new(),
+            observed: None,
         })
     }
 

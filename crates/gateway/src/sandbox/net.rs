@@ -84,6 +84,14 @@ pub struct Services {
 /// One run's sockets: served while this lives; dropping it closes them and every connection.
 pub struct RunNet {
     cancel: tokio_util::sync::CancellationToken,
+    observed: Arc<Observed>,
+}
+
+impl RunNet {
+    /// What the upstream proxy saw of this run's calls.
+    pub fn observed(&self) -> Arc<Observed> {
+        self.observed.clone()
+    }
 }
 
 impl Drop for RunNet {
@@ -164,8 +172,9 @@ impl IsolatedNet {
         std::os::unix::fs::DirBuilderExt::mode(std::fs::DirBuilder::new().recursive(true), 0o700)
             .create(dir)?;
         let cancel = tokio_util::sync::CancellationToken::new();
+        let observed = Arc::new(Observed::default());
         let Some(services) = &self.services else {
-            return Ok(RunNet { cancel });
+            return Ok(RunNet { cancel, observed });
         };
         let limits = services.limits;
         let egress = axum::Router::new()
@@ -177,7 +186,10 @@ impl IsolatedNet {
                 cancel: cancel.clone(),
             }));
         for (name, router) in [
-            (UPSTREAM, services.upstream.router()),
+            (
+                UPSTREAM,
+                services.upstream.router_observed(Some(observed.clone())),
+            ),
             (EGRESS, egress),
             (BRIDGE, services.bridge.router()),
         ] {
@@ -190,7 +202,7 @@ impl IsolatedNet {
                 name,
             ));
         }
-        Ok(RunNet { cancel })
+        Ok(RunNet { cancel, observed })
     }
 }
 
@@ -271,9 +283,17 @@ impl UpstreamProxy {
     }
 
     pub fn router(&self) -> axum::Router {
+        self.router_observed(None)
+    }
+
+    /// The proxy for one run, noting what the upstream said that the CLI does not report.
+    fn router_observed(&self, observed: Option<Arc<Observed>>) -> axum::Router {
         axum::Router::new()
             .fallback(forward_upstream)
-            .with_state(self.inner.clone())
+            .with_state(UpstreamRun {
+                up: self.inner.clone(),
+                observed,
+            })
     }
 
     /// Serves the proxy on a loopback port, for runs that share the host's network (or have
@@ -316,7 +336,27 @@ fn hop_by_hop(name: &HeaderName) -> bool {
 }
 
 /// Passes a CLI request to the upstream and streams the answer back unchanged.
-async fn forward_upstream(State(up): State<Arc<Upstream>>, request: Request) -> Response {
+/// What the upstream proxy saw of one run's calls that the CLI does not pass on.
+#[derive(Debug, Default)]
+pub struct Observed {
+    retry_after: std::sync::Mutex<Option<u64>>,
+}
+
+impl Observed {
+    /// The `retry-after` (seconds) of the run's last refused upstream call.
+    pub fn retry_after(&self) -> Option<u64> {
+        *self.retry_after.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+#[derive(Clone)]
+struct UpstreamRun {
+    up: Arc<Upstream>,
+    observed: Option<Arc<Observed>>,
+}
+
+async fn forward_upstream(State(run): State<UpstreamRun>, request: Request) -> Response {
+    let up = &run.up;
     let path = request
         .uri()
         .path_and_query()
@@ -358,6 +398,19 @@ async fn forward_upstream(State(up): State<Arc<Upstream>>, request: Request) -> 
     }
     match outgoing.send().await {
         Ok(res) => {
+            if let Some(observed) = &run.observed {
+                let retry_after = res
+                    .headers()
+                    .get("retry-after")
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.trim().parse::<u64>().ok());
+                if retry_after.is_some() || !res.status().is_success() {
+                    *observed
+                        .retry_after
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner()) = retry_after;
+                }
+            }
             let mut answer = Response::builder().status(res.status());
             for (name, value) in res.headers() {
                 if !hop_by_hop(name) {

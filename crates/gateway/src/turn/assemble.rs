@@ -107,6 +107,7 @@ impl Assembler {
                     Some(status @ (401 | 403)) => Step::Failed(TurnError::Upstream {
                         status,
                         message: s.error.unwrap_or_else(|| "authentication failed".into()),
+                        retry_after: None,
                     }),
                     _ => Step::Continue(Vec::new()),
                 }
@@ -364,12 +365,17 @@ impl Assembler {
                 .clone()
                 .unwrap_or_else(|| format!("the CLI reported an error ({})", result.subtype));
             return Step::Failed(match result.api_error_status {
-                Some(status) => TurnError::Upstream { status, message },
+                Some(status) => TurnError::Upstream {
+                    status,
+                    message,
+                    retry_after: None,
+                },
                 // The CLI refuses an over-long prompt itself, as the API would have: the
                 // request is at fault, not the server (and a client must not retry it).
                 None if message.starts_with("Prompt is too long") => TurnError::Upstream {
                     status: 400,
                     message,
+                    retry_after: None,
                 },
                 None => TurnError::Cli(message),
             });

@@ -19,7 +19,12 @@ use assemble::{Assembler, Event, Step};
 pub enum TurnError {
     /// The upstream API answered with an error status (as the CLI reported it).
     #[error("upstream error {status}: {message}")]
-    Upstream { status: u16, message: String },
+    Upstream {
+        status: u16,
+        message: String,
+        /// The upstream's `retry-after`, in seconds, when the gateway's proxy saw one.
+        retry_after: Option<u64>,
+    },
     /// The CLI reported a failure that is not an upstream status.
     #[error("the Claude Code CLI reported an error: {0}")]
     Cli(String),
@@ -118,6 +123,13 @@ async fn drive(
                     Step::Continue(events) if events.is_empty() => None,
                     Step::Continue(events) => Some(Item::Events(events)),
                     Step::Finished(events, result) => Some(Item::Done(events, result)),
+                    Step::Failed(TurnError::Upstream {
+                        status, message, ..
+                    }) => Some(Item::Failed(TurnError::Upstream {
+                        status,
+                        message,
+                        retry_after: process.observed.as_ref().and_then(|o| o.retry_after()),
+                    })),
                     Step::Failed(e) => Some(Item::Failed(e)),
                 },
                 Ok(None) => Some(Item::Failed(
