@@ -46,6 +46,8 @@ pub struct AppState {
     pub mcp_bridge: crate::mcp::bridge::Bridge,
     /// Why runs are not sandboxed, when the operator chose `--insecure-no-sandbox`.
     pub sandbox_disabled: Option<String>,
+    /// Cancelled just before a shutdown cuts the connections still open.
+    pub stopping: tokio_util::sync::CancellationToken,
     tenants_dir: PathBuf,
 }
 
@@ -222,6 +224,7 @@ impl AppState {
             refresher,
             levels,
             sandbox_disabled,
+            stopping: Default::default(),
             tenants_dir,
         })
     }
@@ -430,6 +433,7 @@ pub async fn serve(mut config: Config) -> Result<(), StartupError> {
         state.config.client_timeout(),
         shutdown_signal(),
         grace,
+        || state.stopping.cancel(),
     )
     .await;
     if drained == crate::serve::Drained::GraceExpired {

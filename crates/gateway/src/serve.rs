@@ -44,6 +44,7 @@ pub async fn serve(
     client_timeout: Duration,
     shutdown: impl Future<Output = ()>,
     grace: Duration,
+    before_cut: impl FnOnce(),
 ) -> Drained {
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
@@ -91,8 +92,18 @@ pub async fn serve(
         });
     }
     drop(listener);
+    // Shortly before the grace ends, what still runs is told, so that streams can end with an
+    // error event rather than be cut mid-answer.
+    let warning = grace.saturating_sub(CUT_WARNING);
     tokio::select! {
         () = graceful.shutdown() => Drained::Fully,
-        () = tokio::time::sleep(grace) => Drained::GraceExpired,
+        () = async {
+            tokio::time::sleep(warning).await;
+            before_cut();
+            tokio::time::sleep(grace - warning).await;
+        } => Drained::GraceExpired,
     }
 }
+
+/// How long before the grace ends the requests still running are told.
+const CUT_WARNING: Duration = Duration::from_millis(500);

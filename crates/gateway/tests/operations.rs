@@ -124,6 +124,16 @@ async fn sigterm_ends_requests_that_outlive_the_grace() {
     let _ = res.chunk().await.expect("first chunk");
     assert!(!common::descendants_of(pid).is_empty());
     gw.terminate();
+    // Before the cut, the stream is told why it ends.
+    let mut rest = Vec::new();
+    while let Ok(Some(chunk)) = res.chunk().await {
+        rest.extend_from_slice(&chunk);
+    }
+    let rest = String::from_utf8_lossy(&rest);
+    assert!(
+        rest.contains("event: error") && rest.contains("shutting down"),
+        "{rest}"
+    );
     let status = gw
         .wait_exit(Duration::from_secs(10))
         .await

@@ -36,6 +36,8 @@ struct RelayState {
     ping: tokio::time::Interval,
     render: Render,
     route: &'static str,
+    /// Cancelled when the gateway is about to cut its remaining connections.
+    stopping: tokio_util::sync::CancellationToken,
 }
 
 /// An `error` event carrying the failure in Anthropic's error shape.
@@ -47,7 +49,13 @@ pub fn error_event(e: ApiError) -> Event {
 }
 
 /// Streams `held` and then whatever its channel delivers.
-pub fn response(held: Held, ping_every: Duration, render: Render, route: &'static str) -> Response {
+pub fn response(
+    held: Held,
+    ping_every: Duration,
+    render: Render,
+    route: &'static str,
+    stopping: tokio_util::sync::CancellationToken,
+) -> Response {
     let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + ping_every, ping_every);
     ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let state = RelayState {
@@ -57,6 +65,7 @@ pub fn response(held: Held, ping_every: Duration, render: Render, route: &'stati
         ping,
         render,
         route,
+        stopping,
     };
     let mut response = Sse::new(relay(state)).into_response();
     // Proxies such as nginx buffer event streams unless told not to.
@@ -110,6 +119,15 @@ fn relay(state: RelayState) -> impl Stream<Item = Result<SseEvent, Infallible>> 
             let rx = s.rx.as_mut()?;
             let item = tokio::select! {
                 item = rx.recv() => item,
+                () = s.stopping.cancelled() => {
+                    // The shutdown grace is ending: say so, in the stream, before it is cut.
+                    let e = ApiError::Overloaded(
+                        "the gateway is shutting down; send the request again".into(),
+                    );
+                    s.pending.push_back(error_event(failed_in_stream(s.route, e)));
+                    s.rx = None;
+                    continue;
+                }
                 _ = s.ping.tick() => {
                     s.out.extend((s.render)(&Event { name: "ping", data: json!({"type":"ping"}) }));
                     continue;

@@ -179,7 +179,7 @@ pub async fn create(
     }
     let opening = Opening::new("/v1/messages", &req.model, extensions);
     let response = reply::respond(
-        &state.config,
+        &state,
         req.stream,
         started.events,
         &opening,

@@ -152,7 +152,7 @@ async fn handle(
     let opening = Opening::new("/v1/chat/completions", &req.model, Vec::new());
     let include_usage = req.stream_options.is_some_and(|o| o.include_usage);
     let response = reply::respond(
-        &state.config,
+        &state,
         req.stream,
         started.events,
         &opening,
