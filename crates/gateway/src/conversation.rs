@@ -179,43 +179,47 @@ pub async fn start(state: &Arc<AppState>, req: TurnRequest) -> Result<StartedTur
     let session_id = id.clone();
     let model = req.model.clone();
     let model_label = crate::telemetry::metrics::model_label(&req.model, &state.config.models);
-    let on_result = Box::new(move |result: &crate::runner::protocol::ResultLine| {
-        crate::telemetry::metrics::record_usage(
-            &model_label,
-            &result.usage.clone().unwrap_or_default(),
-            result.total_cost_usd,
-        );
-        let now = now_secs();
-        // The CLI's output is untrusted (a tool in the sandbox may be able to write to it):
-        // the session keeps the id the gateway assigned, whatever a result line claims.
-        if result.session_id.as_deref() != Some(assigned.to_string().as_str()) {
-            tracing::warn!(
+    let on_result = Box::new(
+        move |result: &crate::runner::protocol::ResultLine,
+              upstream: Option<crate::sandbox::usage::UpstreamUsage>| {
+            // The upstream's own report where the gateway read it; the CLI's otherwise.
+            let usage = match upstream {
+                Some(upstream) => upstream.as_result_usage(),
+                None => result.usage.clone().unwrap_or_default(),
+            };
+            crate::telemetry::metrics::record_usage(&model_label, &usage, result.total_cost_usd);
+            let now = now_secs();
+            // The CLI's output is untrusted (a tool in the sandbox may be able to write to it):
+            // the session keeps the id the gateway assigned, whatever a result line claims.
+            if result.session_id.as_deref() != Some(assigned.to_string().as_str()) {
+                tracing::warn!(
                 tenant = tenant.fingerprint(),
                 "the CLI reported another session id than the one assigned; keeping the assigned one"
             );
-        }
-        let cli_session_id = assigned;
-        let meta = match existing {
-            Some(meta) => SessionMeta {
-                cli_session_id,
-                last_used_at: now,
-                turns: meta.turns + 1,
-                model,
-                ..meta
-            },
-            None => SessionMeta {
-                id: session_id.as_str().to_owned(),
-                cli_session_id,
-                created_at: now,
-                last_used_at: now,
-                turns: 1,
-                model,
-            },
-        };
-        if let Err(e) = state_for_hook.sessions.save(&tenant, &meta) {
-            tracing::error!(error = %e, "could not record the session's turn");
-        }
-    });
+            }
+            let cli_session_id = assigned;
+            let meta = match existing {
+                Some(meta) => SessionMeta {
+                    cli_session_id,
+                    last_used_at: now,
+                    turns: meta.turns + 1,
+                    model,
+                    ..meta
+                },
+                None => SessionMeta {
+                    id: session_id.as_str().to_owned(),
+                    cli_session_id,
+                    created_at: now,
+                    last_used_at: now,
+                    turns: 1,
+                    model,
+                },
+            };
+            if let Err(e) = state_for_hook.sessions.save(&tenant, &meta) {
+                tracing::error!(error = %e, "could not record the session's turn");
+            }
+        },
+    );
     // Only a session the client named is likely to be continued; a generated one gets a
     // process that exits after its turn.
     let named = req.session.is_some();

@@ -8,6 +8,7 @@ pub mod masking;
 pub mod net;
 pub mod relay;
 pub mod seccomp;
+pub mod usage;
 
 pub use bwrap::{Bwrap, Mounts, SandboxError};
 pub use level::{LevelError, LevelPolicy, SecurityLevel, ToolPolicy};

@@ -340,9 +340,16 @@ fn hop_by_hop(name: &HeaderName) -> bool {
 #[derive(Debug, Default)]
 pub struct Observed {
     retry_after: std::sync::Mutex<Option<u64>>,
+    usage: Arc<std::sync::Mutex<super::usage::UpstreamUsage>>,
 }
 
 impl Observed {
+    /// The usage the upstream reported for the run's model calls, if any were read.
+    pub fn usage(&self) -> Option<super::usage::UpstreamUsage> {
+        let usage = *self.usage.lock().unwrap_or_else(|e| e.into_inner());
+        (usage.calls > 0).then_some(usage)
+    }
+
     /// The `retry-after` (seconds) of the run's last refused upstream call.
     pub fn retry_after(&self) -> Option<u64> {
         *self.retry_after.lock().unwrap_or_else(|e| e.into_inner())
@@ -417,8 +424,29 @@ async fn forward_upstream(State(run): State<UpstreamRun>, request: Request) -> R
                     answer = answer.header(name, value);
                 }
             }
+            // A model call's answer is read on its way for the usage the upstream reports.
+            let model_call = res.status().is_success()
+                && (path == "/v1/messages" || path.starts_with("/v1/messages?"));
+            let body = match (&run.observed, model_call) {
+                (Some(observed), true) => {
+                    let event_stream = res
+                        .headers()
+                        .get(axum::http::header::CONTENT_TYPE)
+                        .and_then(|v| v.to_str().ok())
+                        .is_some_and(|t| t.starts_with("text/event-stream"));
+                    let mut scanner =
+                        super::usage::Scanner::new(observed.usage.clone(), event_stream);
+                    Body::from_stream(futures::StreamExt::map(res.bytes_stream(), move |chunk| {
+                        if let Ok(bytes) = &chunk {
+                            scanner.feed(bytes);
+                        }
+                        chunk
+                    }))
+                }
+                _ => Body::from_stream(res.bytes_stream()),
+            };
             answer
-                .body(Body::from_stream(res.bytes_stream()))
+                .body(body)
                 .unwrap_or_else(|_| StatusCode::BAD_GATEWAY.into_response())
         }
         // Logged with its cause; the run (and through it, the client) learns only that the

@@ -48,11 +48,16 @@ pub enum Item {
 /// How long the CLI may take to exit after its result (writing its transcript).
 const FINISH_GRACE: std::time::Duration = std::time::Duration::from_secs(10);
 
+/// Called with a turn's result and, where the gateway's upstream proxy read it, the usage the
+/// upstream itself reported for the run (which the metrics prefer to the CLI's word).
+pub type OnResult =
+    Box<dyn FnOnce(&ResultLine, Option<crate::sandbox::usage::UpstreamUsage>) + Send>;
+
 /// What a turn's owner hooks into its end.
 pub struct Hooks {
     /// Called with the result as soon as it arrives, before the client hears of it, so that
     /// whatever records the turn (session metadata) is current when the client moves on.
-    pub on_result: Box<dyn FnOnce(&ResultLine) + Send>,
+    pub on_result: OnResult,
     /// Dropped only once the CLI has exited or been kept (a session lock).
     pub hold: Box<dyn Send>,
     /// Takes the process after a successful turn to keep it for the next one (live sessions);
@@ -97,7 +102,7 @@ async fn drive(
     input: UserInput,
     show_tools: bool,
     tx: &mpsc::Sender<Item>,
-    on_result: Box<dyn FnOnce(&ResultLine) + Send>,
+    on_result: OnResult,
     keep: Option<Box<dyn FnOnce(CliProcess) + Send>>,
 ) -> bool {
     {
@@ -156,7 +161,7 @@ async fn drive(
             }
             if let Item::Done(_, result) = &item {
                 // A result counts even if the client has gone: the transcript holds the turn.
-                on_result(result);
+                on_result(result, process.observed.as_ref().and_then(|o| o.usage()));
                 let _ = tx.send(item).await;
                 if let Some(keep) = keep {
                     keep(process);
