@@ -380,6 +380,7 @@ pub fn router(state: SharedState) -> Router {
         ))
         .route_layer(axum::middleware::from_fn(crate::telemetry::metrics::track))
         .layer(tower::util::option_layer(cors))
+        .layer(axum::middleware::from_fn(api::limit_headers))
         .layer(axum::middleware::from_fn(crate::telemetry::request_span))
         .with_state(state)
 }

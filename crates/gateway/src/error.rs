@@ -25,6 +25,9 @@ pub enum ApiError {
     Conflict(String),
     #[error("{0}")]
     TooLarge(String),
+    /// Too many request header lines, or too many bytes of them.
+    #[error("{0}")]
+    HeadersTooLarge(String),
     #[error("{message}")]
     RateLimited {
         message: String,
@@ -54,6 +57,7 @@ impl ApiError {
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::HeadersTooLarge(_) => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             ApiError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Overloaded(_) => {
                 StatusCode::from_u16(529).unwrap_or(StatusCode::SERVICE_UNAVAILABLE)
@@ -68,7 +72,9 @@ impl ApiError {
     /// Anthropic's error `type` for this error.
     pub fn error_type(&self) -> &'static str {
         match self {
-            ApiError::InvalidRequest(_) | ApiError::Conflict(_) => "invalid_request_error",
+            ApiError::InvalidRequest(_) | ApiError::Conflict(_) | ApiError::HeadersTooLarge(_) => {
+                "invalid_request_error"
+            }
             ApiError::Authentication(_) => "authentication_error",
             ApiError::Permission(_) => "permission_error",
             ApiError::NotFound(_) => "not_found_error",

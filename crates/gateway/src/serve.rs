@@ -21,10 +21,14 @@ use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 use tower::ServiceExt;
 
-/// At most this many header lines per request (431 beyond).
+/// At most this many header lines per request (431 beyond, in the API's error shape).
 pub const MAX_HEADERS: usize = 100;
-/// The read buffer of a connection, which bounds a request's header block.
+/// At most this many bytes of request headers (431 beyond, in the API's error shape).
 pub const MAX_HEADER_BYTES: usize = 64 * 1024;
+/// hyper's own bounds, twice the above: a request between the two is answered by the router
+/// in the API's error shape; only one past these gets hyper's bare 431.
+const HYPER_MAX_HEADERS: usize = 2 * MAX_HEADERS;
+const HYPER_MAX_HEADER_BYTES: usize = 2 * MAX_HEADER_BYTES;
 
 /// How serving ended.
 #[derive(Debug, PartialEq, Eq)]
@@ -51,12 +55,12 @@ pub async fn serve(
         .http1()
         .timer(TokioTimer::new())
         .header_read_timeout(client_timeout)
-        .max_headers(MAX_HEADERS)
-        .max_buf_size(MAX_HEADER_BYTES);
+        .max_headers(HYPER_MAX_HEADERS)
+        .max_buf_size(HYPER_MAX_HEADER_BYTES);
     builder
         .http2()
         .timer(TokioTimer::new())
-        .max_header_list_size(MAX_HEADER_BYTES as u32)
+        .max_header_list_size(HYPER_MAX_HEADER_BYTES as u32)
         .keep_alive_interval(Duration::from_secs(20));
     let graceful = GracefulShutdown::new();
     tokio::pin!(shutdown);

@@ -335,3 +335,27 @@ async fn an_upstream_429_keeps_its_retry_after() {
         Some("7")
     );
 }
+
+#[tokio::test]
+async fn too_many_headers_are_431_in_each_apis_error_shape() {
+    let gw = gateway().await;
+    for path in ["/v1/messages", "/v1/chat/completions"] {
+        let mut req = gw.post(path).bearer_auth(TOKEN).json(&body("marker-431"));
+        for i in 0..150 {
+            req = req.header(format!("x-filler-{i}"), "x");
+        }
+        let res = req.send().await.expect("sent");
+        assert_eq!(res.status(), 431, "{path}");
+        let err: Value = res.json().await.expect("a JSON error body");
+        assert!(
+            err["error"]["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("headers")),
+            "{path}: {err}"
+        );
+        if path == "/v1/messages" {
+            assert_eq!(err["type"], "error");
+        }
+    }
+    assert!(gw.upstream_with("marker-431").is_empty());
+}

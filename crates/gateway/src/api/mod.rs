@@ -78,6 +78,32 @@ pub fn with_session_header(
     response
 }
 
+/// Refuses a request with too many header lines or bytes, in its API's error shape.
+pub async fn limit_headers(
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let headers = request.headers();
+    let bytes: usize = headers
+        .iter()
+        .map(|(name, value)| name.as_str().len() + value.len() + 4)
+        .sum();
+    if headers.len() > crate::serve::MAX_HEADERS || bytes > crate::serve::MAX_HEADER_BYTES {
+        let refusal = ApiError::HeadersTooLarge(format!(
+            "request headers: at most {} lines and {} bytes",
+            crate::serve::MAX_HEADERS,
+            crate::serve::MAX_HEADER_BYTES
+        ));
+        return if request.uri().path().starts_with("/v1/chat/") {
+            openai::chat::openai_error_response(refusal)
+        } else {
+            refusal.into_response()
+        };
+    }
+    next.run(request).await
+}
+
 /// Applies the per-IP rate limit to everything but the probes a platform sends.
 pub async fn limit_client_ip(
     axum::extract::State(state): axum::extract::State<crate::app::SharedState>,
