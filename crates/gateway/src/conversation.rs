@@ -128,6 +128,7 @@ pub async fn start(state: &Arc<AppState>, req: TurnRequest) -> Result<StartedTur
     };
     let reused = live.is_some();
     // The CLI session this turn continues or starts; a live process continues its own.
+    let had_turns = existing.is_some();
     let assigned = match &existing {
         Some(meta) => meta.cli_session_id,
         None => key,
@@ -236,7 +237,7 @@ pub async fn start(state: &Arc<AppState>, req: TurnRequest) -> Result<StartedTur
     let on_failure = {
         let state = state.clone();
         let tenant = req.tenant.clone();
-        let checkpoint = state.sessions.checkpoint(&req.tenant, assigned);
+        let checkpoint = state.sessions.checkpoint(assigned, had_turns, &req.prompt);
         Box::new(move || {
             if let Err(e) = state.sessions.roll_back(&tenant, &checkpoint) {
                 tracing::error!(error = %e, "could not put the session back after a failed turn");

@@ -4,8 +4,8 @@
 
 mod common;
 
-use common::{body, scripted, tool_results, Gateway};
-use serde_json::{json, Value};
+use common::{bash, body, scripted, tool_results, Gateway};
+use serde_json::json;
 
 const TENANT: &str = "sk-ant-oat01-hardy.hardening";
 const BYSTANDER: &str = "sk-ant-oat01-bystander.hardening";
@@ -26,17 +26,12 @@ async fn gateway() -> Gateway {
         .await
 }
 
-fn bash(command: &str) -> Value {
-    json!({"name": "Bash", "input": {"command": command, "description": "attempt"}})
-}
-
 /// Runs one Bash command at DEVELOPER; its output as the upstream saw it.
 async fn inside(gw: &Gateway, marker: &str, command: &str) -> String {
-    let mut req = body(&scripted(marker, json!({"tools": [bash(command)]})));
-    req["security_level"] = json!("DEVELOPER");
-    let res = gw.messages(TENANT, req).await;
-    assert_eq!(res.status(), 200);
-    tool_results(&gw.upstream_with(marker)).join("\n")
+    let (status, results) =
+        common::tool_run(gw, TENANT, "DEVELOPER", marker, None, vec![bash(command)]).await;
+    assert_eq!(status, 200);
+    results.join("\n")
 }
 
 /// `syscall(nr, 0, …)` from Python: `ret errno`.

@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::{body, repo_root, scripted, tool_results, Gateway};
+use common::{bash, body, repo_root, scripted, tool_results, Gateway};
 use serde_json::{json, Value};
 
 const MALLORY: &str = "sk-ant-oat01-mallory.hostside-MALLORYREALTOKEN";
@@ -25,10 +25,6 @@ async fn gateway() -> Gateway {
         .await
 }
 
-fn bash(command: &str) -> Value {
-    json!({"name": "Bash", "input": {"command": command, "description": "attempt"}})
-}
-
 /// Runs `tools` as `token` at DEVELOPER; the status and what the upstream saw as tool results.
 async fn run_tools(
     gw: &Gateway,
@@ -37,13 +33,7 @@ async fn run_tools(
     session: Option<&str>,
     tools: Vec<Value>,
 ) -> (u16, Vec<String>) {
-    let mut req = body(&scripted(marker, json!({"tools": tools})));
-    req["security_level"] = json!("DEVELOPER");
-    if let Some(id) = session {
-        req["session_id"] = json!(id);
-    }
-    let status = gw.messages(token, req).await.status().as_u16();
-    (status, tool_results(&gw.upstream_with(marker)))
+    common::tool_run(gw, token, "DEVELOPER", marker, session, tools).await
 }
 
 fn memory_server_js() -> &'static str {

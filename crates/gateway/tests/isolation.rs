@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{body, scripted, tool_results, Gateway};
+use common::{bash, body, scripted, tool_results, Gateway};
 use serde_json::{json, Value};
 
 const VICTIM: &str = "sk-ant-oat01-victim.isolation-VICTIMTOKEN";
@@ -55,10 +55,6 @@ async fn run_as(
     let res = gw.messages(token, req).await;
     let status = res.status().as_u16();
     (status, res.text().await.unwrap_or_default())
-}
-
-fn bash(command: &str) -> Value {
-    json!({"name": "Bash", "input": {"command": command, "description": "attempt"}})
 }
 
 /// The victim's workspace on the host, found by the file it planted.

@@ -83,7 +83,6 @@ pub async fn limit_headers(
     request: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> axum::response::Response {
-    use axum::response::IntoResponse;
     let headers = request.headers();
     let bytes: usize = headers
         .iter()
@@ -95,13 +94,20 @@ pub async fn limit_headers(
             crate::serve::MAX_HEADERS,
             crate::serve::MAX_HEADER_BYTES
         ));
-        return if request.uri().path().starts_with("/v1/chat/") {
-            openai::chat::openai_error_response(refusal)
-        } else {
-            refusal.into_response()
-        };
+        return in_dialect_of(request.uri().path(), refusal);
     }
     next.run(request).await
+}
+
+/// A refusal in the error shape of the API `path` belongs to, so its SDK raises its own
+/// exception.
+fn in_dialect_of(path: &str, refusal: ApiError) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    if path.starts_with("/v1/chat/") {
+        openai::chat::openai_error_response(refusal)
+    } else {
+        refusal.into_response()
+    }
 }
 
 /// Applies the per-IP rate limit to everything but the probes a platform sends.
@@ -110,7 +116,6 @@ pub async fn limit_client_ip(
     request: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> axum::response::Response {
-    use axum::response::IntoResponse;
     let path = request.uri().path();
     // Platform probes only; `/metrics` counts like every other route.
     let exempt = matches!(path, "/health" | "/ready");
@@ -125,13 +130,7 @@ pub async fn limit_client_ip(
             .and_then(|v| v.to_str().ok());
         let ip = crate::admission::client_ip(peer, forwarded, &state.config.trusted_proxies);
         if let Err(limited) = state.rate.check_ip(ip) {
-            let refusal = ApiError::from(limited);
-            // Each API answers in its own error shape, so its SDK raises its own exception.
-            return if path.starts_with("/v1/chat/") {
-                openai::chat::openai_error_response(refusal)
-            } else {
-                refusal.into_response()
-            };
+            return in_dialect_of(path, ApiError::from(limited));
         }
     }
     next.run(request).await

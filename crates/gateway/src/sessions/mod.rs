@@ -84,12 +84,15 @@ pub struct SessionMeta {
 
 pub use crate::clock::now_secs;
 
-/// A session's transcript as it stood before a turn ([`SessionStore::checkpoint`]).
+/// What a turn will add to a session's transcript ([`SessionStore::checkpoint`]), so that it
+/// can be taken out again if the turn fails.
 #[derive(Debug, Clone)]
 pub struct Checkpoint {
     cli_session: Uuid,
-    /// Its length in bytes; `None` when the session had no transcript yet.
-    length: Option<u64>,
+    /// Whether the session had a transcript before the turn.
+    existed: bool,
+    /// The turn's prompt, as sent to the CLI (and recorded by it).
+    prompt: serde_json::Value,
 }
 
 fn storage(e: std::io::Error) -> SessionError {
@@ -233,37 +236,47 @@ impl SessionStore {
             .find(|p| projects.is_file(p))
     }
 
-    /// How the session's transcript stands before a turn, to put it back if the turn fails.
-    pub fn checkpoint(&self, tenant: &TenantId, cli_session: Uuid) -> Checkpoint {
-        let length = self.projects(tenant).ok().and_then(|projects| {
-            Self::find_transcript(&projects, cli_session).and_then(|p| projects.len(&p))
-        });
+    /// Notes, before a turn, what it will add to the session's transcript. `existed`: whether
+    /// the session had completed turns (its transcript may not be on disk yet: a live CLI
+    /// writes it shortly after answering).
+    pub fn checkpoint(
+        &self,
+        cli_session: Uuid,
+        existed: bool,
+        prompt: &serde_json::Value,
+    ) -> Checkpoint {
         Checkpoint {
             cli_session,
-            length,
+            existed,
+            prompt: prompt.clone(),
         }
     }
 
-    /// Puts the transcript back as it stood at `checkpoint`: what a failed turn appended (the
-    /// prompt, a partial or made-up reply) is cut off, and a session that had none loses the
-    /// one the turn started. Call only once the turn's process is gone.
+    /// Takes a failed turn out of the transcript: from its prompt's record on (the prompt, a
+    /// partial or made-up reply) everything is cut, and a session that had no transcript
+    /// loses the one the turn started. By content rather than by length, because a live
+    /// process may still have been writing the previous turn when this one began. Call only
+    /// once the turn's process is gone.
     pub fn roll_back(
         &self,
         tenant: &TenantId,
         checkpoint: &Checkpoint,
     ) -> Result<(), SessionError> {
         let projects = self.projects(tenant)?;
-        match checkpoint.length {
-            Some(length) => {
-                if let Some(path) = Self::find_transcript(&projects, checkpoint.cli_session) {
-                    projects.truncate(&path, length).map_err(storage)?;
-                }
+        if !checkpoint.existed {
+            for path in Self::derived_files(&projects, checkpoint.cli_session) {
+                projects.remove(&path).map_err(storage)?;
             }
-            None => {
-                for path in Self::derived_files(&projects, checkpoint.cli_session) {
-                    projects.remove(&path).map_err(storage)?;
-                }
-            }
+            return Ok(());
+        }
+        let Some(path) = Self::find_transcript(&projects, checkpoint.cli_session) else {
+            return Ok(());
+        };
+        let bytes = projects
+            .read(&path, MAX_TRANSCRIPT_BYTES)
+            .map_err(storage)?;
+        if let Some(offset) = transcript::turn_start(&bytes, &checkpoint.prompt) {
+            projects.truncate(&path, offset as u64).map_err(storage)?;
         }
         Ok(())
     }

@@ -121,9 +121,80 @@ pub fn messages(transcript: &[u8]) -> Vec<Value> {
     messages
 }
 
+/// A prompt's content as a list of blocks (a string is one text block).
+fn as_blocks(content: &Value) -> Value {
+    match content {
+        Value::String(text) => json!([{"type": "text", "text": text}]),
+        other => other.clone(),
+    }
+}
+
+/// Where the last turn that began with `prompt` starts in a transcript: the byte offset of
+/// the line recording the prompt, or of the queue records just before it.
+pub fn turn_start(transcript: &[u8], prompt: &Value) -> Option<usize> {
+    let wanted = as_blocks(prompt);
+    let mut lines = Vec::new();
+    let mut offset = 0;
+    for line in transcript.split_inclusive(|b| *b == b'\n') {
+        lines.push((
+            offset,
+            serde_json::from_slice::<Value>(line.trim_ascii()).ok(),
+        ));
+        offset += line.len();
+    }
+    let kind = |record: &Option<Value>| {
+        record
+            .as_ref()
+            .and_then(|r| r.get("type"))
+            .and_then(Value::as_str)
+            .map(str::to_owned)
+    };
+    let prompt_at = lines.iter().rposition(|(_, record)| {
+        kind(record).as_deref() == Some("user")
+            && record
+                .as_ref()
+                .and_then(|r| r.get("message"))
+                .and_then(|m| m.get("content"))
+                .is_some_and(|c| as_blocks(c) == wanted)
+    })?;
+    let mut start = prompt_at;
+    while start > 0 && kind(&lines[start - 1].1).as_deref() == Some("queue-operation") {
+        start -= 1;
+    }
+    Some(lines[start].0)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_failed_turn_is_found_from_its_prompt_on() {
+        let lines = [
+            r#"{"type":"user","message":{"role":"user","content":"first"}}"#,
+            r#"{"type":"assistant","message":{"id":"m1","role":"assistant","content":[{"type":"text","text":"one"}]}}"#,
+            r#"{"type":"queue-operation","operation":"enqueue","content":"second"}"#,
+            r#"{"type":"user","message":{"role":"user","content":[{"type":"text","text":"second"}]}}"#,
+            r#"{"type":"assistant","message":{"id":"m2","role":"assistant","content":[{"type":"text","text":"API Error"}]}}"#,
+        ];
+        let transcript = format!("{}\n", lines.join("\n"));
+        let kept = lines[..2].iter().map(|l| l.len() + 1).sum::<usize>();
+        assert_eq!(
+            turn_start(transcript.as_bytes(), &json!("second")),
+            Some(kept)
+        );
+        assert_eq!(
+            turn_start(
+                transcript.as_bytes(),
+                &json!([{"type": "text", "text": "first"}])
+            ),
+            Some(0)
+        );
+        assert_eq!(
+            turn_start(transcript.as_bytes(), &json!("never sent")),
+            None
+        );
+    }
 
     #[test]
     fn project_dir_names_follow_the_clis_rule() {

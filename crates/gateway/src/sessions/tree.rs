@@ -106,15 +106,6 @@ impl UntrustedTree {
         file.write_all(bytes)
     }
 
-    /// The size of the regular file at `rel`.
-    pub fn len(&self, rel: &Path) -> Option<u64> {
-        self.root
-            .symlink_metadata(rel)
-            .ok()
-            .filter(|m| m.file_type().is_file())
-            .map(|m| m.len())
-    }
-
     /// Cuts the regular file at `rel` back to `len` bytes (never through a link).
     pub fn truncate(&self, rel: &Path, len: u64) -> std::io::Result<()> {
         let mut options = OpenOptions::new();

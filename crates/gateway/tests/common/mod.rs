@@ -315,6 +315,30 @@ pub fn body(prompt: &str) -> Value {
     json!({"model": "sonnet", "max_tokens": 256, "messages": [{"role": "user", "content": prompt}]})
 }
 
+/// A scripted Bash tool call.
+pub fn bash(command: &str) -> Value {
+    json!({"name": "Bash", "input": {"command": command, "description": "attempt"}})
+}
+
+/// Runs the scripted `tools` as `token` at `level` (in `session`, if named): the status, and
+/// the tool results as the upstream saw them.
+pub async fn tool_run(
+    gw: &Gateway,
+    token: &str,
+    level: &str,
+    marker: &str,
+    session: Option<&str>,
+    tools: Vec<Value>,
+) -> (u16, Vec<String>) {
+    let mut req = body(&scripted(marker, json!({"tools": tools})));
+    req["security_level"] = json!(level);
+    if let Some(id) = session {
+        req["session_id"] = json!(id);
+    }
+    let status = gw.messages(token, req).await.status().as_u16();
+    (status, tool_results(&gw.upstream_with(marker)))
+}
+
 /// A prompt that scripts the fake model (see fake_anthropic::script).
 pub fn scripted(marker: &str, script: Value) -> String {
     format!("{marker}\nFAKE-SCRIPT: {script}")
