@@ -12,20 +12,14 @@ use crate::admission::{Admission, RateLimits};
 use crate::api;
 use crate::config::Config;
 use crate::mcp::McpPolicy;
+pub use crate::prepare::ClaudeInfo;
+use crate::prepare::{build_sandbox, claude_info};
 use crate::runner::live::{LiveLimits, LivePool};
-use crate::runner::{locate, rundir, Runner, RunnerSettings};
+use crate::runner::{rundir, Runner, RunnerSettings};
 use crate::sandbox::{Bwrap, LevelPolicy, SandboxError};
 use crate::sessions::SessionStore;
 use crate::tenant::identity::{IdentityResolver, InstallKey, TenantId};
 use crate::tenant::refresh::Refresher;
-
-/// What the gateway knows about its CLI.
-#[derive(Debug, Clone)]
-pub struct ClaudeInfo {
-    pub bin: Option<PathBuf>,
-    /// The CLI's version, or why it cannot be used.
-    pub version: Result<String, String>,
-}
 
 pub struct AppState {
     pub config: Config,
@@ -55,16 +49,8 @@ pub type SharedState = Arc<AppState>;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartupError {
-    /// A path setting that cannot be used; names the flag and its variable.
-    #[error("{flag} ({env}) {}: {reason}", path.display())]
-    Setting {
-        flag: &'static str,
-        env: &'static str,
-        path: PathBuf,
-        reason: String,
-    },
-    #[error("cannot read the working directory: {0}")]
-    WorkingDir(std::io::Error),
+    #[error(transparent)]
+    Setting(#[from] crate::config::SettingError),
     #[error("cannot prepare the data directory {0}: {1}")]
     DataDir(PathBuf, std::io::Error),
     #[error("cannot bind {0}: {1}")]
@@ -243,16 +229,6 @@ impl AppState {
     }
 }
 
-/// Finds the CLI (`explicit`, else the usual places) and asks its version.
-pub async fn claude_info(explicit: Option<&Path>) -> ClaudeInfo {
-    let bin = locate::find_claude(explicit);
-    let version = match &bin {
-        Some(bin) => locate::version(bin).await,
-        None => Err("the Claude Code CLI was not found: run `npm ci` in the project root, pass --claude-bin, or put `claude` on PATH".into()),
-    };
-    ClaudeInfo { bin, version }
-}
-
 /// Sets up and probes the sandbox; without one the gateway refuses to start unless the operator
 /// explicitly accepted running unsandboxed.
 async fn prepare_sandbox(
@@ -274,40 +250,6 @@ async fn prepare_sandbox(
     let sandbox = probed.map_err(StartupError::Sandbox)?;
     tracing::info!(bwrap = %sandbox.bwrap.display(), "every CLI run is sandboxed with bubblewrap");
     Ok((Some(sandbox), None))
-}
-
-/// The sandbox as the configuration asks for it, with its /etc files in `etc_dir` and its
-/// network services' sockets in `net_dir`, probed: bubblewrap ran `true` inside it.
-pub(crate) async fn build_sandbox(
-    config: &Config,
-    cli: Option<&Path>,
-    etc_dir: &Path,
-    bridge: &crate::mcp::bridge::Bridge,
-    upstream: &crate::sandbox::net::UpstreamProxy,
-) -> Result<Bwrap, SandboxError> {
-    let cli = cli.unwrap_or(Path::new("claude"));
-    let relay = std::env::current_exe().map_err(SandboxError::Network)?;
-    let mut sandbox = Bwrap::new(cli, relay, etc_dir.to_path_buf(), config.sandbox_limits())?;
-    sandbox.mcp_dir = config
-        .mcp_dir
-        .as_ref()
-        .map(|d| std::fs::canonicalize(d).unwrap_or_else(|_| d.clone()));
-    if config.sandbox_network == crate::config::SandboxNetwork::Isolated {
-        sandbox.network = Some(crate::sandbox::net::isolated(
-            upstream,
-            crate::sandbox::net::Egress {
-                ports: config.sandbox_egress_ports.clone(),
-                connect_timeout: std::time::Duration::from_secs(10),
-            },
-            bridge,
-            crate::sandbox::net::SocketLimits {
-                max_connections: config.sandbox_max_connections,
-                header_timeout: config.client_timeout(),
-            },
-        ));
-    }
-    sandbox.probe().await?;
-    Ok(sandbox)
 }
 
 /// CORS for browser clients, when the operator names the origins.

@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use crate::app::ClaudeInfo;
 use crate::config::Config;
+use crate::prepare::ClaudeInfo;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -291,7 +291,7 @@ async fn sandbox_probe(config: &Config, cli: Option<&Path>) -> Check {
             std::sync::Arc::default(),
         )
         .map_err(crate::sandbox::SandboxError::Network)?;
-        crate::app::build_sandbox(config, cli, &scratch.join("etc"), &bridge, &upstream).await
+        crate::prepare::build_sandbox(config, cli, &scratch.join("etc"), &bridge, &upstream).await
     }
     .await;
     let _ = std::fs::remove_dir_all(&scratch);
@@ -370,7 +370,7 @@ pub async fn run(mut config: Config) -> Vec<Check> {
         ),
         Err(e) => Check::fail("config", e.to_string()),
     });
-    let info = crate::app::claude_info(config.claude_bin.as_deref()).await;
+    let info = crate::prepare::claude_info(config.claude_bin.as_deref()).await;
     checks.push(cli(&info));
     checks.push(sandbox_probe(&config, info.bin.as_deref()).await);
     checks.push(data_dir(&config.data_dir));

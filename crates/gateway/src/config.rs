@@ -8,7 +8,6 @@ use nix::unistd::{access, AccessFlags};
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::app::StartupError;
 use crate::runner::SystemPromptMode;
 use crate::sandbox::{Limits, SecurityLevel};
 use crate::telemetry::logging::LogFormat;
@@ -468,14 +467,29 @@ impl Config {
     }
 }
 
+/// A setting the gateway cannot start with.
+#[derive(Debug, thiserror::Error)]
+pub enum SettingError {
+    /// A path setting that cannot be used; names the flag and its variable.
+    #[error("{flag} ({env}) {}: {reason}", path.display())]
+    Path {
+        flag: &'static str,
+        env: &'static str,
+        path: PathBuf,
+        reason: String,
+    },
+    #[error("cannot read the working directory: {0}")]
+    WorkingDir(std::io::Error),
+}
+
 /// The setting a path came from, as an operator would write it.
 fn setting(
     flag: &'static str,
     env: &'static str,
     path: &Path,
     reason: impl Into<String>,
-) -> StartupError {
-    StartupError::Setting {
+) -> SettingError {
+    SettingError::Path {
         flag,
         env,
         path: path.to_path_buf(),
@@ -558,13 +572,13 @@ impl Config {
     /// directories, where a relative path names something else, so nothing downstream may see
     /// one; and a bad path is the operator's to fix at start-up, not a tenant's first request
     /// to discover.
-    pub fn resolve_paths(&mut self) -> Result<(), StartupError> {
-        let cwd = std::env::current_dir().map_err(StartupError::WorkingDir)?;
+    pub fn resolve_paths(&mut self) -> Result<(), SettingError> {
+        let cwd = std::env::current_dir().map_err(SettingError::WorkingDir)?;
         self.resolve_paths_from(&cwd)
     }
 
     /// [`Config::resolve_paths`] against a given working directory.
-    pub fn resolve_paths_from(&mut self, cwd: &Path) -> Result<(), StartupError> {
+    pub fn resolve_paths_from(&mut self, cwd: &Path) -> Result<(), SettingError> {
         self.data_dir = absolute(cwd, &self.data_dir);
         if let Some(reason) = data_dir_problem(&self.data_dir) {
             return Err(setting(
@@ -627,7 +641,7 @@ mod tests {
     use super::*;
     use std::os::unix::fs::PermissionsExt;
 
-    fn in_dir(args: &[&str], cwd: &Path) -> Result<Config, StartupError> {
+    fn in_dir(args: &[&str], cwd: &Path) -> Result<Config, SettingError> {
         let mut c = Config::from_args(args).expect("parses");
         c.resolve_paths_from(cwd).map(|()| c)
     }

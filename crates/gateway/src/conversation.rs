@@ -185,7 +185,12 @@ pub async fn start(state: &Arc<AppState>, req: TurnRequest) -> Result<StartedTur
               upstream: Option<crate::sandbox::usage::UpstreamUsage>| {
             // The upstream's own report where the gateway read it; the CLI's otherwise.
             let usage = match upstream {
-                Some(upstream) => upstream.as_result_usage(),
+                Some(upstream) => crate::runner::protocol::ResultUsage {
+                    input_tokens: upstream.input_tokens,
+                    output_tokens: upstream.output_tokens,
+                    cache_creation_input_tokens: upstream.cache_creation_input_tokens,
+                    cache_read_input_tokens: upstream.cache_read_input_tokens,
+                },
                 None => result.usage.clone().unwrap_or_default(),
             };
             crate::telemetry::metrics::record_usage(&model_label, &usage, result.total_cost_usd);

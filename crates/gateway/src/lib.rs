@@ -13,6 +13,7 @@ pub mod config;
 pub mod conversation;
 pub mod error;
 pub mod mcp;
+pub mod prepare;
 pub mod runner;
 pub mod sandbox;
 pub mod serve;

@@ -51,7 +51,8 @@ fn ended_early() -> ApiError {
 /// writes each event; the headers wait for the first output, then pings keep the stream
 /// alive), else the whole message, which `complete` turns into the dialect's body.
 pub async fn respond(
-    state: &crate::app::AppState,
+    config: &crate::config::Config,
+    stopping: &tokio_util::sync::CancellationToken,
     stream: bool,
     rx: mpsc::Receiver<Item>,
     opening: &Opening,
@@ -59,7 +60,6 @@ pub async fn respond(
     complete: impl FnOnce(Value) -> Value,
 ) -> Result<axum::response::Response, ApiError> {
     use axum::response::IntoResponse;
-    let config = &state.config;
     if stream {
         let held = hold(rx, opening, config.first_output_timeout()).await?;
         Ok(super::sse::response(
@@ -67,7 +67,7 @@ pub async fn respond(
             config.ping_interval(),
             render,
             opening.route,
-            state.stopping.clone(),
+            stopping.clone(),
         ))
     } else {
         let message = collect(rx, opening).await?;

@@ -7,8 +7,6 @@ use std::sync::{Arc, Mutex};
 
 use serde_json::Value;
 
-use crate::runner::protocol::ResultUsage;
-
 /// Tokens the upstream reported over a run's model calls.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct UpstreamUsage {
@@ -21,15 +19,6 @@ pub struct UpstreamUsage {
 }
 
 impl UpstreamUsage {
-    pub fn as_result_usage(&self) -> ResultUsage {
-        ResultUsage {
-            input_tokens: self.input_tokens,
-            output_tokens: self.output_tokens,
-            cache_creation_input_tokens: self.cache_creation_input_tokens,
-            cache_read_input_tokens: self.cache_read_input_tokens,
-        }
-    }
-
     fn add_input(&mut self, usage: &Value) {
         let n = |k: &str| usage.get(k).and_then(Value::as_u64).unwrap_or(0);
         self.input_tokens += n("input_tokens");

@@ -179,7 +179,8 @@ pub async fn create(
     }
     let opening = Opening::new("/v1/messages", &req.model, extensions);
     let response = reply::respond(
-        &state,
+        &state.config,
+        &state.stopping,
         req.stream,
         started.events,
         &opening,

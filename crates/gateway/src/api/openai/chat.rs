@@ -152,7 +152,8 @@ async fn handle(
     let opening = Opening::new("/v1/chat/completions", &req.model, Vec::new());
     let include_usage = req.stream_options.is_some_and(|o| o.include_usage);
     let response = reply::respond(
-        &state,
+        &state.config,
+        &state.stopping,
         req.stream,
         started.events,
         &opening,
