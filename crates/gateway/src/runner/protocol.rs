@@ -100,20 +100,24 @@ struct Tagged {
 
 impl CliLine {
     /// Parses one output line. Only invalid JSON is an error; unknown shapes become `Other`.
+    /// Reads a line straight into its typed form: the tag is read first without building the
+    /// rest (serde skips it), so even a line of megabytes is parsed once, never copied.
     pub fn parse(line: &[u8]) -> Result<Self, serde_json::Error> {
-        let value: Value = serde_json::from_slice(line)?;
-        let kind = serde_json::from_value::<Tagged>(value.clone())
+        let kind = serde_json::from_slice::<Tagged>(line)
             .map(|t| t.kind)
             .unwrap_or_default();
         let typed = match kind.as_str() {
-            "system" => serde_json::from_value(value.clone()).map(CliLine::System),
-            "stream_event" => serde_json::from_value(value.clone()).map(CliLine::StreamEvent),
-            "assistant" => serde_json::from_value(value.clone()).map(CliLine::Assistant),
-            "user" => serde_json::from_value(value.clone()).map(CliLine::User),
-            "result" => serde_json::from_value(value.clone()).map(CliLine::Result),
-            _ => return Ok(CliLine::Other(value)),
+            "system" => serde_json::from_slice(line).map(CliLine::System),
+            "stream_event" => serde_json::from_slice(line).map(CliLine::StreamEvent),
+            "assistant" => serde_json::from_slice(line).map(CliLine::Assistant),
+            "user" => serde_json::from_slice(line).map(CliLine::User),
+            "result" => serde_json::from_slice(line).map(CliLine::Result),
+            _ => Err(serde::de::Error::custom("untyped")),
         };
-        Ok(typed.unwrap_or(CliLine::Other(value)))
+        match typed {
+            Ok(line) => Ok(line),
+            Err(_) => serde_json::from_slice(line).map(CliLine::Other),
+        }
     }
 }
 
