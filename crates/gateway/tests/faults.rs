@@ -346,3 +346,67 @@ async fn too_many_headers_are_431_in_each_apis_error_shape() {
     }
     assert!(gw.upstream_with("marker-431").is_empty());
 }
+
+/// The OpenAI dialect's streamed text and whether it ended with an error object.
+fn openai_stream(text: &str) -> (String, bool) {
+    let events = parse_sse(text);
+    let content = events
+        .iter()
+        .filter_map(|e| e.data["choices"][0]["delta"]["content"].as_str())
+        .collect();
+    let failed = events.iter().any(|e| e.data.get("error").is_some());
+    (content, failed)
+}
+
+#[tokio::test]
+async fn the_openai_dialect_gets_the_same_whole_answers_errors_and_no_splice() {
+    let gw = gateway().await;
+    let chat = |prompt: String, stream: bool| {
+        gw.post("/v1/chat/completions")
+            .bearer_auth(TOKEN)
+            .json(&json!({"model": "sonnet", "stream": stream,
+                "messages": [{"role": "user", "content": prompt}]}))
+            .send()
+    };
+    // A 2 MiB answer, streamed, whole.
+    let size = 2 << 20;
+    let res = chat(
+        scripted("marker-oa-big", json!({"reply_bytes": size})),
+        true,
+    )
+    .await
+    .expect("sent");
+    assert_eq!(res.status(), 200);
+    let (text, failed) = openai_stream(&res.text().await.expect("body"));
+    assert!(!failed);
+    assert!(
+        text == fake_anthropic::script::sized_reply(size),
+        "{} bytes",
+        text.len()
+    );
+    // A cut stream whose retry differs: only the retry when not streamed, an error when the
+    // fragment was already sent.
+    let script = json!({"reply": "alpha beta gamma delta epsilon", "chunks": 5,
+        "fail_after_chunks": 2, "retry_reply": "a different final answer"});
+    let res = chat(scripted("marker-oa-splice", script.clone()), false)
+        .await
+        .expect("sent");
+    assert_eq!(res.status(), 200);
+    let completion: Value = res.json().await.expect("json");
+    assert_eq!(
+        completion["choices"][0]["message"]["content"],
+        "a different final answer"
+    );
+    let res = chat(scripted("marker-oa-splice-stream", script), true)
+        .await
+        .expect("sent");
+    let (text, failed) = openai_stream(&res.text().await.expect("body"));
+    assert!(failed && !text.contains("different"), "{text:?}");
+    // A prompt too long is the client's 400, in OpenAI's shape.
+    let res = chat(format!("marker-oa-long {}", "word ".repeat(240_000)), false)
+        .await
+        .expect("sent");
+    assert_eq!(res.status(), 400);
+    let err: Value = res.json().await.expect("json");
+    assert_eq!(err["error"]["type"], "invalid_request_error");
+}
