@@ -44,10 +44,10 @@ pub async fn build_sandbox(
     if config.sandbox_network == crate::config::SandboxNetwork::Isolated {
         sandbox.network = Some(crate::sandbox::net::isolated(
             upstream,
-            crate::sandbox::net::Egress {
-                ports: config.sandbox_egress_ports.clone(),
-                connect_timeout: std::time::Duration::from_secs(10),
-            },
+            crate::sandbox::net::Egress::new(
+                config.sandbox_egress_ports.clone(),
+                std::time::Duration::from_secs(10),
+            ),
             bridge,
             crate::sandbox::net::SocketLimits {
                 max_connections: config.sandbox_max_connections,

@@ -469,6 +469,32 @@ pub struct Egress {
     pub ports: Vec<u16>,
     /// Longest a tunnel's connection to its target may take to open.
     pub connect_timeout: std::time::Duration,
+    /// The host's own addresses (every interface's, public ones included): never a target,
+    /// or a sandbox could reach the host's services on them.
+    pub own_addresses: Vec<std::net::IpAddr>,
+}
+
+impl Egress {
+    /// The egress policy for `ports`, with the host's own addresses as found now.
+    pub fn new(ports: Vec<u16>, connect_timeout: std::time::Duration) -> Self {
+        let own_addresses = nix::ifaddrs::getifaddrs()
+            .map(|addrs| {
+                addrs
+                    .filter_map(|a| a.address)
+                    .filter_map(|a| {
+                        a.as_sockaddr_in()
+                            .map(|v4| std::net::IpAddr::V4(v4.ip()))
+                            .or_else(|| a.as_sockaddr_in6().map(|v6| std::net::IpAddr::V6(v6.ip())))
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        Self {
+            ports,
+            connect_timeout,
+            own_addresses,
+        }
+    }
 }
 
 /// Where a tunnel may go: the addresses of `host:port` if the port is allowed and every
@@ -488,16 +514,23 @@ pub async fn tunnel_target(
         format!("https://{host}:{port}/")
     };
     let (_, target) = ssrf::check_url(&url, &[]).map_err(|r| r.to_string())?;
-    match target {
-        ssrf::Target::Ip(ip) => Ok(vec![SocketAddr::new(ip, port)]),
+    let addrs = match target {
+        ssrf::Target::Ip(ip) => vec![SocketAddr::new(ip, port)],
         ssrf::Target::Name(name) => {
             let addrs: Vec<SocketAddr> = tokio::net::lookup_host((name.as_str(), port))
                 .await
                 .map_err(|e| format!("{name}: {e}"))?
                 .collect();
-            remote::judge_resolved(&name, addrs, &[]).map_err(|e| e.to_string())
+            remote::judge_resolved(&name, addrs, &[]).map_err(|e| e.to_string())?
         }
+    };
+    if let Some(own) = addrs
+        .iter()
+        .find(|a| egress.own_addresses.contains(&a.ip()))
+    {
+        return Err(format!("{} is this host's own address", own.ip()));
     }
+    Ok(addrs)
 }
 
 /// One run's view of the egress proxy: its tenant (for the log), its tunnels, its end.
@@ -575,7 +608,21 @@ mod tests {
         Egress {
             ports: vec![443],
             connect_timeout: std::time::Duration::from_secs(1),
+            own_addresses: Vec::new(),
         }
+    }
+
+    #[tokio::test]
+    async fn the_hosts_own_public_address_is_not_a_target() {
+        // Judged before any connection: nothing leaves this machine.
+        let mut egress = egress();
+        egress.own_addresses = vec!["93.184.216.34".parse().expect("ip")];
+        let refused = tunnel_target(&egress, "93.184.216.34", 443).await;
+        assert!(refused.is_err_and(|r| r.contains("own address")));
+        assert!(tunnel_target(&egress, "93.184.216.35", 443).await.is_ok());
+        // Every interface's address is found at start (loopback at least).
+        let found = Egress::new(vec![443], std::time::Duration::from_secs(1));
+        assert!(found.own_addresses.iter().any(|a| a.is_loopback()));
     }
 
     #[tokio::test]
