@@ -110,12 +110,18 @@ pub struct Config {
         long,
         env = "CLAUDE_GATEWAY_SECURITY_LEVEL",
         value_enum,
+        ignore_case = true,
         default_value = "BALANCED"
     )]
     pub security_level: SecurityLevel,
 
     /// The loosest level a request may ask for (default: the same as --security-level).
-    #[arg(long, env = "CLAUDE_GATEWAY_MAX_SECURITY_LEVEL", value_enum)]
+    #[arg(
+        long,
+        env = "CLAUDE_GATEWAY_MAX_SECURITY_LEVEL",
+        value_enum,
+        ignore_case = true
+    )]
     pub max_security_level: Option<SecurityLevel>,
 
     /// Run the CLI without the bubblewrap sandbox where user namespaces are unavailable. Only
@@ -786,5 +792,21 @@ mod tests {
             c.listen_addr(),
             "127.0.0.1:9".parse::<SocketAddr>().expect("addr")
         );
+    }
+
+    #[test]
+    fn security_levels_are_read_in_any_case() {
+        for (text, level) in [
+            ("developer", SecurityLevel::Developer),
+            ("Balanced", SecurityLevel::Balanced),
+            ("PARANOID", SecurityLevel::Paranoid),
+        ] {
+            let c = Config::from_args(["--security-level", text, "--max-security-level", text])
+                .expect("parses");
+            assert_eq!(
+                (c.security_level, c.max_security_level),
+                (level, Some(level))
+            );
+        }
     }
 }
