@@ -60,6 +60,8 @@ pub async fn security(State(state): State<SharedState>) -> Json<Value> {
             "credential": "runs hold a per-run placeholder; the gateway's upstream proxy swaps in the real credential, so it never enters the sandbox",
             "cli_process": "executed from an execute-only copy: not dumpable, so its tools cannot read its memory or descriptors",
             "egress_ports": state.config.sandbox_egress_ports,
+            "usage_metrics": "token counts are what the upstream reported, read by each run's upstream proxy; the CLI's report is the fallback only without an isolated network",
+            "max_connections_per_socket": state.config.sandbox_max_connections,
         }),
         (None, reason) => json!({
             "enabled": false,
