@@ -24,6 +24,10 @@ RUN apt-get update \
     && rm -rf /var/lib/apt/lists/* \
     && useradd --system --uid 10001 --create-home --home-dir /var/lib/claude-gateway gateway
 COPY --from=cli /opt/gateway/node_modules /opt/gateway/node_modules
+# The CLI binary is execute-only for the gateway's user: a process that runs a file it cannot
+# read is not dumpable, so the tools the CLI starts (same uid) cannot reach its descriptors or
+# memory. Done here, the gateway needs no copy of its own in the data dir.
+RUN chmod 0711 /opt/gateway/node_modules/@anthropic-ai/claude-code/bin/claude.exe
 COPY --from=build /src/target/release/claude-gateway /usr/local/bin/claude-gateway
 ENV PORT=8080 \
     CLAUDE_GATEWAY_DATA_DIR=/var/lib/claude-gateway/data \

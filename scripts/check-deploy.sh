@@ -14,6 +14,7 @@ stage=$(mktemp -d)
 trap 'kill "$gw" 2>/dev/null || true; ${SUDO:-} rm -rf "$stage"' EXIT
 cp package.json package-lock.json "$stage/"
 (cd "$stage" && npm ci --omit=dev --no-audit --no-fund >/dev/null && node_modules/.bin/claude --version)
+chmod 0711 "$stage/node_modules/@anthropic-ai/claude-code/bin/claude.exe"
 for pkg in bubblewrap util-linux ca-certificates python3; do
   command -v dpkg >/dev/null && dpkg -s "$pkg" >/dev/null 2>&1 || { echo "runtime package $pkg missing"; exit 1; }
 done
@@ -34,6 +35,8 @@ for _ in $(seq 1 100); do
   sleep 0.2
 done
 grep -q '"sandbox":"bubblewrap"' "$stage/ready.json" || { cat "$stage/err.log"; echo "not ready"; exit 1; }
+# The execute-only CLI is used as it is: no copy in the data dir.
+[ ! -e "$stage/data/sandbox-cli" ] || { echo "the gateway copied a CLI it cannot read"; exit 1; }
 reply=$(curl -sf "http://127.0.0.1:$port/v1/messages" -H 'authorization: Bearer sk-ant-oat01-deploycheck' \
   -d '{"model":"sonnet","max_tokens":50,"messages":[{"role":"user","content":"deploy check"}]}')
 echo "$reply" | grep -q 'You said: deploy check' || { echo "$reply"; cat "$stage/err.log"; exit 1; }
