@@ -2,8 +2,8 @@
 //!
 //! Token convention: the text after the `sk-ant-xxx01-` prefix, up to the first `.`, names the
 //! account, so `sk-ant-oat01-alice.1`, `sk-ant-ort01-alice.r7` and `sk-ant-api03-alice` all belong
-//! to `alice`. A token containing `invalid` is rejected everywhere with 401. Refresh tokens rotate:
-//! each one works once.
+//! to `alice`. A token containing `invalid` is rejected everywhere with 401; a refresh token
+//! containing `slow` is exchanged after a second. Refresh tokens rotate: each one works once.
 
 use std::collections::HashSet;
 use std::sync::Mutex;
@@ -15,6 +15,11 @@ const ACCOUNT_NAMESPACE: Uuid = Uuid::from_u128(0x5e0c_5a1d_2c4f_4b3e_9d7a_1f2e_
 
 pub fn is_rejected(token: &str) -> bool {
     token.contains("invalid")
+}
+
+/// Whether exchanging this refresh token takes a while (for tests of concurrent refreshes).
+pub fn is_slow(token: &str) -> bool {
+    token.contains("slow")
 }
 
 /// The account name a token belongs to.

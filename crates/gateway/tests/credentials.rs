@@ -56,9 +56,11 @@ async fn an_expired_token_is_refreshed_and_the_rotated_credentials_returned() {
 #[tokio::test]
 async fn concurrent_requests_with_one_refresh_token_refresh_once() {
     let gw = Gateway::start().await;
+    // The exchange is slow, so both requests are waiting on it when it completes (a request
+    // that arrives after a refresh completed gets nothing from it).
     let send = |marker: &'static str| {
         let mut req = body(marker);
-        req["oauth_credentials"] = expired("sk-ant-oat01-fay.old", "sk-ant-ort01-fay.r1");
+        req["oauth_credentials"] = expired("sk-ant-oat01-fay.old", "sk-ant-ort01-fay.slow-r1");
         gw.post("/v1/messages").json(&req).send()
     };
     let (a, b) = tokio::join!(send("marker-race-a"), send("marker-race-b"));
