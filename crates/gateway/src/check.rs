@@ -143,18 +143,13 @@ fn mib(bytes: u64) -> String {
 /// The data dir: a writable directory (or one that will be created), private to the gateway's
 /// user, on a file system with room. Cheap (a few system calls): `/ready` runs it every time.
 pub fn data_dir(dir: &Path) -> Check {
-    use nix::unistd::{access, AccessFlags};
+    use crate::config::{data_dir_place, DataDirPlace};
     use std::os::unix::fs::PermissionsExt;
     const NAME: &str = "data dir";
     let (measured, mut notes, mut status): (PathBuf, Vec<String>, Status) =
-        match std::fs::metadata(dir) {
-            Ok(meta) if !meta.is_dir() => {
-                return Check::fail(NAME, format!("{} is not a directory", dir.display()))
-            }
-            Ok(_) if access(dir, AccessFlags::W_OK | AccessFlags::X_OK).is_err() => {
-                return Check::fail(NAME, format!("{} is not writable", dir.display()))
-            }
-            Ok(meta) => {
+        match data_dir_place(dir) {
+            Err(reason) => return Check::fail(NAME, format!("{}: {reason}", dir.display())),
+            Ok(DataDirPlace::Exists(meta)) => {
                 let mode = meta.permissions().mode() & 0o777;
                 if mode & 0o077 != 0 {
                     // It holds the install key and every tenant's files.
@@ -170,34 +165,9 @@ pub fn data_dir(dir: &Path) -> Check {
                     (dir.to_path_buf(), vec!["private".into()], Status::Ok)
                 }
             }
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    std::io::ErrorKind::NotFound | std::io::ErrorKind::NotADirectory
-                ) =>
-            {
-                let Some(parent) = dir.ancestors().skip(1).find(|a| a.exists()) else {
-                    return Check::fail(NAME, format!("{} has no parent", dir.display()));
-                };
-                if !parent.is_dir()
-                    || access(parent, AccessFlags::W_OK | AccessFlags::X_OK).is_err()
-                {
-                    return Check::fail(
-                        NAME,
-                        format!(
-                            "{} does not exist and {} is not writable",
-                            dir.display(),
-                            parent.display()
-                        ),
-                    );
-                }
-                (
-                    parent.to_path_buf(),
-                    vec!["will be created (0700)".into()],
-                    Status::Ok,
-                )
+            Ok(DataDirPlace::Creatable(parent)) => {
+                (parent, vec!["will be created (0700)".into()], Status::Ok)
             }
-            Err(e) => return Check::fail(NAME, format!("{}: {e}", dir.display())),
         };
     match nix::sys::statvfs::statvfs(&measured) {
         Ok(fs) => {

@@ -513,15 +513,23 @@ fn usable(path: &Path, flags: AccessFlags) -> bool {
     access(path, flags).is_ok()
 }
 
-/// Why `dir` cannot serve as the data dir: it must be a writable directory, or not exist yet
-/// under a writable directory (it is then created).
-fn data_dir_problem(dir: &Path) -> Option<String> {
+/// Where a data dir stands: it must be a writable directory, or not exist yet under a
+/// writable directory (it is then created).
+pub enum DataDirPlace {
+    /// An existing directory this user may write.
+    Exists(std::fs::Metadata),
+    /// Not there yet; this is the writable directory it is created under.
+    Creatable(PathBuf),
+}
+
+/// Where `dir` stands as the data dir, or why it cannot serve as one.
+pub fn data_dir_place(dir: &Path) -> Result<DataDirPlace, String> {
     match std::fs::metadata(dir) {
-        Ok(meta) if !meta.is_dir() => Some("exists and is not a directory".into()),
+        Ok(meta) if !meta.is_dir() => Err("exists and is not a directory".into()),
         Ok(_) if !usable(dir, AccessFlags::W_OK | AccessFlags::X_OK) => {
-            Some("is not writable by this user".into())
+            Err("is not writable by this user".into())
         }
-        Ok(_) => None,
+        Ok(meta) => Ok(DataDirPlace::Exists(meta)),
         // NotADirectory: some ancestor is a file, which the search below names.
         Err(e)
             if !matches!(
@@ -529,21 +537,56 @@ fn data_dir_problem(dir: &Path) -> Option<String> {
                 std::io::ErrorKind::NotFound | std::io::ErrorKind::NotADirectory
             ) =>
         {
-            Some(e.to_string())
+            Err(e.to_string())
         }
         Err(_) => {
             let Some(parent) = dir.ancestors().skip(1).find(|a| a.exists()) else {
-                return Some("has no existing parent directory".into());
+                return Err("has no existing parent directory".into());
             };
             if !parent.is_dir() || !usable(parent, AccessFlags::W_OK | AccessFlags::X_OK) {
-                Some(format!(
+                Err(format!(
                     "does not exist and cannot be created: {} is not a writable directory",
                     parent.display()
                 ))
             } else {
-                None
+                Ok(DataDirPlace::Creatable(parent.to_path_buf()))
             }
         }
+    }
+}
+
+/// Why `path` cannot serve as an existing directory (`dir`) or file this user may read.
+fn readable_problem(path: &Path, dir: bool) -> Option<String> {
+    let access = if dir {
+        AccessFlags::R_OK | AccessFlags::X_OK
+    } else {
+        AccessFlags::R_OK
+    };
+    match std::fs::metadata(path) {
+        Err(e) => Some(e.to_string()),
+        Ok(meta) if dir && !meta.is_dir() => Some("is not a directory".into()),
+        Ok(meta) if !dir && !meta.is_file() => Some("is not a file".into()),
+        Ok(_) if !usable(path, access) => Some("is not readable by this user".into()),
+        Ok(_) => None,
+    }
+}
+
+/// An optional path setting made absolute against `cwd`, if it names a readable directory
+/// (`dir`) or file.
+fn readable_setting(
+    cwd: &Path,
+    path: Option<&Path>,
+    dir: bool,
+    flag: &'static str,
+    env: &'static str,
+) -> Result<Option<PathBuf>, SettingError> {
+    let Some(path) = path else {
+        return Ok(None);
+    };
+    let abs = absolute(cwd, path);
+    match readable_problem(&abs, dir) {
+        Some(reason) => Err(setting(flag, env, &abs, reason)),
+        None => Ok(Some(abs)),
     }
 }
 
@@ -586,7 +629,7 @@ impl Config {
     /// [`Config::resolve_paths`] against a given working directory.
     pub fn resolve_paths_from(&mut self, cwd: &Path) -> Result<(), SettingError> {
         self.data_dir = absolute(cwd, &self.data_dir);
-        if let Some(reason) = data_dir_problem(&self.data_dir) {
+        if let Err(reason) = data_dir_place(&self.data_dir) {
             return Err(setting(
                 "--data-dir",
                 "CLAUDE_GATEWAY_DATA_DIR",
@@ -603,41 +646,20 @@ impl Config {
             // Not found is not an error here: /ready and `check` say why the CLI is missing.
             None => crate::runner::locate::find_claude(None).map(|p| absolute(cwd, &p)),
         };
-        if let Some(dir) = &self.mcp_dir {
-            let abs = absolute(cwd, dir);
-            let problem = match std::fs::metadata(&abs) {
-                Err(e) => Some(e.to_string()),
-                Ok(meta) if !meta.is_dir() => Some("is not a directory".into()),
-                Ok(_) if !usable(&abs, AccessFlags::R_OK | AccessFlags::X_OK) => {
-                    Some("is not readable by this user".into())
-                }
-                Ok(_) => None,
-            };
-            if let Some(reason) = problem {
-                return Err(setting("--mcp-dir", "CLAUDE_GATEWAY_MCP_DIR", &abs, reason));
-            }
-            self.mcp_dir = Some(abs);
-        }
-        if let Some(file) = &self.mcp_presets_file {
-            let abs = absolute(cwd, file);
-            let problem = match std::fs::metadata(&abs) {
-                Err(e) => Some(e.to_string()),
-                Ok(meta) if !meta.is_file() => Some("is not a file".into()),
-                Ok(_) if !usable(&abs, AccessFlags::R_OK) => {
-                    Some("is not readable by this user".into())
-                }
-                Ok(_) => None,
-            };
-            if let Some(reason) = problem {
-                return Err(setting(
-                    "--mcp-presets-file",
-                    "CLAUDE_GATEWAY_MCP_PRESETS_FILE",
-                    &abs,
-                    reason,
-                ));
-            }
-            self.mcp_presets_file = Some(abs);
-        }
+        self.mcp_dir = readable_setting(
+            cwd,
+            self.mcp_dir.as_deref(),
+            true,
+            "--mcp-dir",
+            "CLAUDE_GATEWAY_MCP_DIR",
+        )?;
+        self.mcp_presets_file = readable_setting(
+            cwd,
+            self.mcp_presets_file.as_deref(),
+            false,
+            "--mcp-presets-file",
+            "CLAUDE_GATEWAY_MCP_PRESETS_FILE",
+        )?;
         Ok(())
     }
 }

@@ -199,9 +199,9 @@ pub async fn start(state: &Arc<AppState>, req: TurnRequest) -> Result<StartedTur
             // the session keeps the id the gateway assigned, whatever a result line claims.
             if result.session_id.as_deref() != Some(assigned.to_string().as_str()) {
                 tracing::warn!(
-                tenant = tenant.fingerprint(),
-                "the CLI reported another session id than the one assigned; keeping the assigned one"
-            );
+                    tenant = tenant.fingerprint(),
+                    "the CLI reported another session id than the one assigned; keeping ours"
+                );
             }
             let cli_session_id = assigned;
             let meta = match existing {
@@ -242,9 +242,9 @@ pub async fn start(state: &Arc<AppState>, req: TurnRequest) -> Result<StartedTur
     let on_failure = {
         let state = state.clone();
         let tenant = req.tenant.clone();
-        let checkpoint = state.sessions.checkpoint(assigned, had_turns, &req.prompt);
-        Box::new(move || {
-            if let Err(e) = state.sessions.roll_back(&tenant, &checkpoint) {
+        let checkpoint = crate::sessions::Checkpoint::new(assigned, had_turns);
+        Box::new(move |prompt: &Value| {
+            if let Err(e) = state.sessions.roll_back(&tenant, checkpoint, prompt) {
                 tracing::error!(error = %e, "could not put the session back after a failed turn");
             }
         })

@@ -145,10 +145,7 @@ pub async fn require_admin(
     use axum::response::IntoResponse;
     if let Some(expected) = &state.config.admin_token {
         let headers = request.headers();
-        let given = headers
-            .get(axum::http::header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
+        let given = crate::tenant::credential::bearer(headers)
             .or_else(|| headers.get("x-admin-token").and_then(|v| v.to_str().ok()));
         // Compared as keyed hashes, so the time taken says nothing about the token.
         let hash = |t: &str| {

@@ -76,8 +76,17 @@ pub fn response(
     response
 }
 
-/// A failure after the headers went out as 200: logged with the status it would have had, and
-/// counted under it (marked as in-stream), so operators see it as they see any other failure.
+impl RelayState {
+    /// Ends the stream with `e` as its last event: a failure after the headers went out as 200,
+    /// logged with the status it would have had and counted under it (marked as in-stream), so
+    /// operators see it as they see any other failure.
+    fn fail(&mut self, e: ApiError) {
+        self.pending
+            .push_back(error_event(failed_in_stream(self.route, e)));
+        self.rx = None;
+    }
+}
+
 fn failed_in_stream(route: &'static str, e: ApiError) -> ApiError {
     let status = e.status().as_u16();
     tracing::warn!(
@@ -102,15 +111,12 @@ fn relay(state: RelayState) -> impl Stream<Item = Result<SseEvent, Infallible>> 
             if let Some(event) = s.pending.pop_front() {
                 if event.name == crate::turn::assemble::RETRACT {
                     // Part of a different answer has been sent: report it, never splice.
-                    let e = ApiError::BadGateway(
+                    s.pending.clear();
+                    s.fail(ApiError::BadGateway(
                         "the upstream's answer broke off and its retry answered differently; \
                          the partial answer already sent is void: send the request again"
                             .into(),
-                    );
-                    s.pending.clear();
-                    s.pending
-                        .push_back(error_event(failed_in_stream(s.route, e)));
-                    s.rx = None;
+                    ));
                     continue;
                 }
                 s.out.extend((s.render)(&event));
@@ -121,11 +127,9 @@ fn relay(state: RelayState) -> impl Stream<Item = Result<SseEvent, Infallible>> 
                 item = rx.recv() => item,
                 () = s.stopping.cancelled() => {
                     // The shutdown grace is ending: say so, in the stream, before it is cut.
-                    let e = ApiError::Overloaded(
+                    s.fail(ApiError::Overloaded(
                         "the gateway is shutting down; send the request again".into(),
-                    );
-                    s.pending.push_back(error_event(failed_in_stream(s.route, e)));
-                    s.rx = None;
+                    ));
                     continue;
                 }
                 _ = s.ping.tick() => {
@@ -141,17 +145,10 @@ fn relay(state: RelayState) -> impl Stream<Item = Result<SseEvent, Infallible>> 
                     s.pending.extend(events);
                     s.rx = None;
                 }
-                Some(Item::Failed(e)) => {
-                    s.pending
-                        .push_back(error_event(failed_in_stream(s.route, e.into())));
-                    s.rx = None;
-                }
-                None => {
-                    let e = ApiError::BadGateway("the run ended without a result".into());
-                    s.pending
-                        .push_back(error_event(failed_in_stream(s.route, e)));
-                    s.rx = None;
-                }
+                Some(Item::Failed(e)) => s.fail(e.into()),
+                None => s.fail(ApiError::BadGateway(
+                    "the run ended without a result".into(),
+                )),
             }
         }
     })

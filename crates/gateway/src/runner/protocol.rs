@@ -147,6 +147,11 @@ impl UserInput {
         }
     }
 
+    /// The turn's content, as the CLI receives (and records) it.
+    pub fn content(&self) -> &Value {
+        &self.message.content
+    }
+
     /// The JSON line, newline-terminated, to write to the CLI's stdin.
     pub fn to_line(&self) -> Vec<u8> {
         let mut line = serde_json::to_vec(self).unwrap_or_default();

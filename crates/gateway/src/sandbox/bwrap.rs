@@ -352,9 +352,15 @@ impl Bwrap {
         args.push(PRLIMIT.into());
         args.extend(self.limits.prlimit_args());
         args.extend(["--".into(), "/usr/bin/true".into()]);
-        let mut command = tokio::process::Command::new(&self.bwrap);
-        command.args(&args).env_clear().kill_on_drop(true);
-        let _fds = super::seccomp::attach(&mut command, &self.seccomp)
+        let line = CommandLine {
+            program: self.bwrap.clone(),
+            args,
+            env: Vec::new(),
+            cwd: self.etc_dir.clone(),
+            fds: self.seccomp.clone(),
+        };
+        let (mut command, _fds) = line
+            .command()
             .map_err(|e| SandboxError::Probe(e.to_string()))?;
         let output = tokio::time::timeout(std::time::Duration::from_secs(10), command.output())
             .await

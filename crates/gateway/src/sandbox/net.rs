@@ -309,16 +309,6 @@ impl UpstreamProxy {
     }
 }
 
-/// The credential a request to the proxy presents: `Authorization: Bearer …` or `x-api-key`.
-fn presented(headers: &axum::http::HeaderMap) -> Option<&str> {
-    headers
-        .get(axum::http::header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .or_else(|| headers.get("x-api-key").and_then(|v| v.to_str().ok()))
-        .map(str::trim)
-}
-
 fn hop_by_hop(name: &HeaderName) -> bool {
     matches!(
         name.as_str(),
@@ -335,7 +325,6 @@ fn hop_by_hop(name: &HeaderName) -> bool {
     )
 }
 
-/// Passes a CLI request to the upstream and streams the answer back unchanged.
 /// What the upstream proxy saw of one run's calls that the CLI does not pass on.
 #[derive(Debug, Default)]
 pub struct Observed {
@@ -362,6 +351,8 @@ struct UpstreamRun {
     observed: Option<Arc<Observed>>,
 }
 
+/// Passes a CLI request to the upstream with the real credential swapped in, and streams the
+/// answer back unchanged (noting, for the run, what the CLI does not report).
 async fn forward_upstream(State(run): State<UpstreamRun>, request: Request) -> Response {
     let up = &run.up;
     let path = request
@@ -372,7 +363,7 @@ async fn forward_upstream(State(run): State<UpstreamRun>, request: Request) -> R
     let (parts, body) = request.into_parts();
     // The run holds a placeholder; only the gateway knows what it stands for. A credential
     // the gateway did not issue (or whose run has ended) goes no further.
-    let credential = match presented(&parts.headers) {
+    let credential = match crate::tenant::credential::presented(&parts.headers) {
         None => None,
         Some(placeholder) => match up.placeholders.resolve(placeholder) {
             Some(credential) => Some(credential),

@@ -84,15 +84,23 @@ pub struct SessionMeta {
 
 pub use crate::clock::now_secs;
 
-/// What a turn will add to a session's transcript ([`SessionStore::checkpoint`]), so that it
-/// can be taken out again if the turn fails.
-#[derive(Debug, Clone)]
+/// A session's transcript before a turn, so that the turn can be taken out again if it fails
+/// ([`SessionStore::roll_back`]).
+#[derive(Debug, Clone, Copy)]
 pub struct Checkpoint {
     cli_session: Uuid,
-    /// Whether the session had a transcript before the turn.
+    /// Whether the session had completed turns (its transcript may not be on disk yet: a live
+    /// CLI writes it shortly after answering).
     existed: bool,
-    /// The turn's prompt, as sent to the CLI (and recorded by it).
-    prompt: serde_json::Value,
+}
+
+impl Checkpoint {
+    pub fn new(cli_session: Uuid, existed: bool) -> Self {
+        Self {
+            cli_session,
+            existed,
+        }
+    }
 }
 
 fn storage(e: std::io::Error) -> SessionError {
@@ -236,23 +244,8 @@ impl SessionStore {
             .find(|p| projects.is_file(p))
     }
 
-    /// Notes, before a turn, what it will add to the session's transcript. `existed`: whether
-    /// the session had completed turns (its transcript may not be on disk yet: a live CLI
-    /// writes it shortly after answering).
-    pub fn checkpoint(
-        &self,
-        cli_session: Uuid,
-        existed: bool,
-        prompt: &serde_json::Value,
-    ) -> Checkpoint {
-        Checkpoint {
-            cli_session,
-            existed,
-            prompt: prompt.clone(),
-        }
-    }
-
-    /// Takes a failed turn out of the transcript: from its prompt's record on (the prompt, a
+    /// Takes a failed turn, begun with `prompt`, out of the transcript: from its prompt's record
+    /// on (the prompt, a
     /// partial or made-up reply) everything is cut, and a session that had no transcript
     /// loses the one the turn started. By content rather than by length, because a live
     /// process may still have been writing the previous turn when this one began. Call only
@@ -260,7 +253,8 @@ impl SessionStore {
     pub fn roll_back(
         &self,
         tenant: &TenantId,
-        checkpoint: &Checkpoint,
+        checkpoint: Checkpoint,
+        prompt: &serde_json::Value,
     ) -> Result<(), SessionError> {
         let projects = self.projects(tenant)?;
         if !checkpoint.existed {
@@ -275,7 +269,7 @@ impl SessionStore {
         let bytes = projects
             .read(&path, MAX_TRANSCRIPT_BYTES)
             .map_err(storage)?;
-        if let Some(offset) = transcript::turn_start(&bytes, &checkpoint.prompt) {
+        if let Some(offset) = transcript::turn_start(&bytes, prompt) {
             projects.truncate(&path, offset as u64).map_err(storage)?;
         }
         Ok(())

@@ -74,6 +74,28 @@ impl std::fmt::Debug for OAuthCredentials {
     }
 }
 
+/// The token of `Authorization: Bearer …` (the scheme in either case), trimmed.
+pub fn bearer(headers: &HeaderMap) -> Option<&str> {
+    headers
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| {
+            v.strip_prefix("Bearer ")
+                .or_else(|| v.strip_prefix("bearer "))
+        })
+        .map(str::trim)
+}
+
+/// What a request presents as its credential: the bearer token, else `x-api-key`, trimmed.
+pub fn presented(headers: &HeaderMap) -> Option<&str> {
+    bearer(headers).or_else(|| {
+        headers
+            .get("x-api-key")
+            .and_then(|v| v.to_str().ok())
+            .map(str::trim)
+    })
+}
+
 const OAUTH_PREFIX: &str = "sk-ant-oat01-";
 const API_KEY_PREFIX: &str = "sk-ant-api03-";
 /// Real credentials are ~100 characters; this bounds what a request can make us hold.
@@ -113,16 +135,8 @@ impl Credential {
         if let Some(token) = body.and_then(|o| o.access_token.as_ref()) {
             return Self::parse(token.expose_secret());
         }
-        let bearer = headers
-            .get(axum::http::header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| {
-                v.strip_prefix("Bearer ")
-                    .or_else(|| v.strip_prefix("bearer "))
-            });
-        let api_key = headers.get("x-api-key").and_then(|v| v.to_str().ok());
-        match bearer.or(api_key) {
-            Some(text) if !text.trim().is_empty() => Self::parse(text),
+        match presented(headers) {
+            Some(text) if !text.is_empty() => Self::parse(text),
             _ => Err(CredentialError::Missing),
         }
     }

@@ -63,9 +63,10 @@ pub struct Hooks {
     /// Takes the process after a successful turn to keep it for the next one (live sessions);
     /// without it the process gets no more input and exits.
     pub keep: Option<Box<dyn FnOnce(CliProcess) + Send>>,
-    /// Called when the turn ends without a result (failed, timed out, or its client left),
-    /// once its process is gone and before `hold` is dropped: puts the session back.
-    pub on_failure: Box<dyn FnOnce() + Send>,
+    /// Called with the turn's prompt when the turn ends without a result (failed, timed out,
+    /// or its client left), once its process is gone and before `hold` is dropped: puts the
+    /// session back.
+    pub on_failure: Box<dyn FnOnce(&Value) + Send>,
 }
 
 /// Sends `input` to `process` and returns the channel of what follows.
@@ -87,8 +88,8 @@ pub fn start(
             } = hooks;
             // `drive` owns the process: by the time it returns, the process is killed (or
             // kept), so nothing writes to the session behind the roll-back.
-            if !drive(process, input, show_tools, &tx, on_result, keep).await {
-                on_failure();
+            if !drive(process, &input, show_tools, &tx, on_result, keep).await {
+                on_failure(input.content());
             }
             drop(hold);
         },
@@ -99,7 +100,7 @@ pub fn start(
 
 async fn drive(
     mut process: CliProcess,
-    input: UserInput,
+    input: &UserInput,
     show_tools: bool,
     tx: &mpsc::Sender<Item>,
     on_result: OnResult,
@@ -107,7 +108,7 @@ async fn drive(
 ) -> bool {
     {
         let mut assembler = Assembler::new(show_tools);
-        if let Err(e) = process.send(&input).await {
+        if let Err(e) = process.send(input).await {
             let _ = tx.send(Item::Failed(e.into())).await;
             return false;
         }
