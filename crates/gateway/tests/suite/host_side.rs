@@ -3,9 +3,7 @@
 //! with the tenant's credential. Each test is an attack that worked before the host side was
 //! hardened; the real CLI runs in its real sandbox, scripted by fake-anthropic.
 
-mod common;
-
-use common::{bash, body, repo_root, scripted, tool_results, Gateway};
+use crate::common::{bash, body, repo_root, scripted, tool_results, Gateway};
 use serde_json::{json, Value};
 
 const MALLORY: &str = "sk-ant-oat01-mallory.hostside-MALLORYREALTOKEN";
@@ -33,7 +31,7 @@ async fn run_tools(
     session: Option<&str>,
     tools: Vec<Value>,
 ) -> (u16, Vec<String>) {
-    common::tool_run(gw, token, "DEVELOPER", marker, session, tools).await
+    crate::common::tool_run(gw, token, "DEVELOPER", marker, session, tools).await
 }
 
 fn memory_server_js() -> &'static str {
@@ -314,7 +312,7 @@ async fn a_symlinked_transcript_is_never_read_or_removed_through() {
         !session.to_string().contains("HOST-FILE-CANARY"),
         "the gateway read a host file through the link: {session}"
     );
-    let res = common::client()
+    let res = crate::common::client()
         .delete(format!("{}/v1/sessions/victim", gw.url))
         .bearer_auth(MALLORY)
         .send()

@@ -1,9 +1,7 @@
 //! OAuth credentials in the body: expired access tokens are refreshed by the gateway, once per
 //! rotating refresh token, and the rotated credentials go back to the client.
 
-mod common;
-
-use common::{body, parse_sse, Gateway};
+use crate::common::{body, parse_sse, Gateway};
 use serde_json::{json, Value};
 
 fn expired(access: &str, refresh: &str) -> Value {

@@ -2,9 +2,7 @@
 //! filter, no nested user namespaces, bounded memory mounts, and the egress proxy's ports.
 //! Real CLI, real sandbox, scripted by fake-anthropic; every address is loopback.
 
-mod common;
-
-use common::{bash, body, scripted, tool_results, Gateway};
+use crate::common::{bash, body, scripted, tool_results, Gateway};
 use serde_json::json;
 
 const TENANT: &str = "sk-ant-oat01-hardy.hardening";
@@ -29,7 +27,7 @@ async fn gateway() -> Gateway {
 /// Runs one Bash command at DEVELOPER; its output as the upstream saw it.
 async fn inside(gw: &Gateway, marker: &str, command: &str) -> String {
     let (status, results) =
-        common::tool_run(gw, TENANT, "DEVELOPER", marker, None, vec![bash(command)]).await;
+        crate::common::tool_run(gw, TENANT, "DEVELOPER", marker, None, vec![bash(command)]).await;
     assert_eq!(status, 200);
     results.join("\n")
 }

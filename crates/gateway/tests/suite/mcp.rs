@@ -4,10 +4,8 @@
 //! reached by the gateway and bridged to the run. Every address is loopback: remote servers are
 //! reached as `localhost`, the one host the test gateways allow.
 
-mod common;
-
-use common::remote_mcp::{Everything, Gate};
-use common::{body, repo_root, scripted, tool_results, Gateway};
+use crate::common::remote_mcp::{Everything, Gate};
+use crate::common::{body, repo_root, scripted, tool_results, Gateway};
 use serde_json::{json, Value};
 
 const ALICE: &str = "sk-ant-oat01-alice.mcp";
@@ -219,7 +217,7 @@ async fn mcp_tools_lists_each_servers_tools_with_per_server_errors() {
         .expect("sent");
     let listed: Value = res.json().await.expect("json");
     assert_eq!(listed["servers"][0]["status"], "ok");
-    assert!(common::eventually(common::SETTLE, || gw.descendants() == 0).await);
+    assert!(crate::common::eventually(crate::common::SETTLE, || gw.descendants() == 0).await);
 }
 
 const HTTP_TOKEN: &str = "mcp-http-token-7f3a9c";
@@ -366,7 +364,7 @@ async fn remote_tools_reach_the_model_and_calls_return_their_real_results_throug
     assert_no_remote_secret(&gw, &text);
     // The run is over: its routes are closed and nothing it started is left.
     assert!(
-        common::eventually(common::SETTLE, || gw.descendants() == 0
+        crate::common::eventually(crate::common::SETTLE, || gw.descendants() == 0
             && gw.leftover_run_dirs() == 0)
         .await
     );

@@ -1,8 +1,6 @@
 //! Sessions through the real CLI: stateful turns resume the CLI transcript, bound to the tenant.
 
-mod common;
-
-use common::{body, scripted, Gateway};
+use crate::common::{body, scripted, Gateway};
 use fake_anthropic::RecordedRequest;
 use serde_json::{json, Value};
 
@@ -216,7 +214,7 @@ async fn the_session_api_lists_shows_and_deletes_only_the_tenants_sessions() {
             .send()
             .await
             .expect("sent"),
-        common::client()
+        crate::common::client()
             .delete(format!("{}/v1/sessions/api-conv", gw.url))
             .bearer_auth(BOB)
             .send()
@@ -240,7 +238,7 @@ async fn the_session_api_lists_shows_and_deletes_only_the_tenants_sessions() {
     let unauth = gw.get("/v1/sessions").send().await.expect("sent");
     assert_eq!(unauth.status(), 401);
 
-    let deleted = common::client()
+    let deleted = crate::common::client()
         .delete(format!("{}/v1/sessions/api-conv", gw.url))
         .bearer_auth(ALICE)
         .send()

@@ -2,6 +2,7 @@
 //! fake-anthropic upstream that records what reached it. Everything listens on 127.0.0.1.
 #![allow(dead_code)]
 
+pub mod alone;
 pub mod remote_mcp;
 
 use std::path::PathBuf;
@@ -40,6 +41,7 @@ pub struct Gateway {
     pub data_dir: DataDir,
     child: Child,
     logs: Arc<Mutex<String>>,
+    _gate: alone::Hold,
 }
 
 /// The gateway's data dir: its own temporary one, or one a test keeps across restarts.
@@ -62,6 +64,7 @@ pub struct GatewayBuilder {
     args: Vec<String>,
     env: Vec<(String, String)>,
     claude_bin: Option<PathBuf>,
+    alone: bool,
 }
 
 impl GatewayBuilder {
@@ -92,7 +95,14 @@ impl GatewayBuilder {
         self
     }
 
+    /// Run while no other test's gateway runs (for attacks that load the whole machine).
+    pub fn alone(mut self) -> Self {
+        self.alone = true;
+        self
+    }
+
     pub async fn start(self) -> Gateway {
+        let gate = alone::acquire(self.alone).await;
         let fake = FakeAnthropic::start(([127, 0, 0, 1], 0).into())
             .await
             .expect("fake upstream starts");
@@ -154,6 +164,7 @@ impl GatewayBuilder {
             data_dir,
             child,
             logs,
+            _gate: gate,
         }
     }
 }
@@ -165,6 +176,7 @@ impl Gateway {
             args: Vec::new(),
             env: Vec::new(),
             claude_bin: None,
+            alone: false,
         }
     }
 

@@ -2,9 +2,7 @@
 //! answers arrive whole, and failures are reported in the API's own terms without naming the
 //! gateway's internals.
 
-mod common;
-
-use common::{body, parse_sse, scripted, streamed_text, Gateway};
+use crate::common::{body, parse_sse, scripted, streamed_text, Gateway};
 use serde_json::{json, Value};
 
 const TOKEN: &str = "sk-ant-oat01-faye.faults";

@@ -1,10 +1,8 @@
 //! Operations: metrics, and what a run leaves behind.
 
-mod common;
-
 use std::time::Duration;
 
-use common::{body, eventually, scripted, Gateway};
+use crate::common::{body, eventually, scripted, Gateway};
 use serde_json::json;
 
 const ALICE: &str = "sk-ant-oat01-alice.operations-SECRET";
@@ -64,7 +62,7 @@ async fn a_client_leaving_mid_stream_leaves_no_process_or_dir_behind() {
     assert!(gw.descendants() > 0, "the run is going");
     drop(res);
     assert!(
-        eventually(common::SETTLE, || gw.descendants() == 0
+        eventually(crate::common::SETTLE, || gw.descendants() == 0
             && gw.leftover_run_dirs() == 0)
         .await,
         "processes {} dirs {}",
@@ -78,7 +76,7 @@ async fn a_non_streaming_client_that_gives_up_ends_its_run() {
     let gw = Gateway::start().await;
     let mut req = slow_stream("marker-give-up", 20);
     req["stream"] = json!(false);
-    let res = common::client()
+    let res = crate::common::client()
         .post(format!("{}/v1/messages", gw.url))
         .bearer_auth(ALICE)
         .timeout(Duration::from_secs(3))
@@ -87,7 +85,7 @@ async fn a_non_streaming_client_that_gives_up_ends_its_run() {
         .await;
     assert!(res.is_err(), "the client timed out");
     assert!(
-        eventually(common::SETTLE, || gw.descendants() == 0
+        eventually(crate::common::SETTLE, || gw.descendants() == 0
             && gw.leftover_run_dirs() == 0)
         .await
     );
@@ -122,7 +120,7 @@ async fn sigterm_ends_requests_that_outlive_the_grace() {
     let pid = gw.pid();
     let mut res = gw.messages(ALICE, slow_stream("marker-outlive", 60)).await;
     let _ = res.chunk().await.expect("first chunk");
-    assert!(!common::descendants_of(pid).is_empty());
+    assert!(!crate::common::descendants_of(pid).is_empty());
     gw.terminate();
     // Before the cut, the stream is told why it ends.
     let mut rest = Vec::new();
@@ -140,7 +138,9 @@ async fn sigterm_ends_requests_that_outlive_the_grace() {
         .expect("exited within the grace");
     assert!(status.success(), "{status:?}");
     assert!(
-        eventually(common::SETTLE, || common::descendants_of(pid).is_empty()).await,
+        eventually(crate::common::SETTLE, || crate::common::descendants_of(pid)
+            .is_empty())
+        .await,
         "no CLI outlives the gateway"
     );
     assert_eq!(gw.leftover_run_dirs(), 0);
@@ -201,14 +201,14 @@ async fn log_lines_are_cloud_logging_json_with_the_request_id_and_trace() {
 }
 
 /// Sends `bytes` on a new connection to the gateway and reads until the gateway closes it
-/// (bounded by `common::SETTLE`); what it answered, or `None` if it kept the connection.
+/// (bounded by `crate::common::SETTLE`); what it answered, or `None` if it kept the connection.
 async fn send_raw(gw: &Gateway, bytes: &[u8]) -> Option<String> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let addr = gw.url.trim_start_matches("http://");
     let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
     stream.write_all(bytes).await.expect("write");
     let mut got = Vec::new();
-    let read = tokio::time::timeout(common::SETTLE, stream.read_to_end(&mut got)).await;
+    let read = tokio::time::timeout(crate::common::SETTLE, stream.read_to_end(&mut got)).await;
     read.ok()
         .map(|_| String::from_utf8_lossy(&got).into_owned())
 }

@@ -1,9 +1,7 @@
 //! Admission: rate limits per tenant and per client IP, and the concurrency limits with their
 //! bounded queue. Every refusal happens before anything is spawned.
 
-mod common;
-
-use common::{body, scripted, Gateway};
+use crate::common::{body, scripted, Gateway};
 use serde_json::{json, Value};
 
 const ALICE: &str = "sk-ant-oat01-alice.admission";

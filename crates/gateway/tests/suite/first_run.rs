@@ -2,13 +2,11 @@
 //! copy of the repository; `claude-gateway check`; and start-up refusing paths it cannot use.
 //! Everything listens on and talks to 127.0.0.1.
 
-mod common;
-
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, SystemTime};
 
-use common::repo_root;
+use crate::common::repo_root;
 use serde_json::Value;
 use tokio::io::{AsyncBufReadExt, BufReader};
 
@@ -287,7 +285,7 @@ async fn run_to_end(args: &[&str], cwd: &Path) -> (Option<i32>, String, String) 
 #[tokio::test]
 async fn check_in_demo_mode_passes_every_check() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let claude = common::claude_bin();
+    let claude = crate::common::claude_bin();
     let (code, out, err) = run_to_end(
         &[
             "check",
@@ -338,7 +336,7 @@ async fn check_in_demo_mode_passes_every_check() {
 #[tokio::test]
 async fn check_fails_with_exit_1_when_the_upstream_is_unreachable() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let claude = common::claude_bin();
+    let claude = crate::common::claude_bin();
     let closed = format!("http://127.0.0.1:{}", free_port());
     let (code, out, _) = run_to_end(
         &[
@@ -367,7 +365,7 @@ async fn check_fails_with_exit_1_when_the_upstream_is_unreachable() {
 async fn serve_refuses_to_start_on_a_path_it_cannot_use_naming_the_flag() {
     let dir = tempfile::tempdir().expect("tempdir");
     std::fs::write(dir.path().join("file"), "").expect("write");
-    let claude = common::claude_bin();
+    let claude = crate::common::claude_bin();
     let claude = claude.to_str().expect("utf-8");
     let cases: [(&[&str], &str); 3] = [
         (
@@ -399,7 +397,7 @@ async fn a_relative_data_dir_serves_from_another_working_directory() {
     let dir = tempfile::tempdir().expect("tempdir");
     let gw_dir: PathBuf = dir.path().join("launch");
     std::fs::create_dir_all(&gw_dir).expect("mkdir");
-    let claude = common::claude_bin();
+    let claude = crate::common::claude_bin();
     let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_claude-gateway"));
     clean(
         cmd.args(["serve", "--demo", "--listen", "127.0.0.1:0", "--claude-bin"])
@@ -421,10 +419,10 @@ async fn a_relative_data_dir_serves_from_another_working_directory() {
     })
     .await
     .expect("listens within 30 s");
-    let res = common::client()
+    let res = crate::common::client()
         .post(format!("{url}/v1/messages"))
         .bearer_auth("sk-ant-oat01-demo")
-        .json(&common::body("relative hello"))
+        .json(&crate::common::body("relative hello"))
         .send()
         .await
         .expect("sent");

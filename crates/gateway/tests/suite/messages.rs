@@ -1,8 +1,6 @@
 //! POST /v1/messages through the real Claude Code CLI against fake-anthropic.
 
-mod common;
-
-use common::{body, parse_sse, scripted, streamed_text, tool_results, Gateway};
+use crate::common::{body, parse_sse, scripted, streamed_text, tool_results, Gateway};
 use serde_json::{json, Value};
 
 const ALICE: &str = "sk-ant-oat01-alice.messages-test";
@@ -255,7 +253,7 @@ async fn a_dead_token_is_401_even_when_the_cli_would_retry() {
 
 #[tokio::test]
 async fn a_cli_that_does_not_answer_its_version_is_reported_by_ready_and_as_502() {
-    // A missing --claude-bin stops the gateway at start-up (tests/first_run.rs); one that is
+    // A missing --claude-bin stops the gateway at start-up (tests/suite/first_run.rs); one that is
     // there but broken is what /ready reports.
     let dir = tempfile::tempdir().expect("tempdir");
     let broken = dir.path().join("claude");
@@ -299,7 +297,7 @@ async fn a_run_over_its_time_limit_is_504_and_cleaned_up() {
     assert_eq!(status, 504);
     assert_eq!(err["error"]["type"], "timeout_error");
     assert!(
-        common::eventually(common::SETTLE, || {
+        crate::common::eventually(crate::common::SETTLE, || {
             gw.leftover_run_dirs() == 0 && gw.descendants() == 0
         })
         .await,
@@ -548,7 +546,7 @@ async fn demo_mode_serves_a_round_trip_with_its_built_in_upstream() {
         .arg("--data-dir")
         .arg(data.path())
         .arg("--claude-bin")
-        .arg(common::claude_bin())
+        .arg(crate::common::claude_bin())
         .env_remove("ANTHROPIC_BASE_URL")
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::null())
@@ -563,7 +561,7 @@ async fn demo_mode_serves_a_round_trip_with_its_built_in_upstream() {
             break url.to_owned();
         }
     };
-    let res = common::client()
+    let res = crate::common::client()
         .post(format!("{url}/v1/messages"))
         .bearer_auth("sk-ant-oat01-demo")
         .json(&body("demo hello"))

@@ -1,8 +1,6 @@
 //! The documentation the gateway serves: OpenAPI, Swagger UI (no CDN), `GET /`, CORS.
 
-mod common;
-
-use common::Gateway;
+use crate::common::Gateway;
 use serde_json::Value;
 
 #[tokio::test]
@@ -108,7 +106,7 @@ async fn cors_is_off_by_default_and_follows_the_configured_origins() {
         .args(&["--cors-allow-origins", "https://app.example"])
         .start()
         .await;
-    let preflight = common::client()
+    let preflight = crate::common::client()
         .request(reqwest::Method::OPTIONS, format!("{}/v1/messages", on.url))
         .header("origin", "https://app.example")
         .header("access-control-request-method", "POST")

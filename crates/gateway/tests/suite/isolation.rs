@@ -2,26 +2,23 @@
 //! CLI's tools (scripted by fake-anthropic), at every security level. Each attempt's evidence is
 //! what the upstream received as the `tool_result` and what the HTTP response carried.
 
-mod common;
-
-use common::{bash, body, scripted, tool_results, Gateway};
+use crate::common::{bash, body, scripted, tool_results, Gateway, GatewayBuilder};
 use serde_json::{json, Value};
 
 const VICTIM: &str = "sk-ant-oat01-victim.isolation-VICTIMTOKEN";
 const ATTACKER: &str = "sk-ant-oat01-attacker.isolation";
 const VICTIM_MARKER: &str = "VICTIM-SECRET-MARKER-31f9c2";
 const GATEWAY_CANARY: &str = "GATEWAY-ENV-CANARY-8d20e7";
-/// The bombs starve both cores of a two-core machine for seconds; other tests here run their
-/// CLIs beside each other but never beside the bombs, so that what they assert (every
-/// attempt answered) is not decided by CPU starvation. The bombs' own bystander proves
-/// that the gateway serves other tenants meanwhile.
-static BOMBS: tokio::sync::RwLock<()> = tokio::sync::RwLock::const_new(());
-
 /// A shell filter that hides the attacker's own token in what it reads.
 const MASK_OWN_TOKEN: &str = "sed 's/sk-ant-oat01-attacker[.]isolation/[own token]/g'";
 
 async fn sandboxed_gateway() -> Gateway {
-    Gateway::builder()
+    sandboxed(Gateway::builder()).start().await
+}
+
+/// The gateway every attack here runs against: a tight sandbox, all levels allowed.
+fn sandboxed(builder: GatewayBuilder) -> GatewayBuilder {
+    builder
         .args(&[
             "--max-security-level",
             "DEVELOPER",
@@ -39,8 +36,6 @@ async fn sandboxed_gateway() -> Gateway {
             "4",
         ])
         .env("GATEWAY_SECRET_CANARY", GATEWAY_CANARY)
-        .start()
-        .await
 }
 
 async fn run_as(
@@ -115,7 +110,6 @@ fn attempts(victim_ws: &str, data_dir: &str) -> Vec<Value> {
 
 #[tokio::test]
 async fn no_attempt_at_any_level_reaches_another_tenants_secrets() {
-    let _beside_no_bombs = BOMBS.read().await;
     let gw = sandboxed_gateway().await;
     // The victim plants its secret.
     let (status, _) = run_as(
@@ -248,8 +242,9 @@ fn hex_of(bytes: &[u8]) -> String {
 
 #[tokio::test]
 async fn bombs_in_one_tenants_sandbox_leave_the_gateway_serving_others() {
-    let _alone = BOMBS.write().await;
-    let gw = sandboxed_gateway().await;
+    // The bombs' own bystander proves the gateway serves other tenants meanwhile; other
+    // tests' CLIs are kept away, so that what they assert is not decided by CPU starvation.
+    let gw = sandboxed(Gateway::builder().alone()).start().await;
     let bombs = [
         // timeout kills its whole process group, so the bomb ends after 5 s.
         ("fork", bash("timeout -s KILL 5 bash -c ':(){ :|:& };:' >/dev/null 2>&1; echo fork-bomb-contained")),
@@ -307,7 +302,7 @@ async fn bombs_in_one_tenants_sandbox_leave_the_gateway_serving_others() {
     // A run's dir goes once its whole process tree is reaped, which under a
     // fork bomb on two cores can take longer than the answer.
     assert!(
-        common::eventually(common::SETTLE, || gw.leftover_run_dirs() == 0).await,
+        crate::common::eventually(crate::common::SETTLE, || gw.leftover_run_dirs() == 0).await,
         "every run dir was removed: {} left",
         gw.leftover_run_dirs()
     );
@@ -315,7 +310,6 @@ async fn bombs_in_one_tenants_sandbox_leave_the_gateway_serving_others() {
 
 #[tokio::test]
 async fn at_balanced_the_clis_own_rules_keep_file_tools_in_the_workspace() {
-    let _beside_no_bombs = BOMBS.read().await;
     let gw = sandboxed_gateway().await;
     // The tenant plants project settings and an MCP file that would loosen its level if
     // the CLI loaded them.
@@ -362,7 +356,6 @@ async fn at_balanced_the_clis_own_rules_keep_file_tools_in_the_workspace() {
 
 #[tokio::test]
 async fn a_request_may_not_loosen_the_operators_level() {
-    let _beside_no_bombs = BOMBS.read().await;
     let gw = Gateway::start().await; // default BALANCED, max BALANCED
     let mut req = body("marker-loosen");
     req["security_level"] = json!("DEVELOPER");
@@ -389,7 +382,6 @@ async fn a_request_may_not_loosen_the_operators_level() {
 
 #[tokio::test]
 async fn tenants_are_accounts_and_dead_tokens_are_refused_before_any_run() {
-    let _beside_no_bombs = BOMBS.read().await;
     let gw = Gateway::start().await;
     let (status, _) = (
         gw.messages("sk-ant-oat01-invalid.revoked", body("marker-dead-profile"))
@@ -414,7 +406,6 @@ async fn tenants_are_accounts_and_dead_tokens_are_refused_before_any_run() {
 
 #[tokio::test]
 async fn without_a_sandbox_only_paranoid_is_served_and_every_status_says_so() {
-    let _beside_no_bombs = BOMBS.read().await;
     let gw = Gateway::builder()
         .args(&["--insecure-no-sandbox", "--max-security-level", "DEVELOPER"])
         .start()
@@ -462,7 +453,6 @@ fn via_proxy(label: &str, target: &str) -> String {
 
 #[tokio::test]
 async fn a_sandbox_has_its_own_network_and_its_proxy_refuses_internal_addresses() {
-    let _beside_no_bombs = BOMBS.read().await;
     let gw = sandboxed_gateway().await;
     let gateway_port: u16 = gw
         .url

@@ -1,0 +1,18 @@
+//! Integration tests: the real `claude-gateway` binary and the real pinned CLI, in its
+//! sandbox, against fake-anthropic on loopback. One test binary (one link, one harness), one
+//! module per concern.
+
+mod common;
+
+mod admission;
+mod credentials;
+mod docs;
+mod faults;
+mod first_run;
+mod hardening;
+mod host_side;
+mod isolation;
+mod mcp;
+mod messages;
+mod operations;
+mod sessions;
