@@ -227,12 +227,20 @@ pub fn sandbox_state(sandbox: Option<&crate::sandbox::Bwrap>, disabled: Option<&
 
 fn sandbox_detail(b: &crate::sandbox::Bwrap) -> String {
     format!(
-        "bubblewrap {} works here (user namespaces{})",
+        "bubblewrap {} works here (user namespaces{}; {})",
         b.bwrap.display(),
         if b.network.is_some() {
             ", own network"
         } else {
             "; host network shared"
+        },
+        match &b.cgroups {
+            Ok(c) => format!(
+                "a cgroup v{} per run: {} MiB",
+                c.version(),
+                c.memory_bytes() >> 20
+            ),
+            Err(reason) => format!("no cgroup per run: {reason}"),
         }
     )
 }

@@ -162,6 +162,12 @@ pub struct Config {
     )]
     pub sandbox_max_connections: usize,
 
+    /// Memory of each run as a whole (every process, `/tmp` and `/dev/shm`), in MiB, enforced
+    /// by a cgroup per run where the gateway can create one; a run that goes past it is stopped
+    /// with an error. 0 turns per-run cgroups off.
+    #[arg(long, env = "CLAUDE_GATEWAY_SANDBOX_RUN_MEMORY_MB", default_value_t = Limits::default().run_memory_bytes >> 20)]
+    pub sandbox_run_memory_mb: u64,
+
     /// Size of each run's `/tmp`, in MiB. It lives in memory, so it is bounded apart from the
     /// processes' own memory.
     #[arg(long, env = "CLAUDE_GATEWAY_SANDBOX_TMP_MB", default_value_t = Limits::default().tmp_bytes >> 20)]
@@ -434,6 +440,7 @@ impl Config {
             max_memory_bytes: self.sandbox_max_memory_mb << 20,
             max_file_bytes: self.sandbox_max_file_mb << 20,
             max_cpu_secs: self.sandbox_max_cpu_secs,
+            run_memory_bytes: self.sandbox_run_memory_mb << 20,
             tmp_bytes: self.sandbox_tmp_mb << 20,
             shm_bytes: self.sandbox_shm_mb << 20,
             ..Limits::default()

@@ -218,6 +218,9 @@ impl From<RunError> for ApiError {
             RunError::Timeout => {
                 ApiError::Timeout("the request exceeded the gateway's run time limit".into())
             }
+            // What the run did inside went past its limit: not a gateway fault, and a retry
+            // would do the same.
+            e @ RunError::OutOfMemory(_) => ApiError::InvalidRequest(e.to_string()),
             other => ApiError::BadGateway(other.to_string()),
         }
     }

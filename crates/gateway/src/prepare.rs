@@ -55,6 +55,15 @@ pub async fn build_sandbox(
             },
         ));
     }
+    let limits = config.sandbox_limits();
+    sandbox.cgroups = match limits.run_memory_bytes {
+        0 => Err("turned off (--sandbox-run-memory-mb 0)".into()),
+        bytes => crate::sandbox::cgroup::Cgroups::detect(bytes, limits.max_processes)
+            .map(std::sync::Arc::new),
+    };
+    if let Err(reason) = &sandbox.cgroups {
+        tracing::warn!(%reason, "no cgroup per run: a run's memory is bounded per process and by its sized memory mounts only");
+    }
     sandbox.probe().await?;
     Ok(sandbox)
 }

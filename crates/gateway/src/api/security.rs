@@ -53,9 +53,19 @@ pub async fn security(State(state): State<SharedState>) -> Json<Value> {
             },
             "nested_user_namespaces": false,
             "memory_mounts": {"tmp_bytes": b.limits.tmp_bytes, "dev_shm_bytes": b.limits.shm_bytes, "dev": "read-only"},
-            "cgroups": {
-                "enabled": false,
-                "note": "no per-run cgroup: memory is bounded per process (RLIMIT_DATA) and by the sized memory mounts, processes per run by RLIMIT_NPROC",
+            "cgroups": match &b.cgroups {
+                Ok(c) => json!({
+                    "enabled": true,
+                    "version": c.version(),
+                    "memory_bytes": c.memory_bytes(),
+                    "max_processes": b.limits.max_processes,
+                    "on_oom": "the run is stopped and its client gets an error; other runs go on",
+                }),
+                Err(reason) => json!({
+                    "enabled": false,
+                    "reason": reason,
+                    "note": "no per-run cgroup: memory is bounded per process (RLIMIT_DATA) and by the sized memory mounts, processes per run by RLIMIT_NPROC",
+                }),
             },
             "credential": "runs hold a per-run placeholder; the gateway's upstream proxy swaps in the real credential, so it never enters the sandbox",
             "cli_process": "executed from an execute-only copy: not dumpable, so its tools cannot read its memory or descriptors",

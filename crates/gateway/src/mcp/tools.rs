@@ -121,7 +121,7 @@ async fn local_tools(
     place: LocalPlace<'_>,
     server: &LocalServer,
 ) -> Result<Vec<rmcp::model::Tool>, String> {
-    let (line, _dir) = place
+    let (line, dir) = place
         .runner
         .mcp_server_command(
             place.tenant,
@@ -131,9 +131,12 @@ async fn local_tools(
             &server.env,
         )
         .map_err(|e| e.to_string())?;
-    let (command, _fds) = line
+    let (mut command, _fds) = line
         .command()
         .map_err(|e| format!("cannot start the server: {e}"))?;
+    if let Some(cgroup) = &dir.cgroup {
+        cgroup.attach(&mut command);
+    }
     let (transport, _) = TokioChildProcess::builder(command)
         .stderr(Stdio::null())
         .spawn()

@@ -33,6 +33,10 @@ pub enum RunError {
     InputClosed,
     #[error("the Claude Code CLI ended without a result ({0})")]
     Exited(String),
+    #[error("the run's control group could not be created: {0}")]
+    Cgroup(std::io::Error),
+    #[error("the run went past its memory limit ({} MiB) and was stopped", .0 >> 20)]
+    OutOfMemory(u64),
 }
 
 /// Starts CLI runs. Cheap to clone.
@@ -74,6 +78,7 @@ impl Runner {
         })?;
         let mut dir = RunDir::create(&self.runs_dir).map_err(RunError::RunDir)?;
         let net_dir = open_run_net(sandbox, &mut dir, tenant)?.map(|(path, _)| path);
+        open_run_cgroup(sandbox, &mut dir)?;
         let mut vars: Vec<(&'static str, std::ffi::OsString)> = vec![
             ("PATH", "/usr/local/bin:/usr/bin:/bin".into()),
             ("HOME", bwrap::HOME.into()),
@@ -122,7 +127,10 @@ impl Runner {
     pub async fn start(&self, spec: &RunSpec) -> Result<CliProcess, RunError> {
         let mut dir = RunDir::create(&self.runs_dir).map_err(RunError::RunDir)?;
         let (net_dir, observed) = match &self.sandbox {
-            Some(sandbox) => open_run_net(sandbox, &mut dir, &spec.tenant)?.unzip(),
+            Some(sandbox) => {
+                open_run_cgroup(sandbox, &mut dir)?;
+                open_run_net(sandbox, &mut dir, &spec.tenant)?.unzip()
+            }
             None => (None, None),
         };
         // The CLI never holds the real credential: the upstream proxy swaps it in.
@@ -229,6 +237,15 @@ fn open_run_net(
     Ok(Some((path, observed)))
 }
 
+/// Gives the run a cgroup of its own where the sandbox makes them; a group that cannot be made
+/// fails the run rather than let it go unbounded.
+fn open_run_cgroup(sandbox: &Bwrap, dir: &mut RunDir) -> Result<(), RunError> {
+    if let Ok(cgroups) = &sandbox.cgroups {
+        dir.cgroup = Some(cgroups.create_run().map_err(RunError::Cgroup)?);
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -255,6 +272,7 @@ mod tests {
                 mcp_dir: None,
                 network: None,
                 seccomp: Vec::new(),
+                cgroups: Err("not in unit tests".into()),
             }),
             placeholders: Default::default(),
         };

@@ -33,6 +33,8 @@ pub struct CliProcess {
     held: Vec<Box<dyn Send>>,
     /// What the gateway's upstream proxy saw of this run's calls (isolated network only).
     pub observed: Option<std::sync::Arc<crate::sandbox::net::Observed>>,
+    /// Ends the run when the kernel kills one of its processes for want of memory.
+    oom_watch: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl CliProcess {
@@ -43,6 +45,9 @@ impl CliProcess {
         max_line_bytes: usize,
     ) -> Result<Self, RunError> {
         let (mut command, _fds) = cmd.command().map_err(RunError::Spawn)?;
+        if let Some(cgroup) = &dir.cgroup {
+            cgroup.attach(&mut command);
+        }
         command
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
@@ -74,6 +79,7 @@ impl CliProcess {
         };
         let stderr_tail = Arc::new(Mutex::new(Vec::new()));
         tokio::spawn(drain_stderr(stderr, stderr_tail.clone()));
+        let oom_watch = dir.cgroup.as_ref().map(|cgroup| cgroup.watch_oom());
         Ok(Self {
             child,
             pgid,
@@ -86,6 +92,7 @@ impl CliProcess {
             _dir: dir,
             held: Vec::new(),
             observed: None,
+            oom_watch,
         })
     }
 
@@ -133,7 +140,10 @@ impl CliProcess {
             .await
             .map_err(|_| RunError::Timeout)??;
             if read == 0 {
-                return Ok(None);
+                return match self._dir.cgroup.as_ref().filter(|c| c.oom_kills() > 0) {
+                    Some(cgroup) => Err(RunError::OutOfMemory(cgroup.memory_bytes())),
+                    None => Ok(None),
+                };
             }
             let trimmed = self.line.trim_ascii();
             if trimmed.is_empty() {
@@ -197,6 +207,9 @@ impl Drop for CliProcess {
         }
         // kill_on_drop reaps the direct child through tokio's orphan queue.
         let _ = self.child.start_kill();
+        if let Some(watch) = &self.oom_watch {
+            watch.abort();
+        }
     }
 }
 

@@ -9,6 +9,8 @@ pub struct RunDir {
     root: PathBuf,
     /// What serves the run from inside this directory (its network sockets), ended with it.
     held: Vec<Box<dyn Send>>,
+    /// The run's control group, which its processes join as they start.
+    pub cgroup: Option<crate::sandbox::cgroup::RunCgroup>,
 }
 
 impl RunDir {
@@ -20,6 +22,7 @@ impl RunDir {
         let dir = Self {
             root,
             held: Vec::new(),
+            cgroup: None,
         };
         builder.create(dir.home())?;
         builder.create(dir.tmp())?;
@@ -65,6 +68,8 @@ impl RunDir {
 
 impl Drop for RunDir {
     fn drop(&mut self) {
+        // Every process of the run is killed before its files go.
+        self.cgroup = None;
         self.held.clear();
         if let Err(e) = std::fs::remove_dir_all(&self.root) {
             if e.kind() != std::io::ErrorKind::NotFound {

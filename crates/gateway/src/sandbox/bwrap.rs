@@ -65,6 +65,8 @@ pub struct Bwrap {
     pub network: Option<IsolatedNet>,
     /// The syscall filter's programs ([`super::seccomp`]), given to bwrap as descriptors.
     pub seccomp: Vec<std::sync::Arc<[u8]>>,
+    /// Where each run gets its own cgroup, or why runs get none.
+    pub cgroups: Result<std::sync::Arc<super::cgroup::Cgroups>, String>,
 }
 
 /// The host paths a run mounts.
@@ -149,6 +151,7 @@ impl Bwrap {
                 .into_iter()
                 .map(Into::into)
                 .collect(),
+            cgroups: Err("not set up".into()),
         })
     }
 
@@ -461,6 +464,7 @@ mod tests {
             mcp_dir: None,
             network: None,
             seccomp: Vec::new(),
+            cgroups: Err("not in unit tests".into()),
         }
     }
 

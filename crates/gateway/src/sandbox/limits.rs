@@ -8,7 +8,8 @@
 //! far more than it uses when its input is large: a 10 MB request (two 4 MB images) needs
 //! 2-3 GiB of it, a 30 MB one 4-8 GiB, and below that the CLI does not fail, it stalls. So the
 //! default is 8 GiB, which lets every body the gateway accepts (32 MiB) through; what a run
-//! really holds is bounded by what it touches, and a per-run memory cgroup is the bound to add.
+//! really holds is bounded by what it touches, in a per-run memory cgroup where the host allows
+//! one ([`super::cgroup`]).
 
 use std::ffi::OsString;
 
@@ -23,6 +24,9 @@ pub struct Limits {
     /// CPU seconds per process.
     pub max_cpu_secs: u64,
     pub max_open_files: u64,
+    /// Memory of the run as a whole (its processes, `/tmp` and `/dev/shm`), in bytes, where
+    /// per-run cgroups are available; 0 turns them off.
+    pub run_memory_bytes: u64,
     /// Size of the run's `/tmp` (memory), in bytes.
     pub tmp_bytes: u64,
     /// Size of the run's `/dev/shm` (memory), in bytes.
@@ -37,6 +41,9 @@ impl Default for Limits {
             max_file_bytes: 1024 * 1024 * 1024,
             max_cpu_secs: 600,
             max_open_files: 1024,
+            // A cold run peaks near 300 MiB and a 30 MB request touches about 1 GiB; the
+            // memory mounts (576 MiB together) fit in it with room for tools.
+            run_memory_bytes: 4 * 1024 * 1024 * 1024,
             tmp_bytes: 512 * 1024 * 1024,
             shm_bytes: 64 * 1024 * 1024,
         }

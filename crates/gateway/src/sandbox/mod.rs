@@ -2,6 +2,7 @@
 //! limits, and the security levels that decide what the model may do inside it.
 
 pub mod bwrap;
+pub mod cgroup;
 pub mod level;
 pub mod limits;
 pub mod masking;

@@ -1,5 +1,6 @@
 //! The sandbox's own hardening, tried from inside as a tenant with Bash would: the syscall
-//! filter, no nested user namespaces, bounded memory mounts, and the egress proxy's ports.
+//! filter, no nested user namespaces, bounded memory mounts, a memory cgroup per run, and the
+//! egress proxy's ports.
 //! Real CLI, real sandbox, scripted by fake-anthropic; every address is loopback.
 
 use crate::common::{bash, body, scripted, tool_results, Gateway};
@@ -144,6 +145,44 @@ async fn the_security_report_names_the_hardening() {
     assert_eq!(sandbox["nested_user_namespaces"], false);
     assert_eq!(sandbox["memory_mounts"]["tmp_bytes"], 32 << 20);
     assert_eq!(sandbox["egress_ports"], json!([443]));
+    // This test machine lets the gateway make cgroups (a writable cgroup v1 memory hierarchy).
+    assert_eq!(sandbox["cgroups"]["enabled"], true, "{sandbox}");
+}
+
+#[tokio::test]
+async fn a_run_past_its_memory_limit_is_stopped_with_an_error_and_a_bystander_is_served() {
+    let gw = Gateway::builder()
+        .args(&[
+            "--max-security-level",
+            "DEVELOPER",
+            "--sandbox-run-memory-mb",
+            "512",
+        ])
+        .start()
+        .await;
+    // One process well under the per-process limit (RLIMIT_DATA) but past the run's: only the
+    // run's cgroup stops it. Its pages are touched, so they count.
+    let hog = "python3 -c \"s = b'a' * (1 << 30); print('allocated', len(s))\"; echo hog-exit=$?";
+    let mut req = body(&scripted("marker-oom", json!({"tools": [bash(hog)]})));
+    req["security_level"] = json!("DEVELOPER");
+    let (hog, bystander) = tokio::join!(
+        gw.messages(TENANT, req),
+        gw.messages(BYSTANDER, body("marker-oom-bystander"))
+    );
+    assert_eq!(bystander.status(), 200);
+    assert_eq!(hog.status(), 400);
+    let error: serde_json::Value = hog.json().await.expect("an error body");
+    assert_eq!(error["error"]["type"], "invalid_request_error");
+    let message = error["error"]["message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains("memory limit (512 MiB)"),
+        "the client is told why: {message}"
+    );
+    // The tenant is served again at once.
+    assert_eq!(
+        gw.messages(TENANT, body("marker-after-oom")).await.status(),
+        200
+    );
 }
 
 /// Opens `n` connections to each of the run's sockets, sends a request on each and counts
