@@ -42,7 +42,7 @@ pub struct AppState {
     pub sandbox_disabled: Option<String>,
     /// Cancelled just before a shutdown cuts the connections still open.
     pub stopping: tokio_util::sync::CancellationToken,
-    tenants_dir: PathBuf,
+    pub workspaces: crate::tenant::workspace::Workspaces,
 }
 
 pub type SharedState = Arc<AppState>;
@@ -193,6 +193,7 @@ impl AppState {
             std::time::Duration::from_secs(config.mcp_timeout_secs),
         );
         let admission = Admission::new(config.concurrency_limits());
+        let config_quota_bytes = config.workspace_quota_mb << 20;
         let rate = RateLimits::new(config.rate_limit_per_ip, config.rate_limit_per_tenant);
         Ok(Self {
             config,
@@ -211,21 +212,16 @@ impl AppState {
             levels,
             sandbox_disabled,
             stopping: Default::default(),
-            tenants_dir,
+            workspaces: crate::tenant::workspace::Workspaces::new(tenants_dir, config_quota_bytes),
         })
     }
 
-    /// The tenant's workspace, created (0700) on first use.
-    pub fn workspace(&self, tenant: &TenantId) -> std::io::Result<PathBuf> {
-        let path = self
-            .tenants_dir
-            .join(tenant.as_dir_name())
-            .join("workspace");
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(&path)?;
-        Ok(path)
+    /// The tenant's workspace, ready for a run (see [`crate::tenant::workspace`]).
+    pub async fn workspace(
+        &self,
+        tenant: &TenantId,
+    ) -> Result<PathBuf, crate::tenant::workspace::WorkspaceError> {
+        self.workspaces.workspace(tenant).await
     }
 }
 

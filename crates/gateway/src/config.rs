@@ -168,6 +168,16 @@ pub struct Config {
     #[arg(long, env = "CLAUDE_GATEWAY_SANDBOX_RUN_MEMORY_MB", default_value_t = Limits::default().run_memory_bytes >> 20)]
     pub sandbox_run_memory_mb: u64,
 
+    /// Disk space of each tenant's workspace, in MiB: a file system image per tenant, mounted
+    /// while the gateway runs, where the gateway runs as root; writes past it fail inside the
+    /// sandbox. Existing images keep the size they were made with. 0 turns quotas off.
+    #[arg(
+        long,
+        env = "CLAUDE_GATEWAY_WORKSPACE_QUOTA_MB",
+        default_value_t = 1024
+    )]
+    pub workspace_quota_mb: u64,
+
     /// Size of each run's `/tmp`, in MiB. It lives in memory, so it is bounded apart from the
     /// processes' own memory.
     #[arg(long, env = "CLAUDE_GATEWAY_SANDBOX_TMP_MB", default_value_t = Limits::default().tmp_bytes >> 20)]

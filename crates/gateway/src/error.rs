@@ -206,6 +206,12 @@ impl From<crate::mcp::McpError> for ApiError {
     }
 }
 
+impl From<crate::tenant::workspace::WorkspaceError> for ApiError {
+    fn from(e: crate::tenant::workspace::WorkspaceError) -> Self {
+        ApiError::Internal(e.to_string())
+    }
+}
+
 impl From<crate::mcp::ConfigError> for ApiError {
     fn from(e: crate::mcp::ConfigError) -> Self {
         ApiError::InvalidRequest(e.to_string())

@@ -6,6 +6,10 @@ fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Command::Serve(config) => {
+            // Before any thread: workspace images are mounted where only the gateway sees them.
+            if config.workspace_quota_mb > 0 {
+                claude_gateway::tenant::workspace::private_mount_namespace();
+            }
             claude_gateway::telemetry::logging::init(config.log_format);
             tokio::runtime::Runtime::new()?.block_on(claude_gateway::serve(*config))?;
         }

@@ -72,6 +72,18 @@ pub async fn security(State(state): State<SharedState>) -> Json<Value> {
             "egress_ports": state.config.sandbox_egress_ports,
             "usage_metrics": "token counts are what the upstream reported, read by each run's upstream proxy; the CLI's report is the fallback only without an isolated network",
             "max_connections_per_socket": state.config.sandbox_max_connections,
+            "workspace_quota": match state.workspaces.quota() {
+                Ok(bytes) => json!({
+                    "enabled": true,
+                    "bytes": bytes,
+                    "how": "an ext4 image per tenant, loop-mounted nosuid,nodev in the gateway's own mount namespace; writes past it fail inside the sandbox",
+                }),
+                Err(reason) => json!({
+                    "enabled": false,
+                    "reason": reason,
+                    "note": "workspaces are plain directories; each file is bounded by the per-file size limit only",
+                }),
+            },
         }),
         (None, reason) => json!({
             "enabled": false,

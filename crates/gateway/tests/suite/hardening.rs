@@ -147,6 +147,50 @@ async fn the_security_report_names_the_hardening() {
     assert_eq!(sandbox["egress_ports"], json!([443]));
     // This test machine lets the gateway make cgroups (a writable cgroup v1 memory hierarchy).
     assert_eq!(sandbox["cgroups"]["enabled"], true, "{sandbox}");
+    // The gateway runs as root here, so it can mount workspace images.
+    assert_eq!(sandbox["workspace_quota"]["enabled"], true, "{sandbox}");
+}
+
+#[tokio::test]
+async fn a_full_workspace_fails_the_tenants_writes_only() {
+    let gw = Gateway::builder()
+        .args(&[
+            "--max-security-level",
+            "DEVELOPER",
+            "--workspace-quota-mb",
+            "32",
+        ])
+        .start()
+        .await;
+    let session = uuid::Uuid::new_v4().to_string();
+    let fill = "dd if=/dev/zero of=/workspace/fill bs=1M count=64 2>&1 | grep -q 'No space left' && echo workspace-full; \
+                echo still-writable-elsewhere > /tmp/note && cat /tmp/note";
+    let mut req = body(&scripted("marker-quota", json!({"tools": [bash(fill)]})));
+    req["security_level"] = json!("DEVELOPER");
+    req["session_id"] = json!(session);
+    let (filled, bystander) = tokio::join!(
+        gw.messages(TENANT, req),
+        gw.messages(BYSTANDER, body("marker-quota-bystander"))
+    );
+    assert_eq!(filled.status(), 200);
+    assert_eq!(bystander.status(), 200);
+    let out = tool_results(&gw.upstream_with("marker-quota")).join("\n");
+    assert!(out.contains("workspace-full"), "{out}");
+    assert!(out.contains("still-writable-elsewhere"), "{out}");
+    // The gateway still keeps the tenant's transcript and serves its next turn.
+    let transcript = gw
+        .get(&format!("/v1/sessions/{session}"))
+        .bearer_auth(TENANT)
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(transcript.status(), 200);
+    let mut next = body("marker-quota-next");
+    next["session_id"] = json!(session);
+    assert_eq!(gw.messages(TENANT, next).await.status(), 200);
+    // The mounts live in the gateway's own mount namespace: the host sees none.
+    let host_mounts = std::fs::read_to_string("/proc/self/mountinfo").expect("mountinfo");
+    assert!(!host_mounts.contains("workspace"), "{host_mounts}");
 }
 
 #[tokio::test]
@@ -262,4 +306,40 @@ async fn a_run_flooding_its_sockets_is_capped_and_others_are_served() {
         .metrics()
         .await
         .contains("gateway_sandbox_connections_refused_total"));
+}
+
+#[tokio::test]
+async fn a_workspace_from_before_the_quota_moves_into_its_image_whole() {
+    let data = tempfile::tempdir().expect("tempdir");
+    let unbounded = Gateway::builder()
+        .data_dir(data.path())
+        .args(&["--max-security-level", "DEVELOPER", "--workspace-quota-mb", "0"])
+        .start()
+        .await;
+    inside(
+        &unbounded,
+        "marker-before-quota",
+        "mkdir -p notes && echo kept-across-the-move > notes/a.txt && ln -s notes/a.txt link",
+    )
+    .await;
+    drop(unbounded);
+    let bounded = Gateway::builder()
+        .data_dir(data.path())
+        .args(&["--max-security-level", "DEVELOPER", "--workspace-quota-mb", "32"])
+        .start()
+        .await;
+    let out = inside(
+        &bounded,
+        "marker-after-quota",
+        "cat link; df -k /workspace | tail -1 | awk '{print \"size-kb=\" $2}'",
+    )
+    .await;
+    assert!(out.contains("kept-across-the-move"), "{out}");
+    let size: u64 = out
+        .split("size-kb=")
+        .nth(1)
+        .and_then(|s| s.split_whitespace().next())
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("a size: {out}"));
+    assert!(size <= 32 * 1024, "the workspace is its own 32 MiB file system: {out}");
 }
