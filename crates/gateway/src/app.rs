@@ -20,6 +20,7 @@ use crate::sandbox::{Bwrap, LevelPolicy, SandboxError};
 use crate::sessions::SessionStore;
 use crate::tenant::identity::{IdentityResolver, InstallKey, TenantId};
 use crate::tenant::refresh::Refresher;
+use crate::tenant::volumes::{Volume, VolumeError, Volumes};
 
 pub struct AppState {
     pub config: Config,
@@ -42,7 +43,8 @@ pub struct AppState {
     pub sandbox_disabled: Option<String>,
     /// Cancelled just before a shutdown cuts the connections still open.
     pub stopping: tokio_util::sync::CancellationToken,
-    pub workspaces: crate::tenant::workspace::Workspaces,
+    /// Tenants' workspaces and transcripts, with their quotas.
+    pub volumes: Arc<Volumes>,
 }
 
 pub type SharedState = Arc<AppState>;
@@ -171,8 +173,13 @@ impl AppState {
             sandbox,
             placeholders,
         };
+        let volumes = Arc::new(Volumes::new(
+            tenants_dir,
+            config.workspace_quota_mb << 20,
+            config.transcript_quota_mb << 20,
+        ));
         let sessions = SessionStore::new(
-            tenants_dir.clone(),
+            volumes.clone(),
             std::time::Duration::from_secs(config.session_lock_wait_secs),
         );
         let live = LivePool::new(LiveLimits {
@@ -193,7 +200,6 @@ impl AppState {
             std::time::Duration::from_secs(config.mcp_timeout_secs),
         );
         let admission = Admission::new(config.concurrency_limits());
-        let config_quota_bytes = config.workspace_quota_mb << 20;
         let rate = RateLimits::new(config.rate_limit_per_ip, config.rate_limit_per_tenant);
         Ok(Self {
             config,
@@ -212,16 +218,13 @@ impl AppState {
             levels,
             sandbox_disabled,
             stopping: Default::default(),
-            workspaces: crate::tenant::workspace::Workspaces::new(tenants_dir, config_quota_bytes),
+            volumes,
         })
     }
 
     /// The tenant's workspace, ready for a run (see [`crate::tenant::workspace`]).
-    pub async fn workspace(
-        &self,
-        tenant: &TenantId,
-    ) -> Result<PathBuf, crate::tenant::workspace::WorkspaceError> {
-        self.workspaces.workspace(tenant).await
+    pub fn workspace(&self, tenant: &TenantId) -> Result<PathBuf, VolumeError> {
+        self.volumes.path(tenant, Volume::Workspace)
     }
 }
 

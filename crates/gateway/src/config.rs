@@ -178,6 +178,15 @@ pub struct Config {
     )]
     pub workspace_quota_mb: u64,
 
+    /// Disk space of each tenant's session transcripts (the CLI's projects directory, which
+    /// its runs write), in MiB, kept apart from the workspace the same way; 0 turns it off.
+    #[arg(
+        long,
+        env = "CLAUDE_GATEWAY_TRANSCRIPT_QUOTA_MB",
+        default_value_t = 256
+    )]
+    pub transcript_quota_mb: u64,
+
     /// Size of each run's `/tmp`, in MiB. It lives in memory, so it is bounded apart from the
     /// processes' own memory.
     #[arg(long, env = "CLAUDE_GATEWAY_SANDBOX_TMP_MB", default_value_t = Limits::default().tmp_bytes >> 20)]

@@ -88,7 +88,7 @@ pub async fn start(state: &Arc<AppState>, req: TurnRequest) -> Result<StartedTur
         ));
     }
     let sessions = &state.sessions;
-    let workspace = state.workspace(&req.tenant).await?;
+    let workspace = state.workspace(&req.tenant)?;
     let version = state.claude.version.as_ref().map_err(|_| {
         ApiError::BadGateway("the Claude Code CLI is not installed on this gateway".into())
     })?;

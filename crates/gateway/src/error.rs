@@ -206,8 +206,8 @@ impl From<crate::mcp::McpError> for ApiError {
     }
 }
 
-impl From<crate::tenant::workspace::WorkspaceError> for ApiError {
-    fn from(e: crate::tenant::workspace::WorkspaceError) -> Self {
+impl From<crate::tenant::volumes::VolumeError> for ApiError {
+    fn from(e: crate::tenant::volumes::VolumeError) -> Self {
         ApiError::Internal(e.to_string())
     }
 }

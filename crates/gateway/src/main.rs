@@ -7,8 +7,8 @@ fn main() -> anyhow::Result<()> {
     match cli.command {
         Command::Serve(config) => {
             // Before any thread: workspace images are mounted where only the gateway sees them.
-            if config.workspace_quota_mb > 0 {
-                claude_gateway::tenant::workspace::private_mount_namespace();
+            if config.workspace_quota_mb > 0 || config.transcript_quota_mb > 0 {
+                claude_gateway::tenant::volumes::private_mount_namespace();
             }
             claude_gateway::telemetry::logging::init(config.log_format);
             tokio::runtime::Runtime::new()?.block_on(claude_gateway::serve(*config))?;

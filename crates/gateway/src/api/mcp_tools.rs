@@ -47,7 +47,7 @@ pub async fn list(
     // against the tenant's rate and, while it lasts, a run slot.
     state.rate.check_tenant(&tenant)?;
     let _permit = state.admission.admit(&tenant).await?;
-    let workspace = state.workspace(&tenant).await?;
+    let workspace = state.workspace(&tenant)?;
     let listed = crate::mcp::tools::list(
         &state.mcp,
         &state.mcp_connector,

@@ -6,6 +6,18 @@ use serde_json::{json, Value};
 
 use crate::app::SharedState;
 use crate::sandbox::SecurityLevel;
+use crate::tenant::volumes::Volume;
+
+fn quota_json(quota: Result<u64, &str>) -> Value {
+    match quota {
+        Ok(bytes) => json!({"enabled": true, "bytes": bytes}),
+        Err(reason) => json!({
+            "enabled": false,
+            "reason": reason,
+            "note": "a plain directory: each file is bounded by the per-file size limit only",
+        }),
+    }
+}
 
 fn level_json(level: SecurityLevel) -> Value {
     let policy = level.tool_policy();
@@ -72,17 +84,10 @@ pub async fn security(State(state): State<SharedState>) -> Json<Value> {
             "egress_ports": state.config.sandbox_egress_ports,
             "usage_metrics": "token counts are what the upstream reported, read by each run's upstream proxy; the CLI's report is the fallback only without an isolated network",
             "max_connections_per_socket": state.config.sandbox_max_connections,
-            "workspace_quota": match state.workspaces.quota() {
-                Ok(bytes) => json!({
-                    "enabled": true,
-                    "bytes": bytes,
-                    "how": "an ext4 image per tenant, loop-mounted nosuid,nodev in the gateway's own mount namespace; writes past it fail inside the sandbox",
-                }),
-                Err(reason) => json!({
-                    "enabled": false,
-                    "reason": reason,
-                    "note": "workspaces are plain directories; each file is bounded by the per-file size limit only",
-                }),
+            "disk_quotas": {
+                "how": "an ext4 image per tenant and volume, loop-mounted nosuid,nodev in the gateway's own mount namespace; writes past it fail inside the sandbox, and a full workspace leaves transcripts writable",
+                "workspace": quota_json(state.volumes.quota(Volume::Workspace)),
+                "transcripts": quota_json(state.volumes.quota(Volume::Transcripts)),
             },
         }),
         (None, reason) => json!({

@@ -21,6 +21,7 @@ use tokio::sync::OwnedMutexGuard;
 use uuid::Uuid;
 
 use crate::tenant::identity::TenantId;
+use crate::tenant::volumes::{Volume, Volumes};
 
 /// Namespace of the per-tenant session namespaces (fixed; any uuid would do).
 const SESSIONS_NAMESPACE: Uuid = Uuid::from_u128(0x6a1f_3c2e_98b4_4d0a_b1e7_5c93_2f8d_0e41);
@@ -108,15 +109,15 @@ fn storage(e: std::io::Error) -> SessionError {
 }
 
 pub struct SessionStore {
-    tenants_dir: PathBuf,
+    volumes: Arc<Volumes>,
     lock_wait: Duration,
     locks: Mutex<HashMap<Uuid, Arc<tokio::sync::Mutex<()>>>>,
 }
 
 impl SessionStore {
-    pub fn new(tenants_dir: PathBuf, lock_wait: Duration) -> Self {
+    pub fn new(volumes: Arc<Volumes>, lock_wait: Duration) -> Self {
         Self {
-            tenants_dir,
+            volumes,
             lock_wait,
             locks: Mutex::new(HashMap::new()),
         }
@@ -129,14 +130,14 @@ impl SessionStore {
     }
 
     fn tenant_dir(&self, tenant: &TenantId) -> PathBuf {
-        self.tenants_dir.join(tenant.as_dir_name())
+        self.volumes.tenants_dir().join(tenant.as_dir_name())
     }
 
-    /// The tenant's CLI projects directory (created on first use).
+    /// The tenant's CLI projects directory (created, and mounted, on first use).
     pub fn projects_dir(&self, tenant: &TenantId) -> Result<PathBuf, SessionError> {
-        let dir = self.tenant_dir(tenant).join("projects");
-        std::fs::create_dir_all(&dir).map_err(storage)?;
-        Ok(dir)
+        self.volumes
+            .path(tenant, Volume::Transcripts)
+            .map_err(|e| SessionError::Storage(e.to_string()))
     }
 
     /// The tenant's projects directory, which its runs can write: never resolved by name.
@@ -347,7 +348,7 @@ impl SessionStore {
     /// Removes sessions idle for longer than `ttl`; returns how many.
     pub fn expire(&self, ttl: Duration) -> usize {
         let cutoff = now_secs().saturating_sub(ttl.as_secs());
-        let Ok(tenants) = std::fs::read_dir(&self.tenants_dir) else {
+        let Ok(tenants) = std::fs::read_dir(self.volumes.tenants_dir()) else {
             return 0;
         };
         let mut removed = 0;
@@ -382,6 +383,10 @@ impl SessionStore {
 mod tests {
     use super::*;
 
+    fn volumes(tenants_dir: impl Into<PathBuf>) -> Arc<Volumes> {
+        Arc::new(Volumes::new(tenants_dir.into(), 0, 0))
+    }
+
     fn tenant(name: &str) -> TenantId {
         TenantId::from_dir_name(name.to_owned())
     }
@@ -414,7 +419,7 @@ mod tests {
 
     #[test]
     fn one_client_id_names_different_sessions_for_different_tenants() {
-        let store = SessionStore::new("/nonexistent".into(), Duration::from_secs(1));
+        let store = SessionStore::new(volumes("/nonexistent"), Duration::from_secs(1));
         let id = ClientSessionId::parse("conv-1").expect("valid");
         assert_ne!(store.key(&tenant("a"), &id), store.key(&tenant("b"), &id));
         assert_eq!(store.key(&tenant("a"), &id), store.key(&tenant("a"), &id));
@@ -423,7 +428,7 @@ mod tests {
     #[test]
     fn metadata_round_trips_lists_expires_and_deletes() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let store = SessionStore::new(dir.path().to_path_buf(), Duration::from_secs(1));
+        let store = SessionStore::new(volumes(dir.path()), Duration::from_secs(1));
         let t = tenant("t1");
         let id = ClientSessionId::parse("conv").expect("valid");
         let meta = SessionMeta {
@@ -451,7 +456,7 @@ mod tests {
     #[test]
     fn deleting_a_session_removes_its_transcript_and_the_files_derived_from_it() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let store = SessionStore::new(dir.path().to_path_buf(), Duration::from_secs(1));
+        let store = SessionStore::new(volumes(dir.path()), Duration::from_secs(1));
         let t = tenant("t1");
         let id = ClientSessionId::parse("conv").expect("valid");
         let uuid = store.key(&t, &id);
@@ -492,7 +497,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_second_turn_on_a_busy_session_waits_then_is_refused() {
-        let store = SessionStore::new("/nonexistent".into(), Duration::from_millis(100));
+        let store = SessionStore::new(volumes("/nonexistent"), Duration::from_millis(100));
         let id = ClientSessionId::parse("conv").expect("valid");
         let key = Uuid::new_v4();
         let held = store.lock(key, &id).await.expect("first");

@@ -3,7 +3,7 @@
 pub mod credential;
 pub mod identity;
 pub mod refresh;
-pub mod workspace;
+pub mod volumes;
 
 /// An HTTP client for the gateway's own calls to Anthropic (profile, token refresh). Redirects
 /// are not followed: a bearer token must only ever reach the host it was meant for.

@@ -148,23 +148,34 @@ async fn the_security_report_names_the_hardening() {
     // This test machine lets the gateway make cgroups (a writable cgroup v1 memory hierarchy).
     assert_eq!(sandbox["cgroups"]["enabled"], true, "{sandbox}");
     // The gateway runs as root here, so it can mount workspace images.
-    assert_eq!(sandbox["workspace_quota"]["enabled"], true, "{sandbox}");
+    assert_eq!(
+        sandbox["disk_quotas"]["workspace"]["enabled"], true,
+        "{sandbox}"
+    );
+    assert_eq!(
+        sandbox["disk_quotas"]["transcripts"]["enabled"], true,
+        "{sandbox}"
+    );
 }
 
 #[tokio::test]
-async fn a_full_workspace_fails_the_tenants_writes_only() {
+async fn a_full_workspace_or_transcript_store_fails_the_tenants_writes_only() {
     let gw = Gateway::builder()
         .args(&[
             "--max-security-level",
             "DEVELOPER",
             "--workspace-quota-mb",
             "32",
+            "--transcript-quota-mb",
+            "16",
         ])
         .start()
         .await;
     let session = uuid::Uuid::new_v4().to_string();
     let fill = "dd if=/dev/zero of=/workspace/fill bs=1M count=64 2>&1 | grep -q 'No space left' && echo workspace-full; \
-                echo still-writable-elsewhere > /tmp/note && cat /tmp/note";
+                echo still-writable-elsewhere > /tmp/note && cat /tmp/note; \
+                dd if=/dev/zero of=~/.claude/projects/fill bs=1M count=64 2>&1 | grep -q 'No space left' && echo transcripts-full; \
+                rm -f ~/.claude/projects/fill";
     let mut req = body(&scripted("marker-quota", json!({"tools": [bash(fill)]})));
     req["security_level"] = json!("DEVELOPER");
     req["session_id"] = json!(session);
@@ -176,8 +187,10 @@ async fn a_full_workspace_fails_the_tenants_writes_only() {
     assert_eq!(bystander.status(), 200);
     let out = tool_results(&gw.upstream_with("marker-quota")).join("\n");
     assert!(out.contains("workspace-full"), "{out}");
+    assert!(out.contains("transcripts-full"), "{out}");
     assert!(out.contains("still-writable-elsewhere"), "{out}");
-    // The gateway still keeps the tenant's transcript and serves its next turn.
+    // The workspace is still full, yet the transcript of the turn is kept and the next turn
+    // is served.
     let transcript = gw
         .get(&format!("/v1/sessions/{session}"))
         .bearer_auth(TENANT)
@@ -313,7 +326,12 @@ async fn a_workspace_from_before_the_quota_moves_into_its_image_whole() {
     let data = tempfile::tempdir().expect("tempdir");
     let unbounded = Gateway::builder()
         .data_dir(data.path())
-        .args(&["--max-security-level", "DEVELOPER", "--workspace-quota-mb", "0"])
+        .args(&[
+            "--max-security-level",
+            "DEVELOPER",
+            "--workspace-quota-mb",
+            "0",
+        ])
         .start()
         .await;
     inside(
@@ -325,7 +343,12 @@ async fn a_workspace_from_before_the_quota_moves_into_its_image_whole() {
     drop(unbounded);
     let bounded = Gateway::builder()
         .data_dir(data.path())
-        .args(&["--max-security-level", "DEVELOPER", "--workspace-quota-mb", "32"])
+        .args(&[
+            "--max-security-level",
+            "DEVELOPER",
+            "--workspace-quota-mb",
+            "32",
+        ])
         .start()
         .await;
     let out = inside(
@@ -341,5 +364,8 @@ async fn a_workspace_from_before_the_quota_moves_into_its_image_whole() {
         .and_then(|s| s.split_whitespace().next())
         .and_then(|s| s.parse().ok())
         .unwrap_or_else(|| panic!("a size: {out}"));
-    assert!(size <= 32 * 1024, "the workspace is its own 32 MiB file system: {out}");
+    assert!(
+        size <= 32 * 1024,
+        "the workspace is its own 32 MiB file system: {out}"
+    );
 }
