@@ -251,7 +251,8 @@ async fn sessions(args: &Args, turns: usize, live_count: usize) -> anyhow::Resul
 }
 
 /// Starting a sandbox (bubblewrap running `true`, as the gateway probes it at start-up) with
-/// and without the syscall filter, interleaved; everything else about the sandbox is the same.
+/// and without the syscall filter, and with both the filter and a run cgroup (made, joined and
+/// removed each time), interleaved; everything else about the sandbox is the same.
 async fn sandbox_setup(
     gateway: &std::path::Path,
     claude: &std::path::Path,
@@ -265,10 +266,24 @@ async fn sandbox_setup(
         claude_gateway::sandbox::Limits::default(),
     )?;
     let filter = sandbox.seccomp.clone();
-    let (mut without, mut with) = (Vec::new(), Vec::new());
+    let limits = claude_gateway::sandbox::Limits::default();
+    let cgroups = claude_gateway::sandbox::cgroup::Cgroups::detect(
+        limits.run_memory_bytes,
+        limits.max_processes,
+    )
+    .map(std::sync::Arc::new);
+    let (mut without, mut with, mut grouped) = (Vec::new(), Vec::new(), Vec::new());
     for _ in 0..runs {
-        for (programs, samples) in [(Vec::new(), &mut without), (filter.clone(), &mut with)] {
+        let mut configurations = vec![
+            (Vec::new(), Err("off".to_owned()), &mut without),
+            (filter.clone(), Err("off".to_owned()), &mut with),
+        ];
+        if cgroups.is_ok() {
+            configurations.push((filter.clone(), cgroups.clone(), &mut grouped));
+        }
+        for (programs, groups, samples) in configurations {
             sandbox.seccomp = programs;
+            sandbox.cgroups = groups;
             let started = std::time::Instant::now();
             sandbox.probe().await?;
             samples.push(started.elapsed());
@@ -289,19 +304,37 @@ async fn sandbox_setup(
         )
     };
     let (a, b) = (Summary::of(&without), Summary::of(&with));
-    let body = format!(
-        "| sandbox start (`true` inside) | n | median ms | p95 ms |\n|---|---|---|---|\n{}\n{}\n\n\
-         The filter adds **{:+.1} ms** per run at the median ({:.2}x); it is compiled once, at \
-         start-up ({:.2} ms).\n",
+    let mut body = format!(
+        "| sandbox start (`true` inside) | n | median ms | p95 ms |\n|---|---|---|---|\n{}\n{}\n",
         row("without the syscall filter", &without),
         row("with the syscall filter", &with),
+    );
+    let grouped_line = match &cgroups {
+        Ok(_) => {
+            let c = Summary::of(&grouped);
+            body.push_str(&format!(
+                "{}\n",
+                row("with the filter and a cgroup per run", &grouped)
+            ));
+            format!(
+                " The run cgroup (made, joined, removed) adds **{:+.1} ms** more ({:.2}x the \
+                 sandbox without either).",
+                c.median_ms - b.median_ms,
+                c.median_ms / a.median_ms.max(0.001)
+            )
+        }
+        Err(reason) => format!(" No run cgroup here: {reason}."),
+    };
+    body.push_str(&format!(
+        "\nThe filter adds **{:+.1} ms** per run at the median ({:.2}x); it is compiled once, at \
+         start-up ({:.2} ms).{grouped_line}\n",
         b.median_ms - a.median_ms,
         b.median_ms / a.median_ms.max(0.001),
         compile.as_secs_f64() * 1000.0
-    );
+    ));
     Ok(vec![Block::new(
         "sandbox",
-        "Sandbox start with and without the syscall filter",
+        "Sandbox start with and without the syscall filter and a run cgroup",
         &format!("{} sandbox --runs {runs}", load::BENCH),
         &body,
     )])

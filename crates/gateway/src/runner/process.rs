@@ -140,8 +140,8 @@ impl CliProcess {
             .await
             .map_err(|_| RunError::Timeout)??;
             if read == 0 {
-                return match self._dir.cgroup.as_ref().filter(|c| c.oom_kills() > 0) {
-                    Some(cgroup) => Err(RunError::OutOfMemory(cgroup.memory_bytes())),
+                return match self.out_of_memory() {
+                    Some(e) => Err(e),
                     None => Ok(None),
                 };
             }
@@ -161,6 +161,15 @@ impl CliProcess {
                 }
             }
         }
+    }
+
+    /// The run's error when the kernel killed one of its processes for want of memory.
+    pub fn out_of_memory(&self) -> Option<RunError> {
+        self._dir
+            .cgroup
+            .as_ref()
+            .filter(|c| c.oom_kills() > 0)
+            .map(|c| RunError::OutOfMemory(c.memory_bytes()))
     }
 
     /// Lets the CLI end on its own after its result, for at most `grace`: it writes the

@@ -341,7 +341,8 @@ impl Bwrap {
         }
     }
 
-    /// Checks that a sandbox can be created here, by running `true` in one.
+    /// Checks that a sandbox can be created here, by running `true` in one (in a run cgroup of
+    /// its own, where runs get one).
     pub async fn probe(&self) -> Result<(), SandboxError> {
         let mut args = self.base_args();
         // The relay starts without its sockets; an empty directory stands in for them.
@@ -365,6 +366,16 @@ impl Bwrap {
         let (mut command, _fds) = line
             .command()
             .map_err(|e| SandboxError::Probe(e.to_string()))?;
+        let run_cgroup =
+            match &self.cgroups {
+                Ok(cgroups) => Some(cgroups.create_run().map_err(|e| {
+                    SandboxError::Probe(format!("cannot create a run cgroup: {e}"))
+                })?),
+                Err(_) => None,
+            };
+        if let Some(cgroup) = &run_cgroup {
+            cgroup.attach(&mut command);
+        }
         let output = tokio::time::timeout(std::time::Duration::from_secs(10), command.output())
             .await
             .map_err(|_| SandboxError::Probe("timed out".into()))?

@@ -128,7 +128,12 @@ async fn drive(
                 Ok(Some(line)) => match assembler.on_line(line) {
                     Step::Continue(events) if events.is_empty() => None,
                     Step::Continue(events) => Some(Item::Events(events)),
-                    Step::Finished(events, result) => Some(Item::Done(events, result)),
+                    // A process the kernel killed for want of memory ends the run, even when
+                    // the CLI carried on to a result without it.
+                    Step::Finished(events, result) => match process.out_of_memory() {
+                        Some(e) => Some(Item::Failed(e.into())),
+                        None => Some(Item::Done(events, result)),
+                    },
                     Step::Failed(TurnError::Upstream {
                         status, message, ..
                     }) => Some(Item::Failed(TurnError::Upstream {

@@ -92,6 +92,20 @@ fn fresh_copy() -> tempfile::TempDir {
         std::fs::create_dir_all(to.parent().expect("parent")).expect("mkdir");
         std::fs::copy(&from, &to).expect("copy");
     }
+    // The link is only safe while setup.sh sees the install as current: otherwise the copy's
+    // `npm ci` would empty the repository's own node_modules through it.
+    let marker =
+        std::fs::read_to_string(root.join("node_modules/.installed-from")).unwrap_or_default();
+    let lock = std::process::Command::new("sha256sum")
+        .arg(root.join("package-lock.json"))
+        .output()
+        .expect("sha256sum");
+    let lock = String::from_utf8_lossy(&lock.stdout);
+    assert_eq!(
+        marker.trim(),
+        lock.split_whitespace().next().unwrap_or_default(),
+        "node_modules was not installed by scripts/setup.sh from this lock file: run it first"
+    );
     std::os::unix::fs::symlink(root.join("node_modules"), copy.path().join("node_modules"))
         .expect("symlink node_modules");
     let bin = copy.path().join("target/release/claude-gateway");

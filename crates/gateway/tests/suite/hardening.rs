@@ -59,6 +59,8 @@ async fn a_run_has_a_syscall_filter_and_no_nested_namespaces_or_mounts() {
         "python3 -c 'import threading; t=threading.Thread(target=print, args=(\"thread-ok\",)); t.start(); t.join()'".to_owned(),
         "git init -q /tmp/repo && echo git-ok".to_owned(),
         "node -e 'console.log(\"node-ok\")' 2>&1 || echo no-node".to_owned(),
+        // The tenant's volumes are file systems of their own: no tenant directory shows.
+        "echo tenant-paths=$(grep -c /tenants/ /proc/self/mountinfo)".to_owned(),
     ]
     .join("; ");
     let out = inside(&gw, "marker-seccomp", &probe).await;
@@ -85,6 +87,7 @@ async fn a_run_has_a_syscall_filter_and_no_nested_namespaces_or_mounts() {
     }
     assert!(out.contains("thread-ok"), "{out}");
     assert!(out.contains("git-ok"), "{out}");
+    assert!(out.contains("tenant-paths=0"), "{out}");
 }
 
 #[tokio::test]

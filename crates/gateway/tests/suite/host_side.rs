@@ -117,7 +117,7 @@ async fn an_mcp_servers_env_reaches_the_server_inside_the_sandbox_only() {
     assert_eq!(res.status(), 200);
     let listed: Value = res.json().await.expect("json");
     assert_eq!(listed["servers"][0]["status"], "ok", "{listed}");
-    let tenants = gw.data_dir.path().join("tenants");
+    let tenants = gw.tenants_dir();
     let env = files_in(&tenants)
         .iter()
         .find_map(|t| std::fs::read_to_string(tenants.join(t).join("workspace/probe-env.txt")).ok())
@@ -167,7 +167,7 @@ async fn made_up_api_keys_are_refused_before_anything_exists_and_refusals_are_ca
         "nothing ran"
     );
     assert!(
-        files_in(&gw.data_dir.path().join("tenants")).is_empty(),
+        files_in(&gw.tenants_dir()).is_empty(),
         "no tenant directory for a refused credential"
     );
     assert!(files_in(&gw.data_dir.path().join("runs")).is_empty());
@@ -182,7 +182,7 @@ async fn made_up_api_keys_are_refused_before_anything_exists_and_refusals_are_ca
         .expect("sent");
     assert_eq!(res.status(), 200);
     assert_eq!(models_calls(&gw), 101);
-    assert_eq!(files_in(&gw.data_dir.path().join("tenants")).len(), 1);
+    assert_eq!(files_in(&gw.tenants_dir()).len(), 1);
 }
 
 #[tokio::test]

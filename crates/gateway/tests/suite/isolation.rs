@@ -54,7 +54,7 @@ async fn run_as(
 
 /// The victim's workspace on the host, found by the file it planted.
 fn victim_workspace(gw: &Gateway) -> String {
-    let tenants = std::fs::read_dir(gw.data_dir.path().join("tenants")).expect("tenants");
+    let tenants = std::fs::read_dir(gw.tenants_dir()).expect("tenants");
     tenants
         .filter_map(|t| t.ok())
         .map(|t| t.path().join("workspace"))
@@ -398,7 +398,7 @@ async fn tenants_are_accounts_and_dead_tokens_are_refused_before_any_run() {
     for token in ["sk-ant-oat01-dana.first", "sk-ant-oat01-dana.second"] {
         assert_eq!(gw.messages(token, body("marker-dana")).await.status(), 200);
     }
-    let workspaces = std::fs::read_dir(gw.data_dir.path().join("tenants"))
+    let workspaces = std::fs::read_dir(gw.tenants_dir())
         .expect("tenants")
         .count();
     assert_eq!(workspaces, 1);

@@ -366,7 +366,7 @@ async fn a_scripted_bash_call_runs_in_the_tenant_workspace() {
     assert!(results[0].contains("tool-ran"), "{results:?}");
     assert!(results[0].ends_with("/workspace"), "{results:?}");
     // The file landed in the tenant's workspace on the host.
-    let tenants = std::fs::read_dir(gw.data_dir.path().join("tenants")).expect("tenants");
+    let tenants = std::fs::read_dir(gw.tenants_dir()).expect("tenants");
     let proofs: Vec<_> = tenants
         .filter_map(|t| t.ok())
         .map(|t| t.path().join("workspace/proof.txt"))

@@ -192,6 +192,14 @@ impl Gateway {
         self.fake.recorder.all()
     }
 
+    /// The data dir's `tenants/` as the gateway sees it: tenants' workspaces and transcripts
+    /// are file systems mounted in the gateway's own mount namespace, seen through its root.
+    pub fn tenants_dir(&self) -> PathBuf {
+        let pid = self.child.id().expect("the gateway runs");
+        let inside = self.data_dir.path().join("tenants");
+        PathBuf::from(format!("/proc/{pid}/root")).join(inside.strip_prefix("/").unwrap_or(&inside))
+    }
+
     /// Model calls that carried `marker` anywhere in their body.
     pub fn upstream_with(&self, marker: &str) -> Vec<RecordedRequest> {
         self.fake.recorder.messages_containing(marker)
