@@ -45,6 +45,9 @@ pub struct AppState {
     pub stopping: tokio_util::sync::CancellationToken,
     /// Tenants' workspaces and transcripts, with their quotas.
     pub volumes: Arc<Volumes>,
+    /// The upstream, with tenants' real credentials: the runs' proxy, and the gateway's own
+    /// calls on a tenant's behalf (token counting).
+    pub upstream: crate::sandbox::net::UpstreamProxy,
 }
 
 pub type SharedState = Arc<AppState>;
@@ -219,6 +222,7 @@ impl AppState {
             sandbox_disabled,
             stopping: Default::default(),
             volumes,
+            upstream,
         })
     }
 
@@ -297,6 +301,10 @@ pub fn router(state: SharedState) -> Router {
         )
         .route("/v1/models/{id}", get(api::models::get))
         .route("/v1/messages", post(api::anthropic::messages::create))
+        .route(
+            "/v1/messages/count_tokens",
+            post(api::anthropic::count_tokens::count),
+        )
         .route("/v1/chat/completions", post(api::openai::chat::create))
         .route("/v1/sessions", get(api::sessions::list))
         .route(

@@ -120,6 +120,7 @@ impl Modify for Security {
     ),
     paths(
         crate::api::anthropic::messages::create,
+        crate::api::anthropic::count_tokens::count,
         crate::api::openai::chat::create,
         crate::api::models::list,
         crate::api::models::get,

@@ -286,6 +286,55 @@ impl UpstreamProxy {
         self.router_observed(None)
     }
 
+    /// Sends one API call of the gateway's own to the upstream with `credential` (the
+    /// tenant's real one) and hands the answer back as it came; only the API's own headers of
+    /// the client's request go along. `None` when the upstream cannot be reached (logged).
+    pub async fn call(
+        &self,
+        credential: &crate::tenant::credential::Credential,
+        path: &str,
+        headers: &axum::http::HeaderMap,
+        body: axum::body::Bytes,
+    ) -> Option<Response> {
+        let mut outgoing = self
+            .inner
+            .client
+            .post(format!("{}{path}", self.inner.base))
+            .header(axum::http::header::CONTENT_TYPE, "application/json")
+            .body(body);
+        for name in ["anthropic-version", "anthropic-beta"] {
+            for value in headers.get_all(name) {
+                outgoing = outgoing.header(name, value);
+            }
+        }
+        if !headers.contains_key("anthropic-version") {
+            outgoing = outgoing.header("anthropic-version", "2023-06-01");
+        }
+        let secret = credential.secret().expose_secret();
+        outgoing = match credential.kind() {
+            // A subscription token is accepted only with this beta, as the CLI sends it.
+            CredentialKind::OAuthToken => outgoing
+                .bearer_auth(secret)
+                .header("anthropic-beta", "oauth-2025-04-20"),
+            CredentialKind::ApiKey => outgoing.header("x-api-key", secret),
+        };
+        match outgoing.send().await {
+            Ok(res) => {
+                let mut answer = Response::builder().status(res.status());
+                for (name, value) in res.headers() {
+                    if !hop_by_hop(name) {
+                        answer = answer.header(name, value);
+                    }
+                }
+                answer.body(Body::from_stream(res.bytes_stream())).ok()
+            }
+            Err(e) => {
+                tracing::warn!(error = %remote::describe(&e), "the upstream could not be reached");
+                None
+            }
+        }
+    }
+
     /// The proxy for one run, noting what the upstream said that the CLI does not report.
     fn router_observed(&self, observed: Option<Arc<Observed>>) -> axum::Router {
         axum::Router::new()

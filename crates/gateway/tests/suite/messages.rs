@@ -611,3 +611,85 @@ async fn an_oversized_body_is_413_request_too_large() {
     // Nothing ran (identifying the tenant may have asked the profile endpoint).
     assert!(gw.upstream().iter().all(|r| r.path != "/v1/messages"));
 }
+
+#[tokio::test]
+async fn count_tokens_is_answered_by_the_upstream_with_the_tenants_own_credential() {
+    let gw = Gateway::start().await;
+    let request = json!({
+        "model": "sonnet",
+        "system": "be brief",
+        "messages": [{"role": "user", "content": "marker-count how many tokens is this?"}],
+    });
+    let res = gw
+        .post("/v1/messages/count_tokens")
+        .bearer_auth(ALICE)
+        .json(&request)
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(res.status(), 200);
+    let counted: Value = res.json().await.expect("json");
+    assert!(
+        counted["input_tokens"].as_u64().is_some_and(|n| n > 0),
+        "{counted}"
+    );
+    let calls: Vec<_> = gw
+        .upstream()
+        .into_iter()
+        .filter(|r| r.path == "/v1/messages/count_tokens")
+        .collect();
+    assert_eq!(calls.len(), 1, "one upstream call, no CLI run");
+    assert_eq!(
+        calls[0].header("authorization"),
+        Some(format!("Bearer {ALICE}").as_str())
+    );
+    assert!(calls[0].body.to_string().contains("marker-count"));
+    assert!(gw.upstream_with("marker-count").is_empty(), "no model call");
+
+    // The same door as a message: no credential is 401, a body without messages 400.
+    let anonymous = gw
+        .post("/v1/messages/count_tokens")
+        .json(&request)
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(anonymous.status(), 401);
+    let bad = gw
+        .post("/v1/messages/count_tokens")
+        .bearer_auth(ALICE)
+        .json(&json!({"model": "sonnet"}))
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(bad.status(), 400);
+    let error: Value = bad.json().await.expect("json");
+    assert!(error["error"]["message"]
+        .as_str()
+        .is_some_and(|m| m.starts_with("messages:")));
+}
+
+#[tokio::test]
+async fn system_turns_cache_control_and_unknown_fields_are_accepted_as_the_api_does() {
+    let gw = Gateway::start().await;
+    let request = json!({
+        "model": "sonnet",
+        "max_tokens": 100,
+        "metadata": {"user_id": "someone"},
+        "a_field_from_the_future": {"x": 1},
+        "system": [{"type": "text", "text": "marker-sys-a", "cache_control": {"type": "ephemeral"}}],
+        "messages": [
+            {"role": "user", "content": [{"type": "text", "text": "marker-liberal hi", "cache_control": {"type": "ephemeral", "ttl": "1h"}}]},
+            {"role": "system", "content": "marker-sys-b"},
+        ],
+    });
+    let res = gw.messages(ALICE, request).await;
+    assert_eq!(res.status(), 200);
+    let calls = gw.upstream_with("marker-liberal");
+    assert!(!calls.is_empty());
+    // Both system texts reached the model as system text; the system turn is not a turn.
+    let system = calls[0].body["system"].to_string();
+    assert!(
+        system.contains("marker-sys-a") && system.contains("marker-sys-b"),
+        "{system}"
+    );
+}

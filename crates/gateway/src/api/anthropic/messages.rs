@@ -68,9 +68,18 @@ fn check_blocks(i: usize, content: &super::types::Content) -> Result<(), ApiErro
     Ok(())
 }
 
-/// Splits `messages` into the earlier turns and the new user turn.
+/// Splits `messages` into the earlier turns and the new user turn; `system` entries among them
+/// are not turns (see [`system_text`]).
 fn split_turns(req: &MessagesRequest) -> Result<(History, Value), ApiError> {
-    let (last, earlier) = req.messages.split_last().ok_or_else(|| {
+    for (i, message) in req.messages.iter().enumerate() {
+        check_blocks(i, &message.content)?;
+    }
+    let turns: Vec<_> = req
+        .messages
+        .iter()
+        .filter(|m| m.role != Role::System)
+        .collect();
+    let (last, earlier) = turns.split_last().ok_or_else(|| {
         ApiError::InvalidRequest("messages: at least one message is required".into())
     })?;
     if last.role != Role::User {
@@ -78,20 +87,34 @@ fn split_turns(req: &MessagesRequest) -> Result<(History, Value), ApiError> {
             "messages: the last message must have role \"user\"".into(),
         ));
     }
-    for (i, message) in req.messages.iter().enumerate() {
-        check_blocks(i, &message.content)?;
-    }
     let history = earlier
         .iter()
         .map(|m| {
             let role = match m.role {
-                Role::User => "user",
                 Role::Assistant => "assistant",
+                _ => "user",
             };
             (role, m.content.to_value())
         })
         .collect();
     Ok((history, last.content.to_value()))
+}
+
+/// The request's system text: `system`, then the text of each `system` entry among the
+/// messages, in order.
+fn system_text(req: &MessagesRequest) -> String {
+    req.system
+        .iter()
+        .map(|s| s.text())
+        .chain(
+            req.messages
+                .iter()
+                .filter(|m| m.role == Role::System)
+                .map(|m| m.content.to_text()),
+        )
+        .filter(|s| !s.is_empty())
+        .collect::<Vec<_>>()
+        .join("\n\n")
 }
 
 /// An Anthropic `message`; with `stream: true`, Anthropic's event stream (`text/event-stream`).
@@ -135,18 +158,13 @@ pub async fn create(
     let (history, prompt) = split_turns(&req)?;
     let ctx = TurnContext::resolve(&state, &headers, &credential, &req.gateway, None).await?;
 
-    let system_prompt = req
-        .system
-        .as_ref()
-        .map(|s| s.text())
-        .filter(|s| !s.is_empty())
-        .map(|s| {
-            (
-                s,
-                req.system_prompt_mode
-                    .unwrap_or(state.config.system_prompt_mode),
-            )
-        });
+    let system_prompt = Some(system_text(&req)).filter(|s| !s.is_empty()).map(|s| {
+        (
+            s,
+            req.system_prompt_mode
+                .unwrap_or(state.config.system_prompt_mode),
+        )
+    });
     let started = conversation::start(
         &state,
         TurnRequest {

@@ -1,4 +1,5 @@
 //! The Anthropic Messages API.
 
+pub mod count_tokens;
 pub mod messages;
 pub mod types;

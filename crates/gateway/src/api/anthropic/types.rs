@@ -64,6 +64,8 @@ pub enum ToolActivity {
 pub enum Role {
     User,
     Assistant,
+    /// Instructions among the turns, as the Claude Code CLI sends them: added to `system`.
+    System,
 }
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
@@ -154,7 +156,20 @@ mod tests {
 
     #[test]
     fn rejects_unknown_roles() {
-        let body = r#"{"model":"sonnet","messages":[{"role":"system","content":"x"}]}"#;
+        let body = r#"{"model":"sonnet","messages":[{"role":"tool","content":"x"}]}"#;
         assert!(serde_json::from_str::<MessagesRequest>(body).is_err());
+    }
+
+    #[test]
+    fn accepts_what_the_claude_code_cli_sends() {
+        // System turns among the messages, cache_control anywhere, metadata, fields the
+        // gateway has never heard of.
+        let body = r#"{"model":"sonnet","max_tokens":32000,"stream":true,
+            "metadata":{"user_id":"u"},"context_management":{"edits":[]},"a_future_field":1,
+            "system":[{"type":"text","text":"a","cache_control":{"type":"ephemeral","ttl":"1h"}}],
+            "messages":[{"role":"user","content":[{"type":"text","text":"hi","cache_control":{"type":"ephemeral"}}]},
+                        {"role":"system","content":"Available agent types: …"}]}"#;
+        let req: MessagesRequest = serde_json::from_str(body).expect("parses");
+        assert_eq!(req.messages[1].role, Role::System);
     }
 }

@@ -26,7 +26,11 @@ pub fn repo_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
 }
 
+/// The pinned CLI, or the one `scripts/check-cli.sh` names in `CLAUDE_GATEWAY_TEST_CLI`.
 pub fn claude_bin() -> PathBuf {
+    if let Some(other) = std::env::var_os("CLAUDE_GATEWAY_TEST_CLI") {
+        return PathBuf::from(other);
+    }
     let bin = repo_root().join("node_modules/.bin/claude");
     assert!(
         bin.exists(),
