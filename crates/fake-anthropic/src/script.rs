@@ -86,6 +86,9 @@ impl ScriptedError {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Turn {
     Text(String),
+    /// A reply the request's `stop_sequences` cut short: the text before the first sequence
+    /// the reply held, and that sequence.
+    Stopped(String, String),
     ToolUse(ToolCall),
     Error(ScriptedError),
 }

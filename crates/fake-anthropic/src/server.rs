@@ -286,6 +286,11 @@ async fn messages(headers: HeaderMap, body: Bytes) -> Response {
     if let (false, Some(retry), Turn::Text(_)) = (stream, &script.retry_reply, &turn) {
         turn = Turn::Text(retry.clone());
     }
+    if let Turn::Text(text) = &turn {
+        if let Some(cut) = first_stop(text, &request) {
+            turn = cut;
+        }
+    }
     if script.first_byte_delay_ms > 0 {
         tokio::time::sleep(Duration::from_millis(script.first_byte_delay_ms)).await;
     }
@@ -305,6 +310,28 @@ async fn messages(headers: HeaderMap, body: Bytes) -> Response {
     }
 }
 
+/// The reply cut at the earliest of the request's stop sequences that it holds, as the API
+/// does.
+fn first_stop(text: &str, request: &Value) -> Option<Turn> {
+    request
+        .get("stop_sequences")?
+        .as_array()?
+        .iter()
+        .filter_map(Value::as_str)
+        .filter(|s| !s.is_empty())
+        .filter_map(|s| text.find(s).map(|at| (at, s)))
+        .min_by_key(|(at, _)| *at)
+        .map(|(at, s)| Turn::Stopped(text[..at].to_owned(), s.to_owned()))
+}
+
+/// The `stop_sequence` a turn ended on, if any.
+fn stop_sequence(turn: &Turn) -> Value {
+    match turn {
+        Turn::Stopped(_, sequence) => json!(sequence),
+        _ => Value::Null,
+    }
+}
+
 fn message_id() -> String {
     format!("msg_fake_{}", uuid::Uuid::new_v4().simple())
 }
@@ -317,6 +344,7 @@ fn tool_id() -> String {
 fn blocks(turn: &Turn) -> (Vec<Value>, &'static str) {
     match turn {
         Turn::Text(text) => (vec![json!({"type":"text","text":text})], "end_turn"),
+        Turn::Stopped(text, _) => (vec![json!({"type":"text","text":text})], "stop_sequence"),
         Turn::ToolUse(call) => {
             let mut blocks = Vec::new();
             if let Some(say) = &call.say {
@@ -348,7 +376,7 @@ fn message_json(model: &str, turn: &Turn, input_tokens: u64) -> Value {
         "model": model,
         "content": content,
         "stop_reason": stop_reason,
-        "stop_sequence": null,
+        "stop_sequence": stop_sequence(turn),
         "usage": {"input_tokens": input_tokens, "output_tokens": output_tokens,
                   "cache_creation_input_tokens": 0, "cache_read_input_tokens": 0}
     })
@@ -444,7 +472,7 @@ fn stream_response(model: String, turn: Turn, script: Script, input_tokens: u64)
             .await;
         }
         let output_tokens = output_tokens(&content);
-        send("message_delta", json!({"type":"message_delta","delta":{"stop_reason":stop_reason,"stop_sequence":null},"usage":{"output_tokens":output_tokens}})).await;
+        send("message_delta", json!({"type":"message_delta","delta":{"stop_reason":stop_reason,"stop_sequence":stop_sequence(&turn)},"usage":{"output_tokens":output_tokens}})).await;
         send("message_stop", json!({"type":"message_stop"})).await;
     });
     Response::builder()

@@ -35,6 +35,8 @@ pub struct TurnRequest {
     pub show_tools: bool,
     /// The request's MCP servers (already parsed; the policy is applied here).
     pub mcp: std::collections::BTreeMap<String, crate::mcp::ServerConfig>,
+    /// Sampling settings and stop sequences for the model calls.
+    pub call: crate::sandbox::masking::CallSettings,
 }
 
 /// Chooses how a new session starts: fresh, or resuming a transcript written from the
@@ -115,6 +117,7 @@ pub async fn start(state: &Arc<AppState>, req: TurnRequest) -> Result<StartedTur
             req.level.as_str(),
             req.max_output_tokens,
             mcp.identity(),
+            req.call,
             req.credential.secret().expose_secret(),
         ])
         .to_string()
@@ -156,6 +159,7 @@ pub async fn start(state: &Arc<AppState>, req: TurnRequest) -> Result<StartedTur
                 max_output_tokens: req.max_output_tokens,
                 level: req.level,
                 mcp: (!mcp.servers.is_empty()).then(|| mcp.run(&offered)),
+                call: req.call.clone(),
             };
             let mut process = state.runner.start(&spec).await?;
             for (_, route) in offered {

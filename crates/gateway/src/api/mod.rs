@@ -33,6 +33,50 @@ pub struct TurnExtensions {
     pub security_level: Option<String>,
 }
 
+/// The sampling settings and stop sequences of a request, in either dialect: set on each of
+/// its run's model calls by the upstream proxy, since the CLI has no flag for them.
+#[derive(Debug, Default)]
+pub struct Sampling<'a> {
+    pub temperature: Option<f64>,
+    pub top_p: Option<f64>,
+    pub top_k: Option<u32>,
+    pub stop_sequences: &'a [String],
+}
+
+impl Sampling<'_> {
+    /// The fields to set, or a 400 naming the one out of range.
+    pub fn call_settings(&self) -> Result<crate::sandbox::masking::CallSettings, ApiError> {
+        let mut call = crate::sandbox::masking::CallSettings::new();
+        for (name, value) in [("temperature", self.temperature), ("top_p", self.top_p)] {
+            if let Some(v) = value {
+                if !(0.0..=1.0).contains(&v) {
+                    return Err(ApiError::InvalidRequest(format!(
+                        "{name}: must be between 0 and 1"
+                    )));
+                }
+                call.insert(name.into(), serde_json::json!(v));
+            }
+        }
+        if let Some(k) = self.top_k {
+            call.insert("top_k".into(), serde_json::json!(k));
+        }
+        for (i, stop) in self.stop_sequences.iter().enumerate() {
+            if stop.trim().is_empty() {
+                return Err(ApiError::InvalidRequest(format!(
+                    "stop_sequences.{i}: must contain a non-whitespace character"
+                )));
+            }
+        }
+        if !self.stop_sequences.is_empty() {
+            call.insert(
+                "stop_sequences".into(),
+                serde_json::json!(self.stop_sequences),
+            );
+        }
+        Ok(call)
+    }
+}
+
 /// What every conversation request says besides its messages, in whichever dialect.
 pub struct TurnContext {
     pub tenant: crate::tenant::identity::TenantId,

@@ -49,6 +49,8 @@ pub struct RunSpec {
     pub level: SecurityLevel,
     /// MCP servers for this run.
     pub mcp: Option<crate::mcp::McpRun>,
+    /// Set on each of the run's model calls by the upstream proxy (no CLI flag has them).
+    pub call: crate::sandbox::masking::CallSettings,
 }
 
 /// What is fixed for the gateway's lifetime.
@@ -217,6 +219,7 @@ mod tests {
             max_output_tokens: Some(100),
             level: SecurityLevel::Balanced,
             mcp: None,
+            call: Default::default(),
         }
     }
 

@@ -134,7 +134,7 @@ impl Runner {
             None => (None, None),
         };
         // The CLI never holds the real credential: the upstream proxy swaps it in.
-        let lease = self.placeholders.issue(&spec.credential);
+        let lease = self.placeholders.issue(&spec.credential, spec.call.clone());
         let system_file = match &spec.system_prompt {
             Some((text, _)) => Some(
                 dir.write_file("system-prompt.txt", text.as_bytes())

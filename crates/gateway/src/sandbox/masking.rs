@@ -7,6 +7,10 @@
 //! `/proc/*/environ` and every file inside show only the placeholder, and the placeholder is
 //! worth nothing outside the proxy, nor once its run has ended (its lease is dropped with the
 //! process).
+//!
+//! A placeholder also names what its run's model calls carry that the CLI has no flag for
+//! (the request's sampling settings and stop sequences, [`CallSettings`]): the proxy sets them
+//! on each call it swaps a credential into.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -20,10 +24,21 @@ use crate::tenant::credential::{Credential, CredentialKind};
 /// real credential, so no run can guess another run's.
 const MIN_RANDOM: usize = 64;
 
+/// Fields set on every model call of a run (`temperature`, `top_p`, `top_k`,
+/// `stop_sequences`), as the client's request named them.
+pub type CallSettings = serde_json::Map<String, serde_json::Value>;
+
+/// What a placeholder stands for.
+#[derive(Clone)]
+pub struct Issued {
+    pub credential: Credential,
+    pub call: Arc<CallSettings>,
+}
+
 /// The placeholders issued to running CLI processes, and the credentials they stand for.
 #[derive(Default)]
 pub struct Placeholders {
-    issued: Mutex<HashMap<String, Credential>>,
+    issued: Mutex<HashMap<String, Issued>>,
 }
 
 impl std::fmt::Debug for Placeholders {
@@ -57,8 +72,9 @@ impl Drop for Lease {
 }
 
 impl Placeholders {
-    /// Issues a placeholder for `credential`, valid until the lease is dropped.
-    pub fn issue(self: &Arc<Self>, credential: &Credential) -> Lease {
+    /// Issues a placeholder for `credential` (and its run's call settings), valid until the
+    /// lease is dropped.
+    pub fn issue(self: &Arc<Self>, credential: &Credential, call: CallSettings) -> Lease {
         let prefix = match credential.kind() {
             CredentialKind::OAuthToken => "sk-ant-oat01-",
             CredentialKind::ApiKey => "sk-ant-api03-",
@@ -72,15 +88,21 @@ impl Placeholders {
         self.issued
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .insert(placeholder.clone(), credential.clone());
+            .insert(
+                placeholder.clone(),
+                Issued {
+                    credential: credential.clone(),
+                    call: Arc::new(call),
+                },
+            );
         Lease {
             placeholder: SecretString::from(placeholder),
             registry: self.clone(),
         }
     }
 
-    /// The credential a placeholder stands for, while its run lasts.
-    pub fn resolve(&self, placeholder: &str) -> Option<Credential> {
+    /// What a placeholder stands for, while its run lasts.
+    pub fn resolve(&self, placeholder: &str) -> Option<Issued> {
         self.issued
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -97,16 +119,16 @@ mod tests {
     fn a_placeholder_has_the_kind_and_shape_and_works_only_while_leased() {
         let registry = Arc::new(Placeholders::default());
         let real = Credential::parse("sk-ant-oat01-alice").expect("valid");
-        let lease = registry.issue(&real);
+        let lease = registry.issue(&real, CallSettings::new());
         let text = lease.placeholder().expose_secret().to_owned();
         assert!(text.starts_with("sk-ant-oat01-"));
         assert!(text.len() >= "sk-ant-oat01-".len() + MIN_RANDOM);
         assert!(!text.contains("alice"));
         assert!(Credential::parse(&text).is_ok());
-        let swapped = registry.resolve(&text).expect("leased");
+        let swapped = registry.resolve(&text).expect("leased").credential;
         assert_eq!(swapped.secret().expose_secret(), "sk-ant-oat01-alice");
         let key = Credential::parse("sk-ant-api03-bob").expect("valid");
-        let other = registry.issue(&key);
+        let other = registry.issue(&key, CallSettings::new());
         assert!(other
             .placeholder()
             .expose_secret()

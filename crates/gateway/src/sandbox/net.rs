@@ -29,7 +29,7 @@ use axum::response::{IntoResponse, Response};
 
 use secrecy::ExposeSecret;
 
-use super::masking::Placeholders;
+use super::masking::{CallSettings, Issued, Placeholders};
 use super::relay::Forward;
 use crate::mcp::{remote, ssrf};
 use crate::tenant::credential::CredentialKind;
@@ -409,13 +409,13 @@ async fn forward_upstream(State(run): State<UpstreamRun>, request: Request) -> R
         .path_and_query()
         .map_or("/", |p| p.as_str())
         .to_owned();
-    let (parts, body) = request.into_parts();
+    let (mut parts, body) = request.into_parts();
     // The run holds a placeholder; only the gateway knows what it stands for. A credential
     // the gateway did not issue (or whose run has ended) goes no further.
-    let credential = match crate::tenant::credential::presented(&parts.headers) {
+    let issued = match crate::tenant::credential::presented(&parts.headers) {
         None => None,
         Some(placeholder) => match up.placeholders.resolve(placeholder) {
-            Some(credential) => Some(credential),
+            Some(issued) => Some(issued),
             None => {
                 return (
                     StatusCode::UNAUTHORIZED,
@@ -427,16 +427,27 @@ async fn forward_upstream(State(run): State<UpstreamRun>, request: Request) -> R
             }
         },
     };
+    let model_call = path == "/v1/messages" || path.starts_with("/v1/messages?");
+    let body = match issued.as_ref().map(|i| &i.call) {
+        Some(call) if model_call && !call.is_empty() => {
+            parts.headers.remove(axum::http::header::CONTENT_LENGTH);
+            match with_call_settings(body, call).await {
+                Ok(bytes) => reqwest::Body::from(bytes),
+                Err(status) => return status.into_response(),
+            }
+        }
+        _ => reqwest::Body::wrap_stream(body.into_data_stream()),
+    };
     let mut outgoing = up
         .client
         .request(parts.method, format!("{}{path}", up.base))
-        .body(reqwest::Body::wrap_stream(body.into_data_stream()));
+        .body(body);
     for (name, value) in &parts.headers {
         if !hop_by_hop(name) && name != axum::http::header::AUTHORIZATION && name != "x-api-key" {
             outgoing = outgoing.header(name, value);
         }
     }
-    if let Some(credential) = credential {
+    if let Some(Issued { credential, .. }) = &issued {
         let secret = credential.secret().expose_secret();
         outgoing = match credential.kind() {
             CredentialKind::OAuthToken => outgoing.bearer_auth(secret),
@@ -465,9 +476,7 @@ async fn forward_upstream(State(run): State<UpstreamRun>, request: Request) -> R
                 }
             }
             // A model call's answer is read on its way for the usage the upstream reports.
-            let model_call = res.status().is_success()
-                && (path == "/v1/messages" || path.starts_with("/v1/messages?"));
-            let body = match (&run.observed, model_call) {
+            let body = match (&run.observed, model_call && res.status().is_success()) {
                 (Some(observed), true) => {
                     let event_stream = res
                         .headers()
@@ -500,6 +509,26 @@ async fn forward_upstream(State(run): State<UpstreamRun>, request: Request) -> R
                 .into_response()
         }
     }
+}
+
+/// The largest model call body the proxy rewrites (the gateway's own body limit is 32 MiB;
+/// the CLI's call adds its tools and system prompt).
+const MAX_CALL_BODY: usize = 64 << 20;
+
+/// A model call's body with the run's call settings set on it.
+async fn with_call_settings(body: Body, call: &CallSettings) -> Result<Vec<u8>, StatusCode> {
+    let bytes = axum::body::to_bytes(body, MAX_CALL_BODY)
+        .await
+        .map_err(|_| StatusCode::PAYLOAD_TOO_LARGE)?;
+    let mut value: serde_json::Value =
+        serde_json::from_slice(&bytes).map_err(|_| StatusCode::BAD_REQUEST)?;
+    let Some(object) = value.as_object_mut() else {
+        return Err(StatusCode::BAD_REQUEST);
+    };
+    for (name, setting) in call {
+        object.insert(name.clone(), setting.clone());
+    }
+    serde_json::to_vec(&value).map_err(|_| StatusCode::INTERNAL_SERVER_ERROR)
 }
 
 /// What the egress proxy lets a sandbox's tools reach.

@@ -79,6 +79,8 @@ pub struct Assembler {
     /// The first turn's input usage, for `message_start`.
     pub start_usage: Option<Value>,
     stop_reason: Option<String>,
+    /// The stop sequence that ended the last model turn, if one did.
+    stop_sequence: Option<String>,
     output_seen: bool,
 }
 
@@ -173,16 +175,23 @@ impl Assembler {
                 _ => Vec::new(),
             },
             ("message_delta", _) => {
-                if let Some(reason) = event
-                    .get("delta")
-                    .and_then(|d| d.get("stop_reason"))
-                    .and_then(Value::as_str)
-                {
-                    self.stop_reason = Some(reason.to_owned());
+                if let Some(delta) = event.get("delta") {
+                    self.note_stop(delta);
                 }
                 Vec::new()
             }
             _ => Vec::new(),
+        }
+    }
+
+    /// The stop reason (and stop sequence) of a message or message delta, when it has one.
+    fn note_stop(&mut self, source: &Value) {
+        if let Some(reason) = source.get("stop_reason").and_then(Value::as_str) {
+            self.stop_reason = Some(reason.to_owned());
+            self.stop_sequence = source
+                .get("stop_sequence")
+                .and_then(Value::as_str)
+                .map(str::to_owned);
         }
     }
 
@@ -252,9 +261,7 @@ impl Assembler {
             }
         };
         if !streamed {
-            if let Some(reason) = message.get("stop_reason").and_then(Value::as_str) {
-                self.stop_reason = Some(reason.to_owned());
-            }
+            self.note_stop(message);
         }
         let mut events = Vec::new();
         for (offset, block) in blocks.into_iter().enumerate() {
@@ -391,7 +398,7 @@ impl Assembler {
                 "message_delta",
                 json!({
                     "type": "message_delta",
-                    "delta": {"stop_reason": stop_reason, "stop_sequence": null},
+                    "delta": {"stop_reason": stop_reason, "stop_sequence": self.stop_sequence},
                     "usage": {
                         "input_tokens": usage.input_tokens,
                         "output_tokens": usage.output_tokens,

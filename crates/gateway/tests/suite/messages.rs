@@ -693,3 +693,73 @@ async fn system_turns_cache_control_and_unknown_fields_are_accepted_as_the_api_d
         "{system}"
     );
 }
+
+#[tokio::test]
+async fn a_stop_sequence_ends_the_reply_where_the_api_would_in_both_dialects() {
+    let gw = Gateway::start().await;
+    let script = json!({"reply": "first part STOP-HERE second part"});
+    // Anthropic, complete: the reply ends before the sequence, and says which one.
+    let mut req = body(&scripted("marker-stop-a", script.clone()));
+    req["stop_sequences"] = json!(["NEVER", "STOP-HERE"]);
+    req["temperature"] = json!(0.2);
+    let res = gw.messages(ALICE, req).await;
+    assert_eq!(res.status(), 200);
+    let msg: Value = res.json().await.expect("json");
+    assert_eq!(msg["stop_reason"], "stop_sequence");
+    assert_eq!(msg["stop_sequence"], "STOP-HERE");
+    assert_eq!(msg["content"][0]["text"], "first part ");
+    // The model call carried the request's settings; the CLI has no flag for them.
+    let call = &gw.upstream_with("marker-stop-a")[0].body;
+    assert_eq!(call["stop_sequences"], json!(["NEVER", "STOP-HERE"]));
+    assert_eq!(call["temperature"], json!(0.2));
+
+    // Anthropic, streamed.
+    let mut req = body(&scripted("marker-stop-b", script.clone()));
+    req["stop_sequences"] = json!(["STOP-HERE"]);
+    req["stream"] = json!(true);
+    let events = parse_sse(&gw.messages(ALICE, req).await.text().await.expect("body"));
+    assert_eq!(streamed_text(&events), "first part ");
+    let delta = events
+        .iter()
+        .find(|e| e.event == "message_delta")
+        .expect("message_delta");
+    assert_eq!(delta.data["delta"]["stop_reason"], "stop_sequence");
+    assert_eq!(delta.data["delta"]["stop_sequence"], "STOP-HERE");
+
+    // OpenAI: `stop` (a string or a list) is the same setting; the reply just stops.
+    let res = gw
+        .post("/v1/chat/completions")
+        .bearer_auth(ALICE)
+        .json(
+            &json!({"model": "sonnet", "stop": "STOP-HERE", "messages": [
+            {"role": "user", "content": scripted("marker-stop-c", script)}]}),
+        )
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(res.status(), 200);
+    let completion: Value = res.json().await.expect("json");
+    assert_eq!(
+        completion["choices"][0]["message"]["content"],
+        "first part "
+    );
+    assert_eq!(completion["choices"][0]["finish_reason"], "stop");
+
+    // Out of range or blank: 400 naming the field.
+    for (field, value, named) in [
+        ("temperature", json!(1.5), "temperature"),
+        ("stop_sequences", json!(["ok", "  "]), "stop_sequences.1"),
+    ] {
+        let mut req = body("marker-stop-bad");
+        req[field] = value;
+        let res = gw.messages(ALICE, req).await;
+        assert_eq!(res.status(), 400);
+        let error: Value = res.json().await.expect("json");
+        assert!(
+            error["error"]["message"]
+                .as_str()
+                .is_some_and(|m| m.starts_with(named)),
+            "{error}"
+        );
+    }
+}

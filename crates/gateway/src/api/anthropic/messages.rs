@@ -156,6 +156,13 @@ pub async fn create(
         ));
     }
     let (history, prompt) = split_turns(&req)?;
+    let call = crate::api::Sampling {
+        temperature: req.temperature,
+        top_p: req.top_p,
+        top_k: req.top_k,
+        stop_sequences: &req.stop_sequences,
+    }
+    .call_settings()?;
     let ctx = TurnContext::resolve(&state, &headers, &credential, &req.gateway, None).await?;
 
     let system_prompt = Some(system_text(&req)).filter(|s| !s.is_empty()).map(|s| {
@@ -179,6 +186,7 @@ pub async fn create(
             level: ctx.level,
             show_tools: req.tool_activity.unwrap_or_default() == ToolActivity::Blocks,
             mcp: ctx.mcp,
+            call,
         },
     )
     .await?;

@@ -8,9 +8,10 @@ use crate::tenant::credential::OAuthCredentials;
 
 /// `POST /v1/messages` body.
 ///
-/// Accepted and ignored, because the CLI has no way to honour them: `temperature`, `top_p`,
-/// `top_k`, `stop_sequences`, `thinking`, `service_tier`, `tool_choice` (with no `tools`),
-/// `container`, `context_management`. Any other unknown field is ignored too, as the API grows.
+/// `temperature`, `top_p`, `top_k` and `stop_sequences` are set on each model call of the run.
+/// Accepted and ignored, because the CLI has no way to honour them: `thinking`,
+/// `service_tier`, `tool_choice` (with no `tools`), `container`, `context_management`. Any
+/// other unknown field is ignored too, as the API grows.
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 pub struct MessagesRequest {
     pub model: String,
@@ -24,6 +25,15 @@ pub struct MessagesRequest {
     pub max_tokens: Option<u32>,
     #[serde(default)]
     pub stream: bool,
+    #[serde(default)]
+    pub temperature: Option<f64>,
+    #[serde(default)]
+    pub top_p: Option<f64>,
+    #[serde(default)]
+    pub top_k: Option<u32>,
+    /// The reply ends at the first of these the model writes (`stop_reason: "stop_sequence"`).
+    #[serde(default)]
+    pub stop_sequences: Vec<String>,
     /// Accepted and ignored.
     #[serde(default)]
     #[schema(value_type = Option<Object>)]

@@ -119,6 +119,15 @@ async fn handle(
             ))
         }
     };
+    let stop = req.stop.as_ref().map(|s| s.sequences()).unwrap_or_default();
+    let call = crate::api::Sampling {
+        temperature: req.temperature,
+        top_p: req.top_p,
+        top_k: None,
+        stop_sequences: &stop,
+    }
+    .call_settings()
+    .map_err(|e| bad(e.to_string().replace("stop_sequences", "stop")))?;
     let ctx = TurnContext::resolve(
         &state,
         &headers,
@@ -144,6 +153,7 @@ async fn handle(
             level: ctx.level,
             show_tools: false,
             mcp: ctx.mcp,
+            call,
         },
     )
     .await?;

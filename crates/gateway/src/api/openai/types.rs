@@ -5,9 +5,9 @@ use serde_json::Value;
 
 /// `POST /v1/chat/completions` body.
 ///
-/// Accepted and ignored (the CLI has no way to honour them): `temperature`, `top_p`,
-/// `presence_penalty`, `frequency_penalty`, `logit_bias`, `logprobs`, `top_logprobs`, `seed`,
-/// `stop`, `service_tier`, `parallel_tool_calls`, `store`, `reasoning_effort`, `metadata`,
+/// `temperature`, `top_p` and `stop` are set on each model call of the run. Accepted and
+/// ignored (the CLI has no way to honour them): `presence_penalty`, `frequency_penalty`,
+/// `logit_bias`, `logprobs`, `top_logprobs`, `seed`, `service_tier`, `parallel_tool_calls`, `store`, `reasoning_effort`, `metadata`,
 /// `response_format` of type `text`, and unknown fields. Refused with 400: client `tools` /
 /// `functions`, `n` > 1, non-text `response_format`, non-text content parts.
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
@@ -25,6 +25,14 @@ pub struct ChatRequest {
     #[serde(default)]
     pub n: Option<u32>,
     #[serde(default)]
+    pub temperature: Option<f64>,
+    #[serde(default)]
+    pub top_p: Option<f64>,
+    /// A stop sequence or a list of them.
+    #[serde(default)]
+    #[schema(value_type = Option<Object>)]
+    pub stop: Option<Stop>,
+    #[serde(default)]
     #[schema(value_type = Option<Vec<Object>>)]
     pub tools: Option<Vec<Value>>,
     #[serde(default)]
@@ -38,6 +46,22 @@ pub struct ChatRequest {
     pub user: Option<String>,
     #[serde(flatten)]
     pub gateway: crate::api::TurnExtensions,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum Stop {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl Stop {
+    pub fn sequences(&self) -> Vec<String> {
+        match self {
+            Stop::One(s) => vec![s.clone()],
+            Stop::Many(v) => v.clone(),
+        }
+    }
 }
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
