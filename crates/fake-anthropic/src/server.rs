@@ -303,10 +303,19 @@ async fn messages(headers: HeaderMap, body: Bytes) -> Response {
         return error_response(status, e.error_type(), &message, e.retry_after);
     }
     let input_tokens = estimate_tokens(body.len());
+    // Extended thinking asked for: the reply starts with a thinking block, as the API's does.
+    let thoughts = (request.pointer("/thinking/type").and_then(Value::as_str) == Some("enabled"))
+        .then(|| "Fake thoughts before answering.".to_owned());
     if stream {
-        stream_response(model, turn, script, input_tokens)
+        stream_response(model, turn, script, input_tokens, thoughts)
     } else {
-        Json(message_json(&model, &turn, input_tokens)).into_response()
+        Json(message_json(
+            &model,
+            &turn,
+            input_tokens,
+            thoughts.as_deref(),
+        ))
+        .into_response()
     }
 }
 
@@ -340,8 +349,19 @@ fn tool_id() -> String {
     format!("toolu_fake_{}", uuid::Uuid::new_v4().simple())
 }
 
-/// The complete content blocks of a turn, and its stop reason.
-fn blocks(turn: &Turn) -> (Vec<Value>, &'static str) {
+/// The complete content blocks of a turn (after its thinking, if any), and its stop reason.
+fn blocks(turn: &Turn, thoughts: Option<&str>) -> (Vec<Value>, &'static str) {
+    let (mut content, stop_reason) = turn_blocks(turn);
+    if let Some(thinking) = thoughts {
+        content.insert(
+            0,
+            json!({"type":"thinking","thinking":thinking,"signature":"fake-signature"}),
+        );
+    }
+    (content, stop_reason)
+}
+
+fn turn_blocks(turn: &Turn) -> (Vec<Value>, &'static str) {
     match turn {
         Turn::Text(text) => (vec![json!({"type":"text","text":text})], "end_turn"),
         Turn::Stopped(text, _) => (vec![json!({"type":"text","text":text})], "stop_sequence"),
@@ -366,8 +386,8 @@ fn output_tokens(blocks: &[Value]) -> u64 {
         .sum()
 }
 
-fn message_json(model: &str, turn: &Turn, input_tokens: u64) -> Value {
-    let (content, stop_reason) = blocks(turn);
+fn message_json(model: &str, turn: &Turn, input_tokens: u64, thoughts: Option<&str>) -> Value {
+    let (content, stop_reason) = blocks(turn, thoughts);
     let output_tokens = output_tokens(&content);
     json!({
         "id": message_id(),
@@ -392,7 +412,13 @@ fn sse(event: &str, data: &Value) -> Bytes {
     Bytes::from(format!("event: {event}\ndata: {data}\n\n"))
 }
 
-fn stream_response(model: String, turn: Turn, script: Script, input_tokens: u64) -> Response {
+fn stream_response(
+    model: String,
+    turn: Turn,
+    script: Script,
+    input_tokens: u64,
+    thoughts: Option<String>,
+) -> Response {
     let (tx, rx) = mpsc::channel::<Result<Bytes, std::io::Error>>(16);
     tokio::spawn(async move {
         let delay = Duration::from_millis(script.chunk_delay_ms);
@@ -401,7 +427,7 @@ fn stream_response(model: String, turn: Turn, script: Script, input_tokens: u64)
             let bytes = sse(event, &data);
             async move { tx.send(Ok(bytes)).await.is_ok() }
         };
-        let mut start = message_json(&model, &Turn::Text(String::new()), input_tokens);
+        let mut start = message_json(&model, &Turn::Text(String::new()), input_tokens, None);
         start["content"] = json!([]);
         start["stop_reason"] = Value::Null;
         start["usage"]["output_tokens"] = json!(1);
@@ -413,7 +439,7 @@ fn stream_response(model: String, turn: Turn, script: Script, input_tokens: u64)
         {
             return;
         }
-        let (content, stop_reason) = blocks(&turn);
+        let (content, stop_reason) = blocks(&turn, thoughts.as_deref());
         let mut text_deltas = 0;
         for (index, block) in content.iter().enumerate() {
             let (opening, deltas) = match block["type"].as_str() {
@@ -427,6 +453,13 @@ fn stream_response(model: String, turn: Turn, script: Script, input_tokens: u64)
                         .collect();
                     (opening, deltas)
                 }
+                Some("thinking") => (
+                    json!({"type":"thinking","thinking":"","signature":""}),
+                    vec![
+                        json!({"type":"thinking_delta","thinking":block["thinking"]}),
+                        json!({"type":"signature_delta","signature":block["signature"]}),
+                    ],
+                ),
                 _ => {
                     let text = block["text"].as_str().unwrap_or_default();
                     let pieces = split_chunks(text, script.chunks.unwrap_or(3));

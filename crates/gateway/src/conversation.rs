@@ -35,7 +35,7 @@ pub struct TurnRequest {
     pub show_tools: bool,
     /// The request's MCP servers (already parsed; the policy is applied here).
     pub mcp: std::collections::BTreeMap<String, crate::mcp::ServerConfig>,
-    /// Sampling settings and stop sequences for the model calls.
+    /// Sampling, thinking and stop sequences for the model calls.
     pub call: crate::sandbox::masking::CallSettings,
 }
 

@@ -33,14 +33,16 @@ pub struct TurnExtensions {
     pub security_level: Option<String>,
 }
 
-/// The sampling settings and stop sequences of a request, in either dialect: set on each of
-/// its run's model calls by the upstream proxy, since the CLI has no flag for them.
+/// The sampling settings, thinking budget and stop sequences of a request, in either dialect:
+/// set on each of its run's model calls by the upstream proxy, since the CLI has no flag for
+/// them (its own thinking setting gives way to `adaptive` on models that have it).
 #[derive(Debug, Default)]
 pub struct Sampling<'a> {
     pub temperature: Option<f64>,
     pub top_p: Option<f64>,
     pub top_k: Option<u32>,
     pub stop_sequences: &'a [String],
+    pub thinking_budget: Option<u32>,
 }
 
 impl Sampling<'_> {
@@ -67,6 +69,12 @@ impl Sampling<'_> {
                 )));
             }
         }
+        if let Some(budget) = self.thinking_budget {
+            call.insert(
+                "thinking".into(),
+                serde_json::json!({"type": "enabled", "budget_tokens": budget}),
+            );
+        }
         if !self.stop_sequences.is_empty() {
             call.insert(
                 "stop_sequences".into(),
@@ -74,6 +82,54 @@ impl Sampling<'_> {
             );
         }
         Ok(call)
+    }
+}
+
+/// The smallest thinking budget the API accepts.
+const MIN_THINKING_BUDGET: u32 = 1024;
+
+/// Anthropic's `thinking` as a budget: `{"type": "enabled", "budget_tokens": n}` with
+/// 1024 <= n < max_tokens; `disabled` (or another type the CLI cannot set) is none.
+pub fn thinking_budget(
+    thinking: Option<&serde_json::Value>,
+    max_tokens: Option<u32>,
+) -> Result<Option<u32>, ApiError> {
+    let Some(thinking) = thinking else {
+        return Ok(None);
+    };
+    if thinking.get("type").and_then(serde_json::Value::as_str) != Some("enabled") {
+        return Ok(None);
+    }
+    let budget = thinking
+        .get("budget_tokens")
+        .and_then(serde_json::Value::as_u64)
+        .and_then(|n| u32::try_from(n).ok())
+        .ok_or_else(|| {
+            ApiError::InvalidRequest("thinking.budget_tokens: an integer is required".into())
+        })?;
+    if budget < MIN_THINKING_BUDGET {
+        return Err(ApiError::InvalidRequest(format!(
+            "thinking.budget_tokens: must be at least {MIN_THINKING_BUDGET}"
+        )));
+    }
+    if max_tokens.is_some_and(|max| budget >= max) {
+        return Err(ApiError::InvalidRequest(
+            "thinking.budget_tokens: must be less than max_tokens".into(),
+        ));
+    }
+    Ok(Some(budget))
+}
+
+/// OpenAI's `reasoning_effort` as a thinking budget (`minimal` is none).
+pub fn effort_budget(effort: Option<&str>) -> Result<Option<u32>, ApiError> {
+    match effort {
+        None | Some("minimal" | "none") => Ok(None),
+        Some("low") => Ok(Some(2048)),
+        Some("medium") => Ok(Some(8192)),
+        Some("high") => Ok(Some(24576)),
+        Some(other) => Err(ApiError::InvalidRequest(format!(
+            "reasoning_effort: {other:?} is not one of minimal, low, medium, high"
+        ))),
     }
 }
 

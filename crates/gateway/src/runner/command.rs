@@ -187,6 +187,7 @@ pub fn build(
     if let Some(n) = spec.max_output_tokens {
         env.push(("CLAUDE_CODE_MAX_OUTPUT_TOKENS", n.to_string().into()));
     }
+
     let secret_var = match spec.credential.kind() {
         CredentialKind::OAuthToken => "CLAUDE_CODE_OAUTH_TOKEN",
         CredentialKind::ApiKey => "ANTHROPIC_API_KEY",

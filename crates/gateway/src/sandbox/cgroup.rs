@@ -319,36 +319,17 @@ impl RunGroup {
 
 impl Drop for RunGroup {
     fn drop(&mut self) {
-        self.kill_all();
-        if self.remove() {
-            return;
+        // Killed processes leave their group as they exit, a moment later. No thread or task
+        // is started here (this may run while the runtime shuts down): a group that will not
+        // go within a tenth of a second is left to the next start's sweep.
+        for _ in 0..20 {
+            self.kill_all();
+            if self.remove() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(5));
         }
-        // Killed processes leave their group as they exit, a moment later.
-        let dirs = std::mem::take(&mut self.dirs);
-        let group = RunGroup {
-            dirs,
-            version: self.version,
-        };
-        let retry = move || {
-            for _ in 0..50 {
-                std::thread::sleep(Duration::from_millis(100));
-                group.kill_all();
-                if group.remove() {
-                    break;
-                }
-            }
-            // A group that will not go is left to the next start's sweep.
-            let mut group = group;
-            group.dirs.clear();
-        };
-        match tokio::runtime::Handle::try_current() {
-            Ok(handle) => {
-                handle.spawn_blocking(retry);
-            }
-            Err(_) => {
-                std::thread::spawn(retry);
-            }
-        }
+        tracing::debug!(group = ?self.dirs, "a run cgroup is left for the next sweep");
     }
 }
 

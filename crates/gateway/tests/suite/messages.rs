@@ -763,3 +763,72 @@ async fn a_stop_sequence_ends_the_reply_where_the_api_would_in_both_dialects() {
         );
     }
 }
+
+#[tokio::test]
+async fn thinking_sets_the_budget_and_its_blocks_come_back_in_order_with_their_signature() {
+    let gw = Gateway::start().await;
+    let mut req = body("marker-think-a hello");
+    req["max_tokens"] = json!(4096);
+    req["thinking"] = json!({"type": "enabled", "budget_tokens": 2048});
+    let res = gw.messages(ALICE, req.clone()).await;
+    assert_eq!(res.status(), 200);
+    let msg: Value = res.json().await.expect("json");
+    let call = &gw.upstream_with("marker-think-a")[0].body;
+    assert_eq!(msg["content"][0]["type"], "thinking", "{msg}");
+    assert_eq!(msg["content"][0]["signature"], "fake-signature");
+    assert_eq!(msg["content"][1]["type"], "text");
+    assert_eq!(
+        call["thinking"]["budget_tokens"], 2048,
+        "{}",
+        call["thinking"]
+    );
+
+    // Streamed: the thinking block's deltas, then its signature, before the text.
+    req["stream"] = json!(true);
+    req["messages"][0]["content"] = json!("marker-think-b hello");
+    let events = parse_sse(&gw.messages(ALICE, req).await.text().await.expect("body"));
+    let deltas: Vec<&str> = events
+        .iter()
+        .filter(|e| e.event == "content_block_delta")
+        .filter_map(|e| e.data["delta"]["type"].as_str())
+        .collect();
+    let first_text = deltas.iter().position(|d| *d == "text_delta");
+    assert!(
+        deltas.first() == Some(&"thinking_delta")
+            && deltas.iter().position(|d| *d == "signature_delta") < first_text,
+        "{deltas:?}"
+    );
+
+    // OpenAI's reasoning_effort is the same budget.
+    let res = gw
+        .post("/v1/chat/completions")
+        .bearer_auth(ALICE)
+        .json(&json!({"model": "sonnet", "reasoning_effort": "low",
+            "messages": [{"role": "user", "content": "marker-think-c hello"}]}))
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(res.status(), 200);
+    let call = &gw.upstream_with("marker-think-c")[0].body;
+    assert_eq!(
+        call["thinking"]["budget_tokens"], 2048,
+        "{}",
+        call["thinking"]
+    );
+
+    // A budget below the API's minimum, or not under max_tokens: 400 naming it.
+    for thinking in [
+        json!({"type": "enabled", "budget_tokens": 100}),
+        json!({"type": "enabled", "budget_tokens": 8000}),
+    ] {
+        let mut req = body("marker-think-bad");
+        req["max_tokens"] = json!(4096);
+        req["thinking"] = thinking;
+        let res = gw.messages(ALICE, req).await;
+        assert_eq!(res.status(), 400);
+        let error: Value = res.json().await.expect("json");
+        assert!(error["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.starts_with("thinking.budget_tokens")));
+    }
+}

@@ -107,7 +107,9 @@ async fn sigterm_lets_running_requests_finish_then_exits_zero() {
         "the running request finished: {text}"
     );
     let status = gw.wait_exit(Duration::from_secs(15)).await.expect("exited");
-    assert!(status.success(), "{status:?}");
+    let logs = gw.logs();
+    let tail = &logs[logs.len().saturating_sub(3000)..];
+    assert!(status.success(), "{status:?}: {tail}");
     assert_eq!(gw.leftover_run_dirs(), 0);
 }
 

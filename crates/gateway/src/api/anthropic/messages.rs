@@ -161,6 +161,7 @@ pub async fn create(
         top_p: req.top_p,
         top_k: req.top_k,
         stop_sequences: &req.stop_sequences,
+        thinking_budget: crate::api::thinking_budget(req.thinking.as_ref(), req.max_tokens)?,
     }
     .call_settings()?;
     let ctx = TurnContext::resolve(&state, &headers, &credential, &req.gateway, None).await?;

@@ -9,8 +9,8 @@ use crate::tenant::credential::OAuthCredentials;
 /// `POST /v1/messages` body.
 ///
 /// `temperature`, `top_p`, `top_k` and `stop_sequences` are set on each model call of the run.
-/// Accepted and ignored, because the CLI has no way to honour them: `thinking`,
-/// `service_tier`, `tool_choice` (with no `tools`), `container`, `context_management`. Any
+/// `thinking` sets the CLI's thinking budget. Accepted and ignored, because the CLI has no way
+/// to honour them: `service_tier`, `tool_choice` (with no `tools`), `container`, `context_management`. Any
 /// other unknown field is ignored too, as the API grows.
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 pub struct MessagesRequest {
@@ -34,6 +34,10 @@ pub struct MessagesRequest {
     /// The reply ends at the first of these the model writes (`stop_reason: "stop_sequence"`).
     #[serde(default)]
     pub stop_sequences: Vec<String>,
+    /// `{"type": "enabled", "budget_tokens": n}`: extended thinking, its blocks in the reply.
+    #[serde(default)]
+    #[schema(value_type = Option<Object>)]
+    pub thinking: Option<Value>,
     /// Accepted and ignored.
     #[serde(default)]
     #[schema(value_type = Option<Object>)]

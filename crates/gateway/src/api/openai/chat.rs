@@ -125,6 +125,7 @@ async fn handle(
         top_p: req.top_p,
         top_k: None,
         stop_sequences: &stop,
+        thinking_budget: crate::api::effort_budget(req.reasoning_effort.as_deref())?,
     }
     .call_settings()
     .map_err(|e| bad(e.to_string().replace("stop_sequences", "stop")))?;

@@ -5,9 +5,10 @@ use serde_json::Value;
 
 /// `POST /v1/chat/completions` body.
 ///
-/// `temperature`, `top_p` and `stop` are set on each model call of the run. Accepted and
-/// ignored (the CLI has no way to honour them): `presence_penalty`, `frequency_penalty`,
-/// `logit_bias`, `logprobs`, `top_logprobs`, `seed`, `service_tier`, `parallel_tool_calls`, `store`, `reasoning_effort`, `metadata`,
+/// `temperature`, `top_p` and `stop` are set on each model call of the run;
+/// `reasoning_effort` sets a thinking budget. Accepted and ignored (the CLI has no way to
+/// honour them): `presence_penalty`, `frequency_penalty`, `logit_bias`, `logprobs`,
+/// `top_logprobs`, `seed`, `service_tier`, `parallel_tool_calls`, `store`, `metadata`,
 /// `response_format` of type `text`, and unknown fields. Refused with 400: client `tools` /
 /// `functions`, `n` > 1, non-text `response_format`, non-text content parts.
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
@@ -28,6 +29,10 @@ pub struct ChatRequest {
     pub temperature: Option<f64>,
     #[serde(default)]
     pub top_p: Option<f64>,
+    /// minimal, low, medium or high: extended thinking with a budget of 0, 2048, 8192 or
+    /// 24576 tokens.
+    #[serde(default)]
+    pub reasoning_effort: Option<String>,
     /// A stop sequence or a list of them.
     #[serde(default)]
     #[schema(value_type = Option<Object>)]
