@@ -101,6 +101,7 @@ pub struct Config {
         long,
         env = "CLAUDE_GATEWAY_SYSTEM_PROMPT_MODE",
         value_enum,
+        ignore_case = true,
         default_value = "append"
     )]
     pub system_prompt_mode: SystemPromptMode,
@@ -137,6 +138,7 @@ pub struct Config {
         long,
         env = "CLAUDE_GATEWAY_SANDBOX_NETWORK",
         value_enum,
+        ignore_case = true,
         default_value = "isolated"
     )]
     pub sandbox_network: SandboxNetwork,
@@ -219,6 +221,7 @@ pub struct Config {
         long,
         env = "CLAUDE_GATEWAY_TENANT_IDENTITY",
         value_enum,
+        ignore_case = true,
         default_value = "profile"
     )]
     pub tenant_identity: IdentityMode,
@@ -415,6 +418,7 @@ pub struct Config {
         long,
         env = "CLAUDE_GATEWAY_LOG_FORMAT",
         value_enum,
+        ignore_case = true,
         default_value = "json"
     )]
     pub log_format: LogFormat,
@@ -856,5 +860,23 @@ mod tests {
                 (level, Some(level))
             );
         }
+    }
+
+    #[test]
+    fn every_enum_setting_is_read_in_any_case() {
+        let c = Config::from_args([
+            "--system-prompt-mode",
+            "Replace",
+            "--sandbox-network",
+            "SHARED",
+            "--tenant-identity",
+            "Token",
+            "--log-format",
+            "TEXT",
+        ])
+        .expect("parses");
+        assert_eq!(c.system_prompt_mode, SystemPromptMode::Replace);
+        assert_eq!(c.sandbox_network, SandboxNetwork::Shared);
+        assert_eq!(c.tenant_identity, IdentityMode::Token);
     }
 }
