@@ -291,6 +291,9 @@ async fn messages(headers: HeaderMap, body: Bytes) -> Response {
             turn = cut;
         }
     }
+    if let Turn::ToolUse(call) = &mut turn {
+        call.name = offered_name(&call.name, &request);
+    }
     if script.first_byte_delay_ms > 0 {
         tokio::time::sleep(Duration::from_millis(script.first_byte_delay_ms)).await;
     }
@@ -331,6 +334,27 @@ fn first_stop(text: &str, request: &Value) -> Option<Turn> {
         .filter_map(|s| text.find(s).map(|at| (at, s)))
         .min_by_key(|(at, _)| *at)
         .map(|(at, s)| Turn::Stopped(text[..at].to_owned(), s.to_owned()))
+}
+
+/// The offered tool a scripted call names: itself, or the one an MCP server's prefix hides
+/// (`get_weather` calls `mcp__client__get_weather` when only that is offered).
+fn offered_name(name: &str, request: &Value) -> String {
+    let offered: Vec<&str> = request
+        .get("tools")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(|t| t.get("name").and_then(Value::as_str))
+        .collect();
+    if offered.contains(&name) {
+        return name.to_owned();
+    }
+    let suffix = format!("__{name}");
+    offered
+        .into_iter()
+        .find(|o| o.starts_with("mcp__") && o.ends_with(&suffix))
+        .unwrap_or(name)
+        .to_owned()
 }
 
 /// The `stop_sequence` a turn ended on, if any.

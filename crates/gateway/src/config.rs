@@ -39,6 +39,19 @@ pub enum Command {
     /// Inside a sandbox: relay loopback ports to the gateway's sockets, then run a command.
     #[command(hide = true)]
     SandboxRelay(RelayArgs),
+    /// Inside a sandbox: serve a request's client-defined tools to the CLI (MCP on stdio).
+    #[command(hide = true)]
+    ClientTools(ClientToolsArgs),
+    /// Inside a sandbox: the CLI's PreToolUse hook for client-defined tools.
+    #[command(hide = true)]
+    ClientToolHook(ClientToolsArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ClientToolsArgs {
+    /// The run's client tools file.
+    #[arg(long)]
+    pub file: PathBuf,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -496,7 +509,10 @@ impl Config {
             .chain(args.into_iter().map(Into::into));
         match Cli::try_parse_from(args)?.command {
             Command::Serve(config) => Ok(*config),
-            Command::Check(_) | Command::SandboxRelay(_) => {
+            Command::Check(_)
+            | Command::SandboxRelay(_)
+            | Command::ClientTools(_)
+            | Command::ClientToolHook(_) => {
                 Err(clap::Error::new(clap::error::ErrorKind::InvalidSubcommand))
             }
         }

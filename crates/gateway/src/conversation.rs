@@ -37,6 +37,12 @@ pub struct TurnRequest {
     pub mcp: std::collections::BTreeMap<String, crate::mcp::ServerConfig>,
     /// Sampling, thinking and stop sequences for the model calls.
     pub call: crate::sandbox::masking::CallSettings,
+    /// Tools the client offers and runs (with its results, on a continuation).
+    pub client_tools: Option<crate::runner::client_tools::ClientTools>,
+    /// On a continuation: the client tool call (`tool_use` block, internal name) the client's
+    /// results answer. The turn then has no new input: the CLI runs the deferred call again,
+    /// gets the client's result, and goes on.
+    pub deferred: Option<Value>,
 }
 
 /// Chooses how a new session starts: fresh, or resuming a transcript written from the
@@ -63,7 +69,14 @@ fn seed_session(
             content: content.clone(),
         })
         .collect();
-    let seeded = transcript::seed(key, cli_cwd, version, &req.model, &turns);
+    let seeded = transcript::seed(
+        key,
+        cli_cwd,
+        version,
+        &req.model,
+        &turns,
+        req.deferred.as_ref(),
+    );
     state
         .sessions
         .seed_transcript(&req.tenant, cli_cwd, key, &seeded)
@@ -123,9 +136,12 @@ pub async fn start(state: &Arc<AppState>, req: TurnRequest) -> Result<StartedTur
         .to_string()
         .as_bytes(),
     );
+    // A turn with client tools ends at a deferred call, which only a resumed process picks up:
+    // such turns neither use nor leave a live process.
+    let client_tools = req.client_tools.is_some();
     let live = match &existing {
-        Some(_) => state.live.take(key, &fingerprint),
-        None => None,
+        Some(_) if !client_tools => state.live.take(key, &fingerprint),
+        _ => None,
     };
     let reused = live.is_some();
     // The CLI session this turn continues or starts; a live process continues its own.
@@ -160,6 +176,7 @@ pub async fn start(state: &Arc<AppState>, req: TurnRequest) -> Result<StartedTur
                 level: req.level,
                 mcp: (!mcp.servers.is_empty()).then(|| mcp.run(&offered)),
                 call: req.call.clone(),
+                client_tools: req.client_tools.clone(),
             };
             let mut process = state.runner.start(&spec).await?;
             for (_, route) in offered {
@@ -230,7 +247,7 @@ pub async fn start(state: &Arc<AppState>, req: TurnRequest) -> Result<StartedTur
     );
     // Only a session the client named is likely to be continued; a generated one gets a
     // process that exits after its turn.
-    let named = req.session.is_some();
+    let named = req.session.is_some() && !client_tools;
     let keep: Option<Box<dyn FnOnce(crate::runner::CliProcess) + Send>> =
         if named && state.live.enabled() {
             let state = state.clone();
@@ -258,7 +275,8 @@ pub async fn start(state: &Arc<AppState>, req: TurnRequest) -> Result<StartedTur
         hold: Box::new((guard, permit)),
         keep,
     };
-    let events = turn::start(process, UserInput::new(req.prompt), req.show_tools, hooks);
+    let input = req.deferred.is_none().then(|| UserInput::new(req.prompt));
+    let events = turn::start(process, input, req.show_tools, hooks);
     Ok(StartedTurn {
         session: id,
         events,

@@ -24,6 +24,12 @@ fn main() -> anyhow::Result<()> {
             println!("{}", verdict.line);
             std::process::exit(verdict.exit_code());
         }
+        Command::ClientTools(args) => {
+            std::process::exit(claude_gateway::runner::client_tools::serve(&args.file));
+        }
+        Command::ClientToolHook(args) => {
+            std::process::exit(claude_gateway::runner::client_tools::hook(&args.file));
+        }
         Command::SandboxRelay(relay) => {
             std::process::exit(claude_gateway::sandbox::relay::run(
                 &relay.forwards,

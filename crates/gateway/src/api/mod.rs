@@ -2,6 +2,7 @@
 //! gateway's internals; failures go through [`crate::error::ApiError`].
 
 pub mod anthropic;
+pub mod client_tools;
 pub mod docs;
 pub mod health;
 pub mod mcp_tools;
@@ -33,9 +34,10 @@ pub struct TurnExtensions {
     pub security_level: Option<String>,
 }
 
-/// The sampling settings, thinking budget and stop sequences of a request, in either dialect:
-/// set on each of its run's model calls by the upstream proxy, since the CLI has no flag for
-/// them (its own thinking setting gives way to `adaptive` on models that have it).
+/// The sampling settings, thinking and stop sequences of a request, in either dialect: set on
+/// each of its run's model calls by the upstream proxy, since the CLI has no flag for them (its
+/// own thinking setting gives way to `adaptive` on models that have it). A request that does
+/// not ask for thinking gets none: the runner turns the CLI's own off.
 #[derive(Debug, Default)]
 pub struct Sampling<'a> {
     pub temperature: Option<f64>,

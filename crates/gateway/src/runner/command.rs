@@ -51,6 +51,8 @@ pub struct RunSpec {
     pub mcp: Option<crate::mcp::McpRun>,
     /// Set on each of the run's model calls by the upstream proxy (no CLI flag has them).
     pub call: crate::sandbox::masking::CallSettings,
+    /// Tools the client offers and runs itself ([`super::client_tools`]).
+    pub client_tools: Option<super::client_tools::ClientTools>,
 }
 
 /// What is fixed for the gateway's lifetime.
@@ -108,6 +110,7 @@ impl CommandLine {
 pub fn build(
     settings: &RunnerSettings,
     spec: &RunSpec,
+    mcp: Option<&crate::mcp::McpRun>,
     paths: &RunPaths<'_>,
     credential: &secrecy::SecretString,
 ) -> CommandLine {
@@ -142,7 +145,7 @@ pub fn build(
     args.push("--setting-sources=user".into());
     // Only the request's MCP servers, or none: nothing from any settings file.
     args.push("--strict-mcp-config".into());
-    if let (Some(mcp), Some(file)) = (&spec.mcp, paths.mcp_config_file) {
+    if let (Some(mcp), Some(file)) = (mcp, paths.mcp_config_file) {
         let mut arg = OsString::from("--mcp-config=");
         arg.push(file);
         args.push(arg);
@@ -187,6 +190,11 @@ pub fn build(
     if let Some(n) = spec.max_output_tokens {
         env.push(("CLAUDE_CODE_MAX_OUTPUT_TOKENS", n.to_string().into()));
     }
+    // As the API: no thinking unless the request asks for it (then the upstream proxy sets it
+    // on each call); the CLI's own would send thinking blocks to clients that never asked.
+    if !spec.call.contains_key("thinking") {
+        env.push(("CLAUDE_CODE_DISABLE_THINKING", "1".into()));
+    }
 
     let secret_var = match spec.credential.kind() {
         CredentialKind::OAuthToken => "CLAUDE_CODE_OAUTH_TOKEN",
@@ -221,6 +229,7 @@ mod tests {
             level: SecurityLevel::Balanced,
             mcp: None,
             call: Default::default(),
+            client_tools: None,
         }
     }
 
@@ -249,6 +258,7 @@ mod tests {
         let cmd = build(
             &settings(),
             &spec("sk-ant-oat01-abc"),
+            None,
             &paths(),
             &secrecy::SecretString::from("sk-ant-oat01-abc"),
         );
@@ -271,6 +281,7 @@ mod tests {
         let cmd = build(
             &settings(),
             &spec("sk-ant-oat01-secret-value"),
+            None,
             &paths(),
             &secrecy::SecretString::from("sk-ant-oat01-secret-value"),
         );
@@ -285,6 +296,7 @@ mod tests {
         let cmd = build(
             &settings(),
             &spec("sk-ant-oat01-a"),
+            None,
             &paths(),
             &secrecy::SecretString::from("sk-ant-oat01-a"),
         );
@@ -302,6 +314,7 @@ mod tests {
         let oauth = build(
             &settings(),
             &spec("sk-ant-oat01-a"),
+            None,
             &paths(),
             &secrecy::SecretString::from("sk-ant-oat01-a"),
         );
@@ -313,6 +326,7 @@ mod tests {
         let key = build(
             &settings(),
             &spec("sk-ant-api03-a"),
+            None,
             &paths(),
             &secrecy::SecretString::from("sk-ant-api03-a"),
         );

@@ -1,6 +1,7 @@
 //! Running the Claude Code CLI: the command line of a run, its private directory, the process
 //! and the stream-json protocol it speaks. Knows nothing of HTTP.
 
+pub mod client_tools;
 pub mod command;
 pub mod live;
 pub mod locate;
@@ -116,6 +117,7 @@ impl Runner {
                 mcp_config: None,
                 settings: None,
                 env_file: env_file.as_deref(),
+                client_tools: None,
                 net_dir: net_dir.as_deref(),
             },
         );
@@ -142,7 +144,30 @@ impl Runner {
             ),
             None => None,
         };
-        let mcp_file = match &spec.mcp {
+        // Client tools: a server of the gateway's own joins the request's, and a hook the settings.
+        let client_tools_file = match &spec.client_tools {
+            Some(tools) => Some(
+                dir.write_file(
+                    "client-tools.json",
+                    &serde_json::to_vec(tools).map_err(|e| RunError::RunDir(e.into()))?,
+                )
+                .map_err(RunError::RunDir)?,
+            ),
+            None => None,
+        };
+        let (relay, client_tools_inside) = match (&self.sandbox, &client_tools_file) {
+            (Some(_), _) => (
+                PathBuf::from(crate::sandbox::net::RELAY),
+                Some(PathBuf::from(bwrap::CLIENT_TOOLS)),
+            ),
+            (None, file) => (
+                std::env::current_exe().map_err(RunError::Spawn)?,
+                file.clone(),
+            ),
+        };
+        let client_tools_inside = client_tools_inside.filter(|_| client_tools_file.is_some());
+        let mcp = with_client_tools(spec.mcp.as_ref(), &relay, client_tools_inside.as_deref());
+        let mcp_file = match &mcp {
             Some(mcp) => Some(
                 dir.write_file("mcp.json", mcp.config_json.as_bytes())
                     .map_err(RunError::RunDir)?,
@@ -153,14 +178,14 @@ impl Runner {
             Some(_) => Path::new(bwrap::WORKSPACE),
             None => spec.workspace.as_path(),
         };
+        let mut settings: serde_json::Value =
+            serde_json::from_str(&spec.level.tool_policy().settings_json(workspace_inside))
+                .map_err(|e| RunError::RunDir(e.into()))?;
+        if let Some(file) = &client_tools_inside {
+            settings["hooks"] = client_tools::hooks(&relay, file);
+        }
         let settings_file = dir
-            .write_file(
-                "settings.json",
-                spec.level
-                    .tool_policy()
-                    .settings_json(workspace_inside)
-                    .as_bytes(),
-            )
+            .write_file("settings.json", settings.to_string().as_bytes())
             .map_err(RunError::RunDir)?;
         let home = dir.home();
         let tmp = dir.tmp();
@@ -178,7 +203,13 @@ impl Runner {
                     mcp_config_file: mcp_file.as_ref().map(|_| Path::new(bwrap::MCP_CONFIG)),
                     settings_file: Some(Path::new(bwrap::SETTINGS)),
                 };
-                let inner = command::build(&self.settings, spec, &paths, lease.placeholder());
+                let inner = command::build(
+                    &self.settings,
+                    spec,
+                    mcp.as_ref(),
+                    &paths,
+                    lease.placeholder(),
+                );
                 sandbox.wrap(
                     inner,
                     &Mounts {
@@ -189,6 +220,7 @@ impl Runner {
                         mcp_config: mcp_file.as_deref(),
                         settings: Some(&settings_file),
                         env_file: None,
+                        client_tools: client_tools_file.as_deref(),
                         net_dir: net_dir.as_deref(),
                     },
                 )
@@ -209,7 +241,13 @@ impl Runner {
                     mcp_config_file: mcp_file.as_deref(),
                     settings_file: Some(&settings_file),
                 };
-                command::build(&self.settings, spec, &paths, lease.placeholder())
+                command::build(
+                    &self.settings,
+                    spec,
+                    mcp.as_ref(),
+                    &paths,
+                    lease.placeholder(),
+                )
             }
         };
         let deadline = tokio::time::Instant::now() + self.run_timeout;
@@ -218,6 +256,27 @@ impl Runner {
         process.observed = observed;
         Ok(process)
     }
+}
+
+/// The run's MCP servers with the client tools server added, when the request has client tools.
+fn with_client_tools(
+    mcp: Option<&crate::mcp::McpRun>,
+    relay: &Path,
+    client_tools: Option<&Path>,
+) -> Option<crate::mcp::McpRun> {
+    let Some(file) = client_tools else {
+        return mcp.cloned();
+    };
+    let mut config: serde_json::Value = mcp
+        .and_then(|m| serde_json::from_str(&m.config_json).ok())
+        .unwrap_or_else(|| serde_json::json!({"mcpServers": {}}));
+    config["mcpServers"][client_tools::SERVER] = client_tools::mcp_entry(relay, file);
+    let mut servers = mcp.map(|m| m.servers.clone()).unwrap_or_default();
+    servers.push(client_tools::SERVER.to_owned());
+    Some(crate::mcp::McpRun {
+        config_json: config.to_string(),
+        servers,
+    })
 }
 
 /// Opens the run's own network sockets in its dir (held, and closed, with it), when the

@@ -25,6 +25,8 @@ pub const TMP: &str = "/tmp";
 pub const PROJECTS: &str = "/home/claude/.claude/projects";
 pub const MCP_CONFIG: &str = "/run/gateway/mcp.json";
 pub const SETTINGS: &str = "/run/gateway/settings.json";
+/// A request's client-defined tools (and, on a continuation, the client's results).
+pub const CLIENT_TOOLS: &str = "/run/gateway/client-tools.json";
 /// Variables for the sandboxed command that a request named (a local MCP server's `env`),
 /// applied by the relay inside: never to bwrap or any other host process.
 pub const ENV_FILE: &str = "/run/gateway/env.json";
@@ -81,6 +83,8 @@ pub struct Mounts<'a> {
     pub settings: Option<&'a Path>,
     /// A JSON object of variables for the sandboxed command ([`ENV_FILE`]).
     pub env_file: Option<&'a Path>,
+    /// The request's client-defined tools ([`CLIENT_TOOLS`]).
+    pub client_tools: Option<&'a Path>,
     /// The run's own network sockets, when the sandbox has an isolated network.
     pub net_dir: Option<&'a Path>,
 }
@@ -307,6 +311,7 @@ impl Bwrap {
             (mounts.system_prompt, SYSTEM_PROMPT),
             (mounts.settings, SETTINGS),
             (mounts.env_file, ENV_FILE),
+            (mounts.client_tools, CLIENT_TOOLS),
         ] {
             if let Some(file) = file {
                 args.extend([
@@ -460,6 +465,7 @@ mod tests {
             mcp_config: None,
             settings: None,
             env_file: None,
+            client_tools: None,
             net_dir: Some(Path::new("/data/runs/r1/net")),
         }
     }

@@ -24,13 +24,16 @@ pub struct Turn<'a> {
     pub content: Value,
 }
 
-/// A transcript holding `history` for `session`, as if the CLI had recorded it.
+/// A transcript holding `history` for `session`, as if the CLI had recorded it; with
+/// `deferred` (a `tool_use` block of the last assistant turn), ending in that call deferred by
+/// the PreToolUse hook, as the CLI records it, so a resumed run runs it again first.
 pub fn seed(
     session: Uuid,
     cwd: &Path,
     cli_version: &str,
     model: &str,
     history: &[Turn<'_>],
+    deferred: Option<&Value>,
 ) -> Vec<u8> {
     let mut lines = Vec::with_capacity(history.len());
     let mut parent: Option<String> = None;
@@ -49,7 +52,7 @@ pub fn seed(
                 "role": "assistant",
                 "model": model,
                 "content": content,
-                "stop_reason": "end_turn",
+                "stop_reason": if has_tool_use(&content) { "tool_use" } else { "end_turn" },
                 "stop_sequence": null,
                 "usage": {"input_tokens": 0, "output_tokens": 0},
             })
@@ -71,12 +74,41 @@ pub fn seed(
         lines.push(record.to_string());
         parent = Some(uuid);
     }
+    if let Some(call) = deferred {
+        let record = json!({
+            "type": "attachment",
+            "uuid": Uuid::new_v4().to_string(),
+            "parentUuid": parent,
+            "sessionId": session.to_string(),
+            "cwd": cwd.to_string_lossy(),
+            "timestamp": clock::iso8601(start),
+            "isSidechain": false,
+            "userType": "external",
+            "version": cli_version,
+            "attachment": {
+                "type": "hook_deferred_tool",
+                "toolUseID": call.get("id"),
+                "toolName": call.get("name"),
+                "toolInput": call.get("input"),
+                "hookName": "settings",
+                "hookEvent": "PreToolUse",
+                "permissionMode": "default",
+            },
+        });
+        lines.push(record.to_string());
+    }
     let mut bytes = Vec::new();
     for line in lines {
         bytes.extend_from_slice(line.as_bytes());
         bytes.push(b'\n');
     }
     bytes
+}
+
+fn has_tool_use(content: &Value) -> bool {
+    content
+        .as_array()
+        .is_some_and(|blocks| blocks.iter().any(|b| b["type"] == "tool_use"))
 }
 
 /// The conversation in a transcript, as Anthropic messages. Consecutive records of one model
@@ -224,6 +256,7 @@ mod tests {
             "2.1.197",
             "sonnet",
             &history,
+            None,
         );
         let messages = messages(&transcript);
         let roles: Vec<_> = messages

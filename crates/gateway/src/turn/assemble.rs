@@ -18,6 +18,7 @@ use std::collections::BTreeMap;
 use serde_json::{json, Value};
 
 use super::TurnError;
+use crate::runner::client_tools;
 use crate::runner::protocol::{CliLine, ResultLine};
 
 /// One Anthropic stream event: its SSE event name and its JSON data.
@@ -208,9 +209,18 @@ impl Assembler {
         }
     }
 
-    /// Starts a client block for `block` unless it is hidden tool activity.
-    fn open_block(&mut self, block: Value) -> (Option<usize>, Vec<Event>) {
-        if !self.show_tools && is_tool_block(block_type(&block)) {
+    /// Starts a client block for `block` unless it is hidden tool activity. A call of one of
+    /// the client's own tools is never hidden: it is the answer, under the client's name.
+    fn open_block(&mut self, mut block: Value) -> (Option<usize>, Vec<Event>) {
+        let client_tool = block_type(&block) == "tool_use"
+            && block
+                .get("name")
+                .and_then(Value::as_str)
+                .and_then(client_tools::client_name)
+                .map(str::to_owned)
+                .map(|name| block["name"] = json!(name))
+                .is_some();
+        if !client_tool && !self.show_tools && is_tool_block(block_type(&block)) {
             return (None, Vec::new());
         }
         let index = self.take_index();

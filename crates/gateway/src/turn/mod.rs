@@ -69,10 +69,11 @@ pub struct Hooks {
     pub on_failure: Box<dyn FnOnce(&Value) + Send>,
 }
 
-/// Sends `input` to `process` and returns the channel of what follows.
+/// Sends `input` to `process` (none: the resumed session goes on by itself, a deferred client
+/// tool call) and returns the channel of what follows.
 pub fn start(
     process: CliProcess,
-    input: UserInput,
+    input: Option<UserInput>,
     show_tools: bool,
     hooks: Hooks,
 ) -> mpsc::Receiver<Item> {
@@ -88,8 +89,8 @@ pub fn start(
             } = hooks;
             // `drive` owns the process: by the time it returns, the process is killed (or
             // kept), so nothing writes to the session behind the roll-back.
-            if !drive(process, &input, show_tools, &tx, on_result, keep).await {
-                on_failure(input.content());
+            if !drive(process, input.as_ref(), show_tools, &tx, on_result, keep).await {
+                on_failure(input.as_ref().map_or(&Value::Null, UserInput::content));
             }
             drop(hold);
         },
@@ -100,7 +101,7 @@ pub fn start(
 
 async fn drive(
     mut process: CliProcess,
-    input: &UserInput,
+    input: Option<&UserInput>,
     show_tools: bool,
     tx: &mpsc::Sender<Item>,
     on_result: OnResult,
@@ -108,9 +109,11 @@ async fn drive(
 ) -> bool {
     {
         let mut assembler = Assembler::new(show_tools);
-        if let Err(e) = process.send(input).await {
-            let _ = tx.send(Item::Failed(e.into())).await;
-            return false;
+        if let Some(input) = input {
+            if let Err(e) = process.send(input).await {
+                let _ = tx.send(Item::Failed(e.into())).await;
+                return false;
+            }
         }
         // Input stays open until the result has been read whole, even when no further turn
         // will come: a CLI whose input has ended exits right after printing its result, and

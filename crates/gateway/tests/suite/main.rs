@@ -5,6 +5,7 @@
 mod common;
 
 mod admission;
+mod client_tools;
 mod credentials;
 mod docs;
 mod faults;

@@ -150,12 +150,10 @@ pub async fn create(
         _ => header_credential?,
     };
     validate_model(&req.model)?;
-    if req.tools.as_ref().is_some_and(|t| !t.is_empty()) {
-        return Err(ApiError::InvalidRequest(
-            "tools: client-defined tools are not supported; the model uses the Claude Code CLI's own tools".into(),
-        ));
-    }
-    let (history, prompt) = split_turns(&req)?;
+    let (mut history, prompt) = split_turns(&req)?;
+    let tools = crate::api::client_tools::parse(req.tools.as_deref().unwrap_or_default())?;
+    let (client_tools, deferred) =
+        crate::api::client_tools::prepare(tools, &mut history, &prompt, req.messages.len() - 1)?;
     let call = crate::api::Sampling {
         temperature: req.temperature,
         top_p: req.top_p,
@@ -188,6 +186,8 @@ pub async fn create(
             show_tools: req.tool_activity.unwrap_or_default() == ToolActivity::Blocks,
             mcp: ctx.mcp,
             call,
+            client_tools,
+            deferred,
         },
     )
     .await?;

@@ -42,7 +42,9 @@ pub struct MessagesRequest {
     #[serde(default)]
     #[schema(value_type = Option<Object>)]
     pub metadata: Option<Value>,
-    /// Client-defined tools cannot be offered: the CLI runs its own tools.
+    /// Client-defined tools (`name`, `description`, `input_schema`): the model may call them;
+    /// the response then ends with `stop_reason: "tool_use"` and the client's next request
+    /// carries the `tool_result`.
     #[serde(default)]
     #[schema(value_type = Option<Vec<Object>>)]
     pub tools: Option<Vec<Value>>,

@@ -155,6 +155,8 @@ async fn handle(
             show_tools: false,
             mcp: ctx.mcp,
             call,
+            client_tools: None,
+            deferred: None,
         },
     )
     .await?;

@@ -1,0 +1,214 @@
+//! A request's client-defined tools, as both dialects hand them over in Anthropic's shape:
+//! checked, and, when the request answers a call, turned into the continuation the runner
+//! expects (see [`crate::runner::client_tools`]).
+
+use serde_json::{json, Value};
+
+use crate::error::ApiError;
+use crate::runner::client_tools::{self, ClientTool, ClientTools, ToolResult};
+
+fn bad(message: String) -> ApiError {
+    ApiError::InvalidRequest(message)
+}
+
+/// Anthropic `tools` as client tools, or a 400 naming the entry and field at fault.
+pub fn parse(tools: &[Value]) -> Result<Vec<ClientTool>, ApiError> {
+    let mut parsed: Vec<ClientTool> = Vec::with_capacity(tools.len());
+    for (i, tool) in tools.iter().enumerate() {
+        if let Some(kind) = tool.get("type").and_then(Value::as_str) {
+            if kind != "custom" {
+                return Err(bad(format!(
+                    "tools.{i}.type: server tools ({kind:?}) are not supported; only client tools"
+                )));
+            }
+        }
+        let name = tool.get("name").and_then(Value::as_str).unwrap_or_default();
+        let valid = !name.is_empty()
+            && name.len() <= client_tools::MAX_NAME
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+        if !valid {
+            return Err(bad(format!(
+                "tools.{i}.name: 1 to {} letters, digits, '_' or '-'",
+                client_tools::MAX_NAME
+            )));
+        }
+        if parsed.iter().any(|t| t.name == name) {
+            return Err(bad(format!("tools.{i}.name: {name:?} is offered twice")));
+        }
+        let schema = tool.get("input_schema").cloned().unwrap_or(Value::Null);
+        if schema.get("type").and_then(Value::as_str) != Some("object") {
+            return Err(bad(format!(
+                "tools.{i}.input_schema: a JSON schema of type \"object\" is required"
+            )));
+        }
+        let description = match tool.get("description") {
+            None | Some(Value::Null) => String::new(),
+            Some(Value::String(text)) => text.clone(),
+            Some(_) => return Err(bad(format!("tools.{i}.description: a string"))),
+        };
+        parsed.push(ClientTool {
+            name: name.to_owned(),
+            description,
+            input_schema: schema,
+        });
+    }
+    Ok(parsed)
+}
+
+/// Renames the client's tool calls in `history` to the names the CLI knows them by and, when
+/// the new user turn (`prompt`, message number `last`) answers the last assistant turn's call,
+/// returns that call (the continuation) with the client's result in the tools.
+pub fn prepare(
+    tools: Vec<ClientTool>,
+    history: &mut [(&'static str, Value)],
+    prompt: &Value,
+    last: usize,
+) -> Result<(Option<ClientTools>, Option<Value>), ApiError> {
+    let results: Vec<(usize, &Value)> = prompt
+        .as_array()
+        .map(|blocks| {
+            blocks
+                .iter()
+                .enumerate()
+                .filter(|(_, b)| b.get("type").and_then(Value::as_str) == Some("tool_result"))
+                .collect()
+        })
+        .unwrap_or_default();
+    if tools.is_empty() {
+        if let Some((j, _)) = results.first() {
+            return Err(bad(format!(
+                "messages.{last}.content.{j}: a tool_result answers a client tool call; send the same tools again"
+            )));
+        }
+        return Ok((None, None));
+    }
+    let offered = |name: &str| tools.iter().any(|t| t.name == name);
+    for (_, content) in history.iter_mut() {
+        for block in content.as_array_mut().into_iter().flatten() {
+            let name = block.get("name").and_then(Value::as_str).map(str::to_owned);
+            if block.get("type").and_then(Value::as_str) == Some("tool_use") {
+                if let Some(name) = name.filter(|n| offered(n)) {
+                    block["name"] = json!(client_tools::internal_name(&name));
+                }
+            }
+        }
+    }
+    let mut client = ClientTools {
+        tools,
+        results: Default::default(),
+    };
+    if results.is_empty() {
+        return Ok((Some(client), None));
+    }
+    let blocks = prompt.as_array().map_or(0, Vec::len);
+    if results.len() != blocks {
+        return Err(bad(format!(
+            "messages.{last}.content: other blocks beside tool_result blocks are not supported yet"
+        )));
+    }
+    let calls: Vec<&Value> = match history.last() {
+        Some(("assistant", Value::Array(blocks))) => blocks
+            .iter()
+            .filter(|b| b.get("type").and_then(Value::as_str) == Some("tool_use"))
+            .collect(),
+        _ => Vec::new(),
+    };
+    if results.len() > 1 || calls.len() > 1 {
+        return Err(bad(format!(
+            "messages.{last}.content: one client tool call per turn is supported (parallel calls are not yet)"
+        )));
+    }
+    let (j, result) = results[0];
+    let id = result
+        .get("tool_use_id")
+        .and_then(Value::as_str)
+        .unwrap_or_default();
+    let Some(call) = calls
+        .first()
+        .filter(|c| c.get("id").and_then(Value::as_str) == Some(id))
+    else {
+        return Err(bad(format!(
+            "messages.{last}.content.{j}.tool_use_id: no tool_use {id:?} in the assistant turn before it"
+        )));
+    };
+    if call
+        .get("name")
+        .and_then(Value::as_str)
+        .and_then(client_tools::client_name)
+        .is_none()
+    {
+        return Err(bad(format!(
+            "messages.{last}.content.{j}.tool_use_id: {id:?} is not a call of one of the request's tools"
+        )));
+    }
+    client.results.insert(
+        id.to_owned(),
+        ToolResult {
+            content: result.get("content").cloned().unwrap_or(json!("")),
+            is_error: result
+                .get("is_error")
+                .and_then(Value::as_bool)
+                .unwrap_or(false),
+        },
+    );
+    Ok((Some(client), Some((*call).clone())))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn weather() -> Value {
+        json!({"name": "get_weather", "description": "d", "input_schema": {"type": "object"}})
+    }
+
+    #[test]
+    fn bad_tools_are_refused_naming_the_field() {
+        let refused = |tools: Value| {
+            parse(tools.as_array().expect("list"))
+                .map_err(|e| e.to_string())
+                .err()
+                .unwrap_or_default()
+        };
+        assert!(parse(&[weather()]).is_ok());
+        assert!(
+            refused(json!([{"name": "bad name", "input_schema": {"type": "object"}}]))
+                .starts_with("tools.0.name")
+        );
+        assert!(refused(json!([weather(), weather()])).starts_with("tools.1.name"));
+        assert!(
+            refused(json!([{"name": "x", "input_schema": {"type": "string"}}]))
+                .starts_with("tools.0.input_schema")
+        );
+        assert!(
+            refused(json!([{"type": "web_search_20250305", "name": "web_search"}]))
+                .starts_with("tools.0.type")
+        );
+    }
+
+    #[test]
+    fn a_result_for_the_last_call_makes_a_continuation() {
+        let tools = parse(&[weather()]).expect("valid");
+        let mut history = vec![
+            ("user", json!("q")),
+            (
+                "assistant",
+                json!([{"type": "tool_use", "id": "t1", "name": "get_weather", "input": {}}]),
+            ),
+        ];
+        let prompt = json!([{"type": "tool_result", "tool_use_id": "t1", "content": "sunny"}]);
+        let (client, deferred) =
+            prepare(tools.clone(), &mut history, &prompt, 2).expect("a continuation");
+        assert_eq!(history[1].1[0]["name"], "mcp__client__get_weather");
+        assert_eq!(deferred.expect("the call")["id"], "t1");
+        assert_eq!(client.expect("tools").results["t1"].content, json!("sunny"));
+        let unknown = json!([{"type": "tool_result", "tool_use_id": "t9", "content": "x"}]);
+        let mut history2 = history.clone();
+        assert!(prepare(tools, &mut history2, &unknown, 2)
+            .map_err(|e| e.to_string())
+            .err()
+            .is_some_and(|e| e.starts_with("messages.2.content.0.tool_use_id")));
+    }
+}

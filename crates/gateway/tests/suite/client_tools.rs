@@ -1,0 +1,173 @@
+//! Tools the client defines and runs, through the real CLI: the response ends at the model's
+//! call, as the API's does, and the client's next request carries the result the model goes
+//! on with; statelessly, with a session, after a restart, streamed and not.
+
+use crate::common::{body, parse_sse, scripted, Gateway};
+use serde_json::{json, Value};
+
+const TENANT: &str = "sk-ant-oat01-agent.client-tools";
+
+fn weather_tool() -> Value {
+    json!({"name": "get_weather", "description": "The weather in a city",
+        "input_schema": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}})
+}
+
+/// A request offering the weather tool, whose scripted model calls it once, then says `reply`.
+fn asks_for_weather(marker: &str) -> Value {
+    let script =
+        json!({"tools": [{"name": "get_weather", "input": {"city": "Paris"}}], "reply": "done"});
+    let mut req = body(&scripted(marker, script));
+    req["tools"] = json!([weather_tool()]);
+    req
+}
+
+/// The model's call, from a complete response that ended at it.
+fn the_call(message: &Value) -> Value {
+    assert_eq!(message["stop_reason"], "tool_use", "{message}");
+    let calls: Vec<&Value> = message["content"]
+        .as_array()
+        .expect("content")
+        .iter()
+        .filter(|b| b["type"] == "tool_use")
+        .collect();
+    assert_eq!(calls.len(), 1, "{message}");
+    calls[0].clone()
+}
+
+/// The tool_result the model saw last in its most recent call carrying `marker`.
+fn result_the_model_saw(gw: &Gateway, marker: &str) -> Option<String> {
+    let calls = gw.upstream_with(marker);
+    let last = calls.last()?;
+    last.body["messages"]
+        .as_array()?
+        .iter()
+        .flat_map(|m| m["content"].as_array().cloned().unwrap_or_default())
+        .filter(|b| b["type"] == "tool_result")
+        .map(|b| b["content"].to_string())
+        .next_back()
+}
+
+#[tokio::test]
+async fn a_client_tool_call_ends_the_response_and_its_result_continues_the_conversation() {
+    let gw = Gateway::start().await;
+    let first = asks_for_weather("marker-ct-stateless");
+    let res = gw.messages(TENANT, first.clone()).await;
+    assert_eq!(res.status(), 200);
+    let message: Value = res.json().await.expect("json");
+    let call = the_call(&message);
+    // The client's own name and the model's input; no internal prefix.
+    assert_eq!(call["name"], "get_weather");
+    assert_eq!(call["input"], json!({"city": "Paris"}));
+    // The model was offered the tool (under the CLI's MCP name).
+    let offered = gw.upstream_with("marker-ct-stateless")[0].body["tools"].to_string();
+    assert!(offered.contains("get_weather"), "{offered}");
+
+    // The client runs the tool and sends the whole conversation back (no session id).
+    let mut next = first.clone();
+    next["messages"] = json!([
+        first["messages"][0],
+        {"role": "assistant", "content": message["content"]},
+        {"role": "user", "content": [{"type": "tool_result", "tool_use_id": call["id"], "content": "sunny, 21C"}]},
+    ]);
+    let res = gw.messages(TENANT, next).await;
+    assert_eq!(res.status(), 200);
+    let answer: Value = res.json().await.expect("json");
+    assert_eq!(answer["stop_reason"], "end_turn", "{answer}");
+    assert_eq!(answer["content"][0]["text"], "done");
+    // The model went on with the client's result, after its own call.
+    let seen = result_the_model_saw(&gw, "marker-ct-stateless").expect("a tool_result");
+    assert!(seen.contains("sunny, 21C"), "{seen}");
+}
+
+#[tokio::test]
+async fn a_streamed_client_tool_call_is_the_apis_event_sequence() {
+    let gw = Gateway::start().await;
+    let mut req = asks_for_weather("marker-ct-stream");
+    req["stream"] = json!(true);
+    let text = gw.messages(TENANT, req).await.text().await.expect("body");
+    let events = parse_sse(&text);
+    let start = events
+        .iter()
+        .find(|e| e.event == "content_block_start" && e.data["content_block"]["type"] == "tool_use")
+        .expect("a tool_use block");
+    assert_eq!(start.data["content_block"]["name"], "get_weather");
+    let input: String = events
+        .iter()
+        .filter(|e| e.data["delta"]["type"] == "input_json_delta")
+        .filter_map(|e| e.data["delta"]["partial_json"].as_str())
+        .collect();
+    assert_eq!(
+        serde_json::from_str::<Value>(&input).expect("json input"),
+        json!({"city": "Paris"})
+    );
+    let delta = events
+        .iter()
+        .find(|e| e.event == "message_delta")
+        .expect("message_delta");
+    assert_eq!(delta.data["delta"]["stop_reason"], "tool_use");
+}
+
+#[tokio::test]
+async fn a_session_continues_after_a_client_tool_call_even_across_a_restart() {
+    let data = tempfile::tempdir().expect("tempdir");
+    let gw = Gateway::builder().data_dir(data.path()).start().await;
+    let mut first = asks_for_weather("marker-ct-session");
+    first["session_id"] = json!("agent-run-1");
+    let message: Value = gw.messages(TENANT, first).await.json().await.expect("json");
+    let call = the_call(&message);
+    // The turn is over once its CLI has exited (it writes the transcript's last records as it
+    // does); the restart comes after.
+    assert!(crate::common::eventually(crate::common::SETTLE, || gw.descendants() == 0).await);
+    drop(gw);
+
+    let gw = Gateway::builder().data_dir(data.path()).start().await;
+    // With a session, only the new turn is sent: the gateway holds the rest.
+    let next = json!({
+        "model": "sonnet", "max_tokens": 100, "session_id": "agent-run-1",
+        "tools": [weather_tool()],
+        "messages": [
+            {"role": "user", "content": "marker-ct-session"},
+            {"role": "assistant", "content": message["content"]},
+            {"role": "user", "content": [{"type": "tool_result", "tool_use_id": call["id"], "content": "rain"}]},
+        ],
+    });
+    let res = gw.messages(TENANT, next).await;
+    assert_eq!(res.status(), 200);
+    let answer: Value = res.json().await.expect("json");
+    assert_eq!(answer["content"][0]["text"], "done", "{answer}");
+    let seen = result_the_model_saw(&gw, "marker-ct-session").expect("a tool_result");
+    assert!(seen.contains("rain"), "{seen}");
+}
+
+#[tokio::test]
+async fn bad_tools_and_results_are_400_naming_the_field() {
+    let gw = Gateway::start().await;
+    let cases = [
+        (
+            json!({"tools": [{"name": "no spaces", "input_schema": {"type": "object"}}]}),
+            "tools.0.name",
+        ),
+        (
+            json!({"tools": [{"name": "x", "input_schema": {"type": "array"}}]}),
+            "tools.0.input_schema",
+        ),
+        (
+            json!({"tools": [weather_tool()], "messages": [
+                {"role": "user", "content": "q"},
+                {"role": "assistant", "content": [{"type": "tool_use", "id": "t1", "name": "get_weather", "input": {}}]},
+                {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "t2", "content": "x"}]}]}),
+            "messages.2.content.0.tool_use_id",
+        ),
+    ];
+    for (fields, named) in cases {
+        let mut req = body("marker-ct-bad");
+        for (k, v) in fields.as_object().expect("object") {
+            req[k] = v.clone();
+        }
+        let res = gw.messages(TENANT, req).await;
+        assert_eq!(res.status(), 400);
+        let error: Value = res.json().await.expect("json");
+        let message = error["error"]["message"].as_str().unwrap_or_default();
+        assert!(message.starts_with(named), "{named}: {message}");
+    }
+}
