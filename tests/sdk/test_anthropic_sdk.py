@@ -146,3 +146,30 @@ def test_models_list(gateway):
     client = anthropic.Anthropic(base_url=gateway, auth_token=TOKEN, max_retries=0)
     ids = [m.id for m in client.models.list()]
     assert "sonnet" in ids
+
+
+WEATHER = {
+    "name": "get_weather",
+    "description": "The weather in a city",
+    "input_schema": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
+}
+
+
+def test_a_client_tool_call_round_trips_and_streams_input_json(gateway, upstream):
+    client = anthropic.Anthropic(base_url=gateway, auth_token=TOKEN, max_retries=0)
+    script = 'marker-sdk-tool\nFAKE-SCRIPT: {"tools":[{"name":"get_weather","input":{"city":"Paris"}}],"reply":"done"}'
+    messages = [{"role": "user", "content": script}]
+    with client.messages.stream(model="sonnet", max_tokens=200, tools=[WEATHER], messages=messages) as stream:
+        first = stream.get_final_message()
+    assert first.stop_reason == "tool_use"
+    call = next(b for b in first.content if b.type == "tool_use")
+    assert call.name == "get_weather" and call.input == {"city": "Paris"}
+    messages += [
+        {"role": "assistant", "content": first.content},
+        {"role": "user", "content": [{"type": "tool_result", "tool_use_id": call.id, "content": "sunny, 21C"}]},
+    ]
+    second = client.messages.create(model="sonnet", max_tokens=200, tools=[WEATHER], messages=messages)
+    assert second.stop_reason == "end_turn"
+    assert second.content[0].text == "done"
+    seen = json.dumps(upstream.messages_containing("marker-sdk-tool")[-1]["body"]["messages"])
+    assert "sunny, 21C" in seen

@@ -65,8 +65,8 @@ def test_unsupported_features_are_clear_400s(gateway):
     c = client(gateway)
     with pytest.raises(openai.BadRequestError, match="n = 1"):
         c.chat.completions.create(model="sonnet", n=2, messages=[{"role": "user", "content": "hi"}])
-    tool = {"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}
-    with pytest.raises(openai.BadRequestError, match="tools"):
+    tool = {"type": "function", "function": {"name": "no spaces", "parameters": {"type": "object"}}}
+    with pytest.raises(openai.BadRequestError, match=r"tools\[0\]\.function\.name"):
         c.chat.completions.create(model="sonnet", tools=[tool], messages=[{"role": "user", "content": "hi"}])
     with pytest.raises(openai.BadRequestError, match="image_url"):
         c.chat.completions.create(
@@ -100,3 +100,52 @@ def test_models_list_and_retrieve(gateway):
     ids = [m.id for m in c.models.list()]
     assert "sonnet" in ids
     assert c.models.retrieve("sonnet").id == "sonnet"
+
+
+WEATHER = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "The weather in a city",
+        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
+    },
+}
+
+
+def weather_script(marker):
+    return marker + '\nFAKE-SCRIPT: {"tools":[{"name":"get_weather","input":{"city":"Paris"}}],"reply":"done"}'
+
+
+def test_a_client_tool_call_and_its_result_round_trip(gateway, upstream):
+    c = client(gateway)
+    messages = [{"role": "user", "content": weather_script("marker-oai-tool")}]
+    first = c.chat.completions.create(model="sonnet", tools=[WEATHER], messages=messages)
+    choice = first.choices[0]
+    assert choice.finish_reason == "tool_calls"
+    call = choice.message.tool_calls[0]
+    assert call.function.name == "get_weather"
+    assert json.loads(call.function.arguments) == {"city": "Paris"}
+    messages += [
+        choice.message.model_dump(exclude_none=True),
+        {"role": "tool", "tool_call_id": call.id, "content": "sunny, 21C"},
+    ]
+    second = c.chat.completions.create(model="sonnet", tools=[WEATHER], messages=messages)
+    assert second.choices[0].message.content == "done"
+    assert second.choices[0].finish_reason == "stop"
+    seen = json.dumps(upstream.messages_containing("marker-oai-tool")[-1]["body"]["messages"])
+    assert "sunny, 21C" in seen
+
+
+def test_a_streamed_client_tool_call_arrives_as_tool_call_deltas(gateway):
+    stream = client(gateway).chat.completions.create(
+        model="sonnet",
+        stream=True,
+        tools=[WEATHER],
+        messages=[{"role": "user", "content": weather_script("marker-oai-tool-stream")}],
+    )
+    chunks = [c for c in stream if c.choices]
+    deltas = [d for c in chunks for d in (c.choices[0].delta.tool_calls or [])]
+    assert deltas[0].function.name == "get_weather" and deltas[0].id
+    arguments = "".join(d.function.arguments or "" for d in deltas)
+    assert json.loads(arguments) == {"city": "Paris"}
+    assert [c.choices[0].finish_reason for c in chunks if c.choices[0].finish_reason] == ["tool_calls"]

@@ -73,13 +73,7 @@ async fn handle(
     if req.n.is_some_and(|n| n > 1) {
         return Err(bad("n: only one choice (n = 1) is supported"));
     }
-    if req.tools.as_ref().is_some_and(|t| !t.is_empty())
-        || req.functions.as_ref().is_some_and(|f| !f.is_empty())
-    {
-        return Err(bad(
-            "tools: client-defined tools are not supported; the model uses the Claude Code CLI's own tools",
-        ));
-    }
+    let tools = client_tools(&req)?;
     if let Some(kind) = req
         .response_format
         .as_ref()
@@ -103,10 +97,24 @@ async fn handle(
         match m.role.as_str() {
             "system" | "developer" => system.push(text),
             "user" => turns.push(("user", Value::String(text))),
-            "assistant" => turns.push(("assistant", Value::String(text))),
+            "assistant" => match &m.tool_calls {
+                Some(calls) if !calls.is_empty() => {
+                    turns.push(("assistant", tool_use_blocks(i, &text, calls)?))
+                }
+                _ => turns.push(("assistant", Value::String(text))),
+            },
+            // A tool's answer: a tool_result; the answers to one turn's calls go together.
+            "tool" => {
+                let result = json!({"type": "tool_result",
+                    "tool_use_id": m.tool_call_id.as_deref().unwrap_or_default(), "content": text});
+                match turns.last_mut() {
+                    Some(("user", Value::Array(blocks))) => blocks.push(result),
+                    _ => turns.push(("user", json!([result]))),
+                }
+            }
             other => {
                 return Err(bad(format!(
-                    "messages[{i}]: role {other:?} is not supported (system, developer, user, assistant)"
+                    "messages[{i}]: role {other:?} is not supported (system, developer, user, assistant, tool)"
                 )))
             }
         }
@@ -119,6 +127,9 @@ async fn handle(
             ))
         }
     };
+    let last = req.messages.len().saturating_sub(1);
+    let (client_tools, deferred) =
+        crate::api::client_tools::prepare(tools, &mut turns, &prompt, last)?;
     let stop = req.stop.as_ref().map(|s| s.sequences()).unwrap_or_default();
     let call = crate::api::Sampling {
         temperature: req.temperature,
@@ -155,8 +166,8 @@ async fn handle(
             show_tools: false,
             mcp: ctx.mcp,
             call,
-            client_tools: None,
-            deferred: None,
+            client_tools,
+            deferred,
         },
     )
     .await?;
@@ -192,8 +203,69 @@ fn completion_id(message_id: &str) -> String {
     )
 }
 
+/// The request's `tools` (or `functions`), as client tools; a 400 names OpenAI's field.
+fn client_tools(
+    req: &ChatRequest,
+) -> Result<Vec<crate::runner::client_tools::ClientTool>, ApiError> {
+    let functions: Vec<Value> = match (&req.tools, &req.functions) {
+        (Some(tools), _) if !tools.is_empty() => tools
+            .iter()
+            .map(|t| match t.get("type").and_then(Value::as_str) {
+                Some("function") | None => t.get("function").cloned().unwrap_or(Value::Null),
+                Some(other) => json!({"type": other}),
+            })
+            .collect(),
+        (_, Some(functions)) => functions.clone(),
+        _ => Vec::new(),
+    };
+    let anthropic: Vec<Value> = functions
+        .iter()
+        .map(|f| {
+            let mut tool = json!({"name": f.get("name"), "description": f.get("description"),
+                "input_schema": f.get("parameters").cloned().unwrap_or(json!({"type": "object"}))});
+            if let Some(kind) = f.get("type") {
+                tool["type"] = kind.clone();
+            }
+            tool
+        })
+        .collect();
+    crate::api::client_tools::parse(&anthropic).map_err(|e| {
+        // `tools.3.name` → `tools[3].function.name`, as OpenAI names its fields.
+        let text = e.to_string();
+        let Some(rest) = text.strip_prefix("tools.") else {
+            return bad(text);
+        };
+        let (index, field) = rest.split_once('.').unwrap_or((rest, ""));
+        let field = field.replacen("input_schema", "parameters", 1);
+        bad(format!("tools[{index}].function.{field}"))
+    })
+}
+
+/// An assistant message with `tool_calls`, as Anthropic content blocks.
+fn tool_use_blocks(i: usize, text: &str, calls: &[Value]) -> Result<Value, ApiError> {
+    let mut blocks = Vec::new();
+    if !text.is_empty() {
+        blocks.push(json!({"type": "text", "text": text}));
+    }
+    for (j, call) in calls.iter().enumerate() {
+        let arguments = call
+            .pointer("/function/arguments")
+            .and_then(Value::as_str)
+            .unwrap_or("{}");
+        let input: Value = serde_json::from_str(arguments).map_err(|_| {
+            bad(format!(
+                "messages[{i}].tool_calls[{j}].function.arguments: not a JSON object"
+            ))
+        })?;
+        blocks.push(json!({"type": "tool_use", "id": call.get("id"),
+            "name": call.pointer("/function/name"), "input": input}));
+    }
+    Ok(Value::Array(blocks))
+}
+
 fn finish_reason(stop_reason: Option<&str>) -> &'static str {
     match stop_reason {
+        Some("tool_use") => "tool_calls",
         Some("max_tokens") => "length",
         Some("refusal") => "content_filter",
         _ => "stop",
@@ -217,6 +289,23 @@ fn completion(message: &Value, session_id: &str) -> Value {
         .filter(|b| b["type"] == "text")
         .filter_map(|b| b["text"].as_str())
         .collect();
+    let tool_calls: Vec<Value> = message["content"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|b| b["type"] == "tool_use")
+        .map(|b| {
+            json!({"id": b["id"], "type": "function",
+            "function": {"name": b["name"], "arguments": b["input"].to_string()}})
+        })
+        .collect();
+    let mut reply = json!({"role": "assistant", "content": text, "refusal": null});
+    if !tool_calls.is_empty() {
+        reply["tool_calls"] = json!(tool_calls);
+        if text.is_empty() {
+            reply["content"] = Value::Null;
+        }
+    }
     json!({
         "id": completion_id(message["id"].as_str().unwrap_or_default()),
         "object": "chat.completion",
@@ -224,7 +313,7 @@ fn completion(message: &Value, session_id: &str) -> Value {
         "model": message["model"],
         "choices": [{
             "index": 0,
-            "message": {"role": "assistant", "content": text, "refusal": null},
+            "message": reply,
             "finish_reason": finish_reason(message["stop_reason"].as_str()),
             "logprobs": null,
         }],
@@ -239,6 +328,8 @@ fn chunk_renderer(session_id: String, include_usage: bool) -> sse::Render {
     let mut model = Value::Null;
     let created = now_secs();
     let mut final_usage = Value::Null;
+    // Anthropic block index → the position of its call among the message's tool calls.
+    let mut calls: std::collections::HashMap<u64, usize> = Default::default();
     Box::new(move |event: &Event| {
         let chunk = |id: &str, model: &Value, choices: Value| {
             json!({"id": id, "object": "chat.completion.chunk", "created": created,
@@ -257,12 +348,37 @@ fn chunk_renderer(session_id: String, include_usage: bool) -> sse::Render {
                 first["session_id"] = json!(session_id);
                 vec![data(first)]
             }
-            "content_block_delta" => match event.data["delta"]["text"].as_str() {
-                Some(text) if event.data["delta"]["type"] == "text_delta" => vec![data(chunk(
+            "content_block_start" if event.data["content_block"]["type"] == "tool_use" => {
+                let block = &event.data["content_block"];
+                let position = calls.len();
+                calls.insert(event.data["index"].as_u64().unwrap_or_default(), position);
+                vec![data(chunk(
                     &id,
                     &model,
-                    json!([{"index": 0, "delta": {"content": text}, "finish_reason": null}]),
+                    json!([{"index": 0, "delta": {"tool_calls": [{"index": position, "id": block["id"],
+                        "type": "function", "function": {"name": block["name"], "arguments": ""}}]},
+                        "finish_reason": null}]),
+                ))]
+            }
+            "content_block_delta" => match event.data["delta"]["type"].as_str() {
+                Some("text_delta") => vec![data(chunk(
+                    &id,
+                    &model,
+                    json!([{"index": 0, "delta": {"content": event.data["delta"]["text"]}, "finish_reason": null}]),
                 ))],
+                Some("input_json_delta") => {
+                    let block = event.data["index"].as_u64().unwrap_or_default();
+                    let Some(position) = calls.get(&block) else {
+                        return Vec::new();
+                    };
+                    vec![data(chunk(
+                        &id,
+                        &model,
+                        json!([{"index": 0, "delta": {"tool_calls": [{"index": position,
+                            "function": {"arguments": event.data["delta"]["partial_json"]}}]},
+                            "finish_reason": null}]),
+                    ))]
+                }
                 _ => Vec::new(),
             },
             "message_delta" => {

@@ -9,8 +9,9 @@ use serde_json::Value;
 /// `reasoning_effort` sets a thinking budget. Accepted and ignored (the CLI has no way to
 /// honour them): `presence_penalty`, `frequency_penalty`, `logit_bias`, `logprobs`,
 /// `top_logprobs`, `seed`, `service_tier`, `parallel_tool_calls`, `store`, `metadata`,
-/// `response_format` of type `text`, and unknown fields. Refused with 400: client `tools` /
-/// `functions`, `n` > 1, non-text `response_format`, non-text content parts.
+/// `response_format` of type `text`, and unknown fields. `tools` (and the older `functions`)
+/// are the client's own tools, as for `/v1/messages`. Refused with 400: `n` > 1, non-text
+/// `response_format`, non-text content parts.
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 pub struct ChatRequest {
     pub model: String,
@@ -83,6 +84,13 @@ pub struct ChatMessage {
     #[serde(default)]
     #[schema(value_type = Option<Object>)]
     pub content: Option<ChatContent>,
+    /// An assistant message's calls of the client's tools.
+    #[serde(default)]
+    #[schema(value_type = Option<Vec<Object>>)]
+    pub tool_calls: Option<Vec<Value>>,
+    /// A `tool` message: the call it answers.
+    #[serde(default)]
+    pub tool_call_id: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
