@@ -7,6 +7,10 @@ use serde_json::{json, Value};
 use crate::error::ApiError;
 use crate::runner::client_tools::{self, ClientTool, ClientTools, ToolResult};
 
+/// The most text a continuation may carry beside its results: it travels in the CLI's
+/// environment, where one variable is limited to 128 KiB.
+const MAX_RESUME_TEXT: usize = 64 * 1024;
+
 fn bad(message: String) -> ApiError {
     ApiError::InvalidRequest(message)
 }
@@ -97,17 +101,37 @@ pub fn prepare(
     }
     let mut client = ClientTools {
         tools,
-        results: Default::default(),
+        ..Default::default()
     };
     if results.is_empty() {
         return Ok((Some(client), None));
     }
-    let blocks = prompt.as_array().map_or(0, Vec::len);
-    if results.len() != blocks {
+    // Text beside the results (an agent's reminders) follows them, as the API would see it.
+    let mut beside = Vec::new();
+    for (j, block) in prompt.as_array().into_iter().flatten().enumerate() {
+        match block.get("type").and_then(Value::as_str) {
+            Some("tool_result") => {}
+            Some("text") => beside.push(
+                block
+                    .get("text")
+                    .and_then(Value::as_str)
+                    .unwrap_or_default()
+                    .to_owned(),
+            ),
+            _ => {
+                return Err(bad(format!(
+                    "messages.{last}.content.{j}: only text may go beside tool_result blocks"
+                )))
+            }
+        }
+    }
+    let beside = beside.join("\n\n");
+    if beside.len() > MAX_RESUME_TEXT {
         return Err(bad(format!(
-            "messages.{last}.content: other blocks beside tool_result blocks are not supported yet"
+            "messages.{last}.content: at most {MAX_RESUME_TEXT} bytes of text beside tool_result blocks"
         )));
     }
+    client.resume_text = Some(beside).filter(|t| !t.trim().is_empty());
     let calls: Vec<&Value> = match history.last() {
         Some(("assistant", Value::Array(blocks))) => blocks
             .iter()

@@ -51,6 +51,10 @@ pub struct ClientTools {
     /// Results by `tool_use` id, for a continuation.
     #[serde(default)]
     pub results: BTreeMap<String, ToolResult>,
+    /// Text the client sent beside its results: the CLI adds it after them when it resumes the
+    /// call (`CLAUDE_CODE_RESUME_PROMPT`; without it, "Continue from where you left off.").
+    #[serde(skip)]
+    pub resume_text: Option<String>,
 }
 
 /// The name the CLI (and the model) knows a client tool by.

@@ -195,6 +195,14 @@ pub fn build(
     if !spec.call.contains_key("thinking") {
         env.push(("CLAUDE_CODE_DISABLE_THINKING", "1".into()));
     }
+    if let Some(text) = spec
+        .client_tools
+        .as_ref()
+        .and_then(|c| c.resume_text.as_ref())
+    {
+        // Into the CLI's environment (inside the sandbox), never its argv.
+        env.push(("CLAUDE_CODE_RESUME_PROMPT", text.into()));
+    }
 
     let secret_var = match spec.credential.kind() {
         CredentialKind::OAuthToken => "CLAUDE_CODE_OAUTH_TOKEN",

@@ -171,3 +171,55 @@ async fn bad_tools_and_results_are_400_naming_the_field() {
         assert!(message.starts_with(named), "{named}: {message}");
     }
 }
+
+#[tokio::test]
+async fn the_claude_code_cli_as_a_client_round_trips_a_call_of_its_own_tool() {
+    let gw = Gateway::start().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (home, work) = (dir.path().join("home"), dir.path().join("work"));
+    for d in [&home, &work] {
+        std::fs::create_dir_all(d).expect("mkdir");
+    }
+    // The model calls the client's Bash: the gateway's own runs are PARANOID here (no Bash of
+    // their own), so the only Bash offered is the client CLI's.
+    let prompt = scripted(
+        "marker-cli-client",
+        json!({"tools": [{"name": "Bash", "input": {"command": "echo ran-on-the-client-side"}}], "reply": "done"}),
+    );
+    let run = tokio::process::Command::new(crate::common::claude_bin())
+        .args([
+            "-p",
+            "--output-format=json",
+            "--model=sonnet",
+            "--allowedTools=Bash",
+        ])
+        .arg(&prompt)
+        .current_dir(&work)
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("HOME", &home)
+        .env("ANTHROPIC_BASE_URL", &gw.url)
+        .env("CLAUDE_CODE_OAUTH_TOKEN", TENANT)
+        .env("ANTHROPIC_CUSTOM_HEADERS", "x-security-level: PARANOID")
+        .env("CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC", "1")
+        .env("DISABLE_AUTOUPDATER", "1")
+        .kill_on_drop(true)
+        .output();
+    let out = tokio::time::timeout(std::time::Duration::from_secs(180), run)
+        .await
+        .expect("the client CLI finished")
+        .expect("the client CLI ran");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let result: Value = serde_json::from_str(stdout.trim()).unwrap_or_else(|_| {
+        panic!(
+            "{stdout} {} {}",
+            String::from_utf8_lossy(&out.stderr),
+            gw.logs()
+        )
+    });
+    assert_eq!(result["is_error"], false, "{result}");
+    assert_eq!(result["result"], "done", "{result}");
+    // The client's Bash ran where the client is, and the model saw what it printed.
+    let seen = result_the_model_saw(&gw, "marker-cli-client").expect("a tool_result");
+    assert!(seen.contains("ran-on-the-client-side"), "{seen}");
+}
