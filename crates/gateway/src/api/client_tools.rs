@@ -61,6 +61,37 @@ pub fn parse(tools: &[Value]) -> Result<Vec<ClientTool>, ApiError> {
     Ok(parsed)
 }
 
+/// The `tool_choice` set on each model call of a run with client tools: the request's (in
+/// Anthropic's shape, `{"type": "auto" | "any" | "none" | "tool", "name"}`), a named tool under
+/// the name the CLI knows it by, and never parallel calls: the CLI defers only a lone call, so
+/// the model makes one call per turn and a client's parallel calls arrive one after another.
+pub fn tool_choice(choice: Option<&Value>, tools: &[ClientTool]) -> Result<Value, ApiError> {
+    let mut choice = choice.cloned().unwrap_or_else(|| json!({"type": "auto"}));
+    match choice.get("type").and_then(Value::as_str) {
+        Some("auto" | "any") => {}
+        Some("none") => return Ok(choice),
+        Some("tool") => {
+            let name = choice
+                .get("name")
+                .and_then(Value::as_str)
+                .unwrap_or_default();
+            if !tools.iter().any(|t| t.name == name) {
+                return Err(bad(format!(
+                    "tool_choice.name: {name:?} is not one of the request's tools"
+                )));
+            }
+            choice["name"] = json!(client_tools::internal_name(name));
+        }
+        _ => {
+            return Err(bad(
+                "tool_choice.type: one of auto, any, tool, none".to_owned()
+            ))
+        }
+    }
+    choice["disable_parallel_tool_use"] = json!(true);
+    Ok(choice)
+}
+
 /// Renames the client's tool calls in `history` to the names the CLI knows them by and, when
 /// the new user turn (`prompt`, message number `last`) answers the last assistant turn's call,
 /// returns that call (the continuation) with the client's result in the tools.

@@ -12,7 +12,9 @@
 //! requests, so a continuation works after a restart and with a stateless client (whose history
 //! is written as a transcript that ends with the deferred call).
 //!
-//! The CLI defers one call per model turn only: parallel client tool calls are not offered yet.
+//! The CLI defers one call per model turn only, so the model is asked for one call at a time
+//! (`disable_parallel_tool_use` on each call, [`crate::api::client_tools::tool_choice`]): a
+//! client's parallel calls arrive one after another.
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, Write};
@@ -158,9 +160,10 @@ pub fn serve(file: &Path) -> i32 {
                     Some(result) => {
                         json!({"content": mcp_content(&result.content), "isError": result.is_error})
                     }
-                    None => json!({"content": [{"type": "text",
-                        "text": "This tool is run by the client; one client tool call per turn."}],
-                        "isError": true}),
+                    // A call the hook did not defer and the client has not answered: no answer
+                    // at all (the run ends at its time limit, with an error), never a made-up
+                    // one the model would carry on from.
+                    None => continue,
                 }
             }
             _ => json!({}),

@@ -58,9 +58,14 @@ async fn a_client_tool_call_ends_the_response_and_its_result_continues_the_conve
     // The client's own name and the model's input; no internal prefix.
     assert_eq!(call["name"], "get_weather");
     assert_eq!(call["input"], json!({"city": "Paris"}));
-    // The model was offered the tool (under the CLI's MCP name).
-    let offered = gw.upstream_with("marker-ct-stateless")[0].body["tools"].to_string();
-    assert!(offered.contains("get_weather"), "{offered}");
+    // The model was offered the tool (under the CLI's MCP name), one call at a time: the CLI
+    // defers only a lone call, so parallel calls come one after another.
+    let upstream = &gw.upstream_with("marker-ct-stateless")[0].body;
+    assert!(upstream["tools"].to_string().contains("get_weather"));
+    assert_eq!(
+        upstream["tool_choice"],
+        json!({"type": "auto", "disable_parallel_tool_use": true})
+    );
 
     // The client runs the tool and sends the whole conversation back (no session id).
     let mut next = first.clone();
@@ -152,6 +157,10 @@ async fn bad_tools_and_results_are_400_naming_the_field() {
             "tools.0.input_schema",
         ),
         (
+            json!({"tools": [weather_tool()], "tool_choice": {"type": "tool", "name": "other"}}),
+            "tool_choice.name",
+        ),
+        (
             json!({"tools": [weather_tool()], "messages": [
                 {"role": "user", "content": "q"},
                 {"role": "assistant", "content": [{"type": "tool_use", "id": "t1", "name": "get_weather", "input": {}}]},
@@ -222,4 +231,18 @@ async fn the_claude_code_cli_as_a_client_round_trips_a_call_of_its_own_tool() {
     // The client's Bash ran where the client is, and the model saw what it printed.
     let seen = result_the_model_saw(&gw, "marker-cli-client").expect("a tool_result");
     assert!(seen.contains("ran-on-the-client-side"), "{seen}");
+}
+
+#[tokio::test]
+async fn a_named_tool_choice_reaches_the_model_under_the_clis_name() {
+    let gw = Gateway::start().await;
+    let mut req = asks_for_weather("marker-ct-choice");
+    req["tool_choice"] = json!({"type": "tool", "name": "get_weather"});
+    let message: Value = gw.messages(TENANT, req).await.json().await.expect("json");
+    assert_eq!(the_call(&message)["name"], "get_weather");
+    let upstream = &gw.upstream_with("marker-ct-choice")[0].body;
+    assert_eq!(
+        upstream["tool_choice"],
+        json!({"type": "tool", "name": "mcp__client__get_weather", "disable_parallel_tool_use": true})
+    );
 }

@@ -154,7 +154,7 @@ pub async fn create(
     let tools = crate::api::client_tools::parse(req.tools.as_deref().unwrap_or_default())?;
     let (client_tools, deferred) =
         crate::api::client_tools::prepare(tools, &mut history, &prompt, req.messages.len() - 1)?;
-    let call = crate::api::Sampling {
+    let mut call = crate::api::Sampling {
         temperature: req.temperature,
         top_p: req.top_p,
         top_k: req.top_k,
@@ -162,6 +162,12 @@ pub async fn create(
         thinking_budget: crate::api::thinking_budget(req.thinking.as_ref(), req.max_tokens)?,
     }
     .call_settings()?;
+    if let Some(client) = &client_tools {
+        call.insert(
+            "tool_choice".into(),
+            crate::api::client_tools::tool_choice(req.tool_choice.as_ref(), &client.tools)?,
+        );
+    }
     let ctx = TurnContext::resolve(&state, &headers, &credential, &req.gateway, None).await?;
 
     let system_prompt = Some(system_text(&req)).filter(|s| !s.is_empty()).map(|s| {

@@ -10,7 +10,7 @@ use crate::tenant::credential::OAuthCredentials;
 ///
 /// `temperature`, `top_p`, `top_k` and `stop_sequences` are set on each model call of the run.
 /// `thinking` sets the CLI's thinking budget. Accepted and ignored, because the CLI has no way
-/// to honour them: `service_tier`, `tool_choice` (with no `tools`), `container`, `context_management`. Any
+/// to honour them: `service_tier`, `container`, `context_management`. Any
 /// other unknown field is ignored too, as the API grows.
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 pub struct MessagesRequest {
@@ -34,6 +34,10 @@ pub struct MessagesRequest {
     /// The reply ends at the first of these the model writes (`stop_reason: "stop_sequence"`).
     #[serde(default)]
     pub stop_sequences: Vec<String>,
+    /// With `tools`: set on each model call (a named tool under its CLI name; never parallel).
+    #[serde(default)]
+    #[schema(value_type = Option<Object>)]
+    pub tool_choice: Option<Value>,
     /// `{"type": "enabled", "budget_tokens": n}`: extended thinking, its blocks in the reply.
     #[serde(default)]
     #[schema(value_type = Option<Object>)]

@@ -131,7 +131,7 @@ async fn handle(
     let (client_tools, deferred) =
         crate::api::client_tools::prepare(tools, &mut turns, &prompt, last)?;
     let stop = req.stop.as_ref().map(|s| s.sequences()).unwrap_or_default();
-    let call = crate::api::Sampling {
+    let mut call = crate::api::Sampling {
         temperature: req.temperature,
         top_p: req.top_p,
         top_k: None,
@@ -140,6 +140,22 @@ async fn handle(
     }
     .call_settings()
     .map_err(|e| bad(e.to_string().replace("stop_sequences", "stop")))?;
+    if let Some(client) = &client_tools {
+        // OpenAI's choice in Anthropic's shape.
+        let choice = match &req.tool_choice {
+            None => None,
+            Some(Value::String(kind)) => Some(match kind.as_str() {
+                "required" => json!({"type": "any"}),
+                other => json!({"type": other}),
+            }),
+            Some(named) => Some(json!({"type": "tool",
+                "name": named.pointer("/function/name").cloned().unwrap_or(Value::Null)})),
+        };
+        call.insert(
+            "tool_choice".into(),
+            crate::api::client_tools::tool_choice(choice.as_ref(), &client.tools)?,
+        );
+    }
     let ctx = TurnContext::resolve(
         &state,
         &headers,

@@ -34,6 +34,10 @@ pub struct ChatRequest {
     /// 24576 tokens.
     #[serde(default)]
     pub reasoning_effort: Option<String>,
+    /// With `tools`: auto, none, required, or `{"type": "function", "function": {"name"}}`.
+    #[serde(default)]
+    #[schema(value_type = Option<Object>)]
+    pub tool_choice: Option<Value>,
     /// A stop sequence or a list of them.
     #[serde(default)]
     #[schema(value_type = Option<Object>)]
