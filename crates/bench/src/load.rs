@@ -84,6 +84,47 @@ async fn bare_cli(
     Ok((first.unwrap_or_default(), started.elapsed()))
 }
 
+/// The plain CLI as a user runs it, with nothing of the gateway's flags: `claude -p
+/// --output-format json PROMPT` in a fresh HOME and directory; time to exit.
+async fn plain_cli(claude: &Path, base_url: &str, prompt: &str) -> anyhow::Result<Duration> {
+    let home = tempfile::tempdir()?;
+    let work = tempfile::tempdir()?;
+    let started = Instant::now();
+    let output = tokio::process::Command::new(claude)
+        .args(["-p", "--output-format", "json", prompt])
+        .env_clear()
+        .env("PATH", "/usr/local/bin:/usr/bin:/bin")
+        .env("HOME", home.path())
+        .env("ANTHROPIC_BASE_URL", base_url)
+        .env("CLAUDE_CODE_OAUTH_TOKEN", "sk-ant-oat01-bench.plain")
+        .current_dir(work.path())
+        .stdin(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .output()
+        .await?;
+    anyhow::ensure!(output.status.success(), "the plain CLI failed");
+    Ok(started.elapsed())
+}
+
+/// One non-streamed `/v1/messages` request, as `curl` would send it; time to the whole answer.
+async fn gateway_complete(
+    client: &reqwest::Client,
+    url: &str,
+    prompt: &str,
+) -> anyhow::Result<Duration> {
+    let started = Instant::now();
+    let res = client
+        .post(format!("{url}/v1/messages"))
+        .bearer_auth("sk-ant-oat01-bench.overhead")
+        .json(&json!({"model": "sonnet", "max_tokens": 200,
+                      "messages": [{"role": "user", "content": prompt}]}))
+        .send()
+        .await?;
+    anyhow::ensure!(res.status() == 200, "status {}", res.status());
+    res.bytes().await?;
+    Ok(started.elapsed())
+}
+
 /// How one streamed request went.
 pub struct Timing {
     pub first_byte: Duration,
@@ -142,14 +183,18 @@ pub async fn overhead(bin: &Path, claude: &Path, runs: usize) -> anyhow::Result<
     let client = reqwest::Client::new();
     let prompt = "benchmark prompt";
     let (mut bare, mut with, mut without) = (Vec::new(), Vec::new(), Vec::new());
-    // One warm-up of each, then interleaved runs so drift affects all three alike.
+    let (mut plain, mut complete) = (Vec::new(), Vec::new());
+    // One warm-up of each, then interleaved runs so drift affects all alike.
     bare_cli(claude, &fake.base_url(), prompt).await?;
+    plain_cli(claude, &fake.base_url(), prompt).await?;
     gateway_request(&client, &sandboxed.url, prompt).await?;
     gateway_request(&client, &bare_sandbox.url, prompt).await?;
     for _ in 0..runs {
         bare.push(bare_cli(claude, &fake.base_url(), prompt).await?);
         with.push(gateway_request(&client, &sandboxed.url, prompt).await?);
         without.push(gateway_request(&client, &bare_sandbox.url, prompt).await?);
+        plain.push(plain_cli(claude, &fake.base_url(), prompt).await?);
+        complete.push(gateway_complete(&client, &sandboxed.url, prompt).await?);
     }
     let split = |v: &[(Duration, Duration)]| -> (Vec<Duration>, Vec<Duration>) {
         v.iter().copied().unzip()
@@ -163,7 +208,29 @@ pub async fn overhead(bin: &Path, claude: &Path, runs: usize) -> anyhow::Result<
     body.push_str(&format!("{}\n", table_row("bare CLI", &bt, &bw)));
     body.push_str(&format!("{}\n", table_row("gateway, sandboxed", &st, &sw)));
     body.push_str(&format!("{}\n", table_row("gateway, no sandbox", &nt, &nw)));
+    let only_complete = |name: &str, wall: &[Duration]| {
+        let w = Summary::of(wall);
+        format!(
+            "| {name} | {} | – | – | {:.0} | {:.0} |\n",
+            wall.len(),
+            w.median_ms,
+            w.p95_ms
+        )
+    };
+    body.push_str(&only_complete(
+        "plain CLI as a user runs it (`claude -p --output-format json`)",
+        &plain,
+    ));
+    body.push_str(&only_complete(
+        "gateway, sandboxed, not streamed (as `curl` asks)",
+        &complete,
+    ));
     let median = |v: &[Duration]| Summary::of(v).median_ms;
+    body.push_str(&format!(
+        "\nAgainst the plain CLI as a user runs it, a non-streamed request through the sandboxed gateway takes {:+.0} ms ({:.2}×) at the median.\n",
+        median(&complete) - median(&plain),
+        median(&complete) / median(&plain).max(1e-9),
+    ));
     for (name, t, w) in [("sandboxed", &st, &sw), ("no sandbox", &nt, &nw)] {
         body.push_str(&format!(
             "\nGateway ({name}) adds {:+.0} ms to first text ({:.2}×) and {:+.0} ms to completion ({:.2}×) at the median.\n",
