@@ -310,24 +310,10 @@ impl UpstreamProxy {
         if !headers.contains_key("anthropic-version") {
             outgoing = outgoing.header("anthropic-version", "2023-06-01");
         }
-        let secret = credential.secret().expose_secret();
-        outgoing = match credential.kind() {
-            // A subscription token is accepted only with this beta, as the CLI sends it.
-            CredentialKind::OAuthToken => outgoing
-                .bearer_auth(secret)
-                .header("anthropic-beta", "oauth-2025-04-20"),
-            CredentialKind::ApiKey => outgoing.header("x-api-key", secret),
-        };
-        match outgoing.send().await {
-            Ok(res) => {
-                let mut answer = Response::builder().status(res.status());
-                for (name, value) in res.headers() {
-                    if !hop_by_hop(name) {
-                        answer = answer.header(name, value);
-                    }
-                }
-                answer.body(Body::from_stream(res.bytes_stream())).ok()
-            }
+        match credential.authorize(outgoing).send().await {
+            Ok(res) => answer_head(&res)
+                .body(Body::from_stream(res.bytes_stream()))
+                .ok(),
             Err(e) => {
                 tracing::warn!(error = %remote::describe(&e), "the upstream could not be reached");
                 None
@@ -469,12 +455,7 @@ async fn forward_upstream(State(run): State<UpstreamRun>, request: Request) -> R
                         .unwrap_or_else(|e| e.into_inner()) = retry_after;
                 }
             }
-            let mut answer = Response::builder().status(res.status());
-            for (name, value) in res.headers() {
-                if !hop_by_hop(name) {
-                    answer = answer.header(name, value);
-                }
-            }
+            let answer = answer_head(&res);
             // A model call's answer is read on its way for the usage the upstream reports.
             let body = match (&run.observed, model_call && res.status().is_success()) {
                 (Some(observed), true) => {
@@ -509,6 +490,17 @@ async fn forward_upstream(State(run): State<UpstreamRun>, request: Request) -> R
                 .into_response()
         }
     }
+}
+
+/// The status and end-to-end headers of an upstream answer, as the proxy hands it on.
+fn answer_head(res: &reqwest::Response) -> axum::http::response::Builder {
+    let mut answer = Response::builder().status(res.status());
+    for (name, value) in res.headers() {
+        if !hop_by_hop(name) {
+            answer = answer.header(name, value);
+        }
+    }
+    answer
 }
 
 /// The largest model call body the proxy rewrites (the gateway's own body limit is 32 MiB;

@@ -148,6 +148,18 @@ impl Credential {
     pub fn secret(&self) -> &SecretString {
         &self.secret
     }
+
+    /// `request`, a call of the gateway's own to the API, authenticated with this credential:
+    /// `x-api-key`, or a bearer token with the beta header a subscription token needs.
+    pub fn authorize(&self, request: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
+        let secret = self.secret.expose_secret();
+        match self.kind {
+            CredentialKind::ApiKey => request.header("x-api-key", secret),
+            CredentialKind::OAuthToken => request
+                .bearer_auth(secret)
+                .header("anthropic-beta", "oauth-2025-04-20"),
+        }
+    }
 }
 
 #[cfg(test)]

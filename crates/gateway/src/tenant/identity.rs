@@ -228,17 +228,11 @@ impl IdentityResolver {
     /// Whether the upstream accepts the credential: `GET /v1/models`, the cheapest call it
     /// authenticates.
     async fn verify(&self, credential: &Credential) -> Result<(), IdentityError> {
-        let secret = credential.secret().expose_secret();
-        let request = self
-            .client
-            .get(&self.models_url)
-            .header("anthropic-version", "2023-06-01");
-        let request = match credential.kind() {
-            CredentialKind::ApiKey => request.header("x-api-key", secret),
-            CredentialKind::OAuthToken => request
-                .bearer_auth(secret)
-                .header("anthropic-beta", "oauth-2025-04-20"),
-        };
+        let request = credential.authorize(
+            self.client
+                .get(&self.models_url)
+                .header("anthropic-version", "2023-06-01"),
+        );
         self.ask(request, "the models endpoint").await.map(|_| ())
     }
 
