@@ -102,6 +102,17 @@ pub async fn start(state: &Arc<AppState>, req: TurnRequest) -> Result<StartedTur
             "max_tokens: must be at least 1".into(),
         ));
     }
+    if state.runner.sandbox.is_none()
+        && req
+            .client_tools
+            .as_ref()
+            .is_some_and(|c| c.resume_text.is_some())
+    {
+        // It could reach the CLI only through its environment, a host process's here.
+        return Err(ApiError::InvalidRequest(
+            "messages: text beside tool_result blocks needs the sandbox, which this gateway runs without".into(),
+        ));
+    }
     let sessions = &state.sessions;
     let workspace = state.workspace(&req.tenant)?;
     let version = state.claude.version.as_ref().map_err(|_| {

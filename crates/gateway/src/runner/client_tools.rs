@@ -28,6 +28,8 @@ pub const SERVER: &str = "client";
 const PREFIX: &str = "mcp__client__";
 /// Longest client tool name: the API's 64, less the prefix the CLI adds.
 pub const MAX_NAME: usize = 64 - PREFIX.len();
+/// The CLI's variable for the text it adds after a resumed call's result.
+pub const RESUME_PROMPT_VAR: &str = "CLAUDE_CODE_RESUME_PROMPT";
 
 /// One tool a client offers.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -54,7 +56,7 @@ pub struct ClientTools {
     #[serde(default)]
     pub results: BTreeMap<String, ToolResult>,
     /// Text the client sent beside its results: the CLI adds it after them when it resumes the
-    /// call (`CLAUDE_CODE_RESUME_PROMPT`; without it, "Continue from where you left off.").
+    /// call ([`RESUME_PROMPT_VAR`]; without it, "Continue from where you left off.").
     #[serde(skip)]
     pub resume_text: Option<String>,
 }

@@ -73,7 +73,7 @@ pub struct RunPaths<'a> {
     pub tmp: &'a Path,
     pub system_prompt_file: Option<&'a Path>,
     pub mcp_config_file: Option<&'a Path>,
-    /// The level's permission rules ([`crate::sandbox::level::ToolPolicy::settings_json`]).
+    /// The level's permission rules ([`crate::sandbox::level::ToolPolicy::settings`]).
     pub settings_file: Option<&'a Path>,
 }
 
@@ -195,14 +195,6 @@ pub fn build(
     if !spec.call.contains_key("thinking") {
         env.push(("CLAUDE_CODE_DISABLE_THINKING", "1".into()));
     }
-    if let Some(text) = spec
-        .client_tools
-        .as_ref()
-        .and_then(|c| c.resume_text.as_ref())
-    {
-        // Into the CLI's environment (inside the sandbox), never its argv.
-        env.push(("CLAUDE_CODE_RESUME_PROMPT", text.into()));
-    }
 
     let secret_var = match spec.credential.kind() {
         CredentialKind::OAuthToken => "CLAUDE_CODE_OAUTH_TOKEN",
@@ -315,6 +307,29 @@ mod tests {
         ] {
             assert!(cmd.args.iter().any(|a| a == flag), "{flag}");
         }
+    }
+
+    #[test]
+    fn client_tools_and_the_text_beside_their_results_stay_out_of_env_and_argv() {
+        let mut spec = spec("sk-ant-oat01-a");
+        spec.client_tools = Some(super::super::client_tools::ClientTools {
+            tools: vec![super::super::client_tools::ClientTool {
+                name: "tool-name-3f2a".into(),
+                description: "description-3f2a".into(),
+                input_schema: serde_json::json!({"type": "object"}),
+            }],
+            resume_text: Some("beside-the-result-3f2a".into()),
+            ..Default::default()
+        });
+        let cmd = build(
+            &settings(),
+            &spec,
+            None,
+            &paths(),
+            &secrecy::SecretString::from("sk-ant-oat01-a"),
+        );
+        let seen = format!("{:?} {:?}", cmd.args, cmd.env);
+        assert!(!seen.contains("3f2a"), "{seen}");
     }
 
     #[test]

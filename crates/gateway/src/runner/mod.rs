@@ -155,18 +155,42 @@ impl Runner {
             ),
             None => None,
         };
-        let (relay, client_tools_inside) = match (&self.sandbox, &client_tools_file) {
-            (Some(_), _) => (
+        // The gateway binary and the tools file, as the CLI sees them.
+        let client_tools_seen = match (&client_tools_file, &self.sandbox) {
+            (None, _) => None,
+            (Some(_), Some(_)) => Some((
                 PathBuf::from(crate::sandbox::net::RELAY),
-                Some(PathBuf::from(bwrap::CLIENT_TOOLS)),
-            ),
-            (None, file) => (
+                PathBuf::from(bwrap::CLIENT_TOOLS),
+            )),
+            (Some(file), None) => Some((
                 std::env::current_exe().map_err(RunError::Spawn)?,
                 file.clone(),
+            )),
+        };
+        // Text the client sent beside its tool results reaches the CLI only through the relay
+        // inside the sandbox (never the environment of bwrap, a host process).
+        let env_file = match spec
+            .client_tools
+            .as_ref()
+            .and_then(|c| c.resume_text.as_ref())
+        {
+            None => None,
+            Some(_) if self.sandbox.is_none() => {
+                return Err(RunError::Spawn(std::io::Error::other(
+                    "text beside client tool results needs the sandbox",
+                )))
+            }
+            Some(text) => Some(
+                dir.write_file(
+                    "env.json",
+                    serde_json::json!({client_tools::RESUME_PROMPT_VAR: text})
+                        .to_string()
+                        .as_bytes(),
+                )
+                .map_err(RunError::RunDir)?,
             ),
         };
-        let client_tools_inside = client_tools_inside.filter(|_| client_tools_file.is_some());
-        let mcp = with_client_tools(spec.mcp.as_ref(), &relay, client_tools_inside.as_deref());
+        let mcp = with_client_tools(spec.mcp.as_ref(), client_tools_seen.as_ref());
         let mcp_file = match &mcp {
             Some(mcp) => Some(
                 dir.write_file("mcp.json", mcp.config_json.as_bytes())
@@ -178,11 +202,9 @@ impl Runner {
             Some(_) => Path::new(bwrap::WORKSPACE),
             None => spec.workspace.as_path(),
         };
-        let mut settings: serde_json::Value =
-            serde_json::from_str(&spec.level.tool_policy().settings_json(workspace_inside))
-                .map_err(|e| RunError::RunDir(e.into()))?;
-        if let Some(file) = &client_tools_inside {
-            settings["hooks"] = client_tools::hooks(&relay, file);
+        let mut settings = spec.level.tool_policy().settings(workspace_inside);
+        if let Some((relay, file)) = &client_tools_seen {
+            settings["hooks"] = client_tools::hooks(relay, file);
         }
         let settings_file = dir
             .write_file("settings.json", settings.to_string().as_bytes())
@@ -219,7 +241,7 @@ impl Runner {
                         projects: spec.projects_dir.as_deref(),
                         mcp_config: mcp_file.as_deref(),
                         settings: Some(&settings_file),
-                        env_file: None,
+                        env_file: env_file.as_deref(),
                         client_tools: client_tools_file.as_deref(),
                         net_dir: net_dir.as_deref(),
                     },
@@ -261,10 +283,9 @@ impl Runner {
 /// The run's MCP servers with the client tools server added, when the request has client tools.
 fn with_client_tools(
     mcp: Option<&crate::mcp::McpRun>,
-    relay: &Path,
-    client_tools: Option<&Path>,
+    client_tools: Option<&(PathBuf, PathBuf)>,
 ) -> Option<crate::mcp::McpRun> {
-    let Some(file) = client_tools else {
+    let Some((relay, file)) = client_tools else {
         return mcp.cloned();
     };
     let mut config: serde_json::Value = mcp

@@ -120,7 +120,7 @@ impl ToolPolicy {
     /// It is the only settings source a run loads (`--setting-sources=user` with a fresh
     /// home), so nothing a tenant writes into its workspace (`.claude/settings.json`) can
     /// loosen them.
-    pub fn settings_json(&self, workspace: &std::path::Path) -> String {
+    pub fn settings(&self, workspace: &std::path::Path) -> serde_json::Value {
         // `//` starts an absolute path in the CLI's permission rules.
         let root = format!("/{}", workspace.display())
             .trim_end_matches('/')
@@ -137,7 +137,6 @@ impl ToolPolicy {
                 "defaultMode": self.permission_mode,
             }
         })
-        .to_string()
     }
 }
 
@@ -223,12 +222,9 @@ mod tests {
     #[test]
     fn file_tools_below_developer_are_confined_to_the_workspace() {
         let rules = |level: SecurityLevel| -> serde_json::Value {
-            serde_json::from_str(
-                &level
-                    .tool_policy()
-                    .settings_json(std::path::Path::new("/workspace")),
-            )
-            .expect("json")
+            level
+                .tool_policy()
+                .settings(std::path::Path::new("/workspace"))
         };
         let balanced = rules(SecurityLevel::Balanced);
         assert_eq!(

@@ -72,7 +72,9 @@ async fn a_client_tool_call_ends_the_response_and_its_result_continues_the_conve
     next["messages"] = json!([
         first["messages"][0],
         {"role": "assistant", "content": message["content"]},
-        {"role": "user", "content": [{"type": "tool_result", "tool_use_id": call["id"], "content": "sunny, 21C"}]},
+        {"role": "user", "content": [
+            {"type": "tool_result", "tool_use_id": call["id"], "content": "sunny, 21C"},
+            {"type": "text", "text": "marker-ct-beside reminder"}]},
     ]);
     let res = gw.messages(TENANT, next).await;
     assert_eq!(res.status(), 200);
@@ -82,6 +84,8 @@ async fn a_client_tool_call_ends_the_response_and_its_result_continues_the_conve
     // The model went on with the client's result, after its own call.
     let seen = result_the_model_saw(&gw, "marker-ct-stateless").expect("a tool_result");
     assert!(seen.contains("sunny, 21C"), "{seen}");
+    // Text beside the result follows it (passed inside the sandbox, never on the host).
+    assert!(!gw.upstream_with("marker-ct-beside").is_empty());
 }
 
 #[tokio::test]

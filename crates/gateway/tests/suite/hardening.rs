@@ -337,10 +337,17 @@ async fn a_workspace_from_before_the_quota_moves_into_its_image_whole() {
         ])
         .start()
         .await;
+    // The move copies the workspace as root on the host: a link the tenant planted to a host
+    // file (the install key) must be copied as a link, never followed.
+    let host_secret = data.path().join("install.key");
     inside(
         &unbounded,
         "marker-before-quota",
-        "mkdir -p notes && echo kept-across-the-move > notes/a.txt && ln -s notes/a.txt link",
+        &format!(
+            "mkdir -p notes && echo kept-across-the-move > notes/a.txt && ln -s notes/a.txt link \
+             && ln -s {} stolen-key",
+            host_secret.display()
+        ),
     )
     .await;
     drop(unbounded);
@@ -357,10 +364,12 @@ async fn a_workspace_from_before_the_quota_moves_into_its_image_whole() {
     let out = inside(
         &bounded,
         "marker-after-quota",
-        "cat link; df -k /workspace | tail -1 | awk '{print \"size-kb=\" $2}'",
+        "cat link; test -L stolen-key && ! test -e stolen-key && echo still-a-dangling-link; \
+         df -k /workspace | tail -1 | awk '{print \"size-kb=\" $2}'",
     )
     .await;
     assert!(out.contains("kept-across-the-move"), "{out}");
+    assert!(out.contains("still-a-dangling-link"), "{out}");
     let size: u64 = out
         .split("size-kb=")
         .nth(1)
