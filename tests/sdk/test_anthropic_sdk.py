@@ -173,3 +173,26 @@ def test_a_client_tool_call_round_trips_and_streams_input_json(gateway, upstream
     assert second.content[0].text == "done"
     seen = json.dumps(upstream.messages_containing("marker-sdk-tool")[-1]["body"]["messages"])
     assert "sunny, 21C" in seen
+
+
+def test_parse_with_a_pydantic_model_gets_structured_output(gateway, upstream):
+    import pydantic
+
+    class Answer(pydantic.BaseModel):
+        answer: str
+        n: int
+
+    client = anthropic.Anthropic(base_url=gateway, auth_token=TOKEN, max_retries=0)
+    message = client.messages.parse(
+        model="sonnet",
+        max_tokens=256,
+        output_format=Answer,
+        messages=[{"role": "user", "content": script(
+            "marker-sdk-parse",
+            tools=[{"name": "StructuredOutput", "input": {"answer": "forty-two", "n": 3}}],
+        )}],
+    )
+    assert message.parsed_output == Answer(answer="forty-two", n=3)
+    tools = upstream.messages_containing("marker-sdk-parse")[0]["body"]["tools"]
+    offered = next(t for t in tools if t["name"] == "StructuredOutput")
+    assert set(offered["input_schema"]["properties"]) == {"answer", "n"}

@@ -149,3 +149,22 @@ def test_a_streamed_client_tool_call_arrives_as_tool_call_deltas(gateway):
     arguments = "".join(d.function.arguments or "" for d in deltas)
     assert json.loads(arguments) == {"city": "Paris"}
     assert [c.choices[0].finish_reason for c in chunks if c.choices[0].finish_reason] == ["tool_calls"]
+
+
+def test_parse_with_a_pydantic_model_gets_structured_output(gateway, upstream):
+    import pydantic
+
+    class Answer(pydantic.BaseModel):
+        answer: str
+        n: int
+
+    script = {"tools": [{"name": "StructuredOutput", "input": {"answer": "forty-two", "n": 3}}]}
+    completion = client(gateway).chat.completions.parse(
+        model="sonnet",
+        response_format=Answer,
+        messages=[{"role": "user", "content": f"marker-oai-parse\nFAKE-SCRIPT: {json.dumps(script)}"}],
+    )
+    assert completion.choices[0].message.parsed == Answer(answer="forty-two", n=3)
+    tools = upstream.messages_containing("marker-oai-parse")[0]["body"]["tools"]
+    offered = next(t for t in tools if t["name"] == "StructuredOutput")
+    assert set(offered["input_schema"]["properties"]) == {"answer", "n"}

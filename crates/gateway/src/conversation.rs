@@ -43,6 +43,8 @@ pub struct TurnRequest {
     /// results answer. The turn then has no new input: the CLI runs the deferred call again,
     /// gets the client's result, and goes on.
     pub deferred: Option<Value>,
+    /// The JSON schema the answer must match (`output_format`, OpenAI `response_format`).
+    pub output_schema: Option<Value>,
 }
 
 /// Chooses how a new session starts: fresh, or resuming a transcript written from the
@@ -142,6 +144,7 @@ pub async fn start(state: &Arc<AppState>, req: TurnRequest) -> Result<StartedTur
             req.max_output_tokens,
             mcp.identity(),
             req.call,
+            req.output_schema,
             req.credential.secret().expose_secret(),
         ])
         .to_string()
@@ -188,6 +191,7 @@ pub async fn start(state: &Arc<AppState>, req: TurnRequest) -> Result<StartedTur
                 mcp: (!mcp.servers.is_empty()).then(|| mcp.run(&offered)),
                 call: req.call.clone(),
                 client_tools: req.client_tools.clone(),
+                output_schema: req.output_schema.clone(),
             };
             let mut process = state.runner.start(&spec).await?;
             for (_, route) in offered {
@@ -287,7 +291,11 @@ pub async fn start(state: &Arc<AppState>, req: TurnRequest) -> Result<StartedTur
         keep,
     };
     let input = req.deferred.is_none().then(|| UserInput::new(req.prompt));
-    let events = turn::start(process, input, req.show_tools, hooks);
+    let shape = turn::Shape {
+        show_tools: req.show_tools,
+        structured: req.output_schema.is_some(),
+    };
+    let events = turn::start(process, input, shape, hooks);
     Ok(StartedTurn {
         session: id,
         events,

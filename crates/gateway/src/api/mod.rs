@@ -8,6 +8,7 @@ pub mod health;
 pub mod mcp_tools;
 pub mod models;
 pub mod openai;
+pub mod output_schema;
 pub mod reply;
 pub mod security;
 pub mod sessions;

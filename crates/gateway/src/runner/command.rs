@@ -53,6 +53,8 @@ pub struct RunSpec {
     pub call: crate::sandbox::masking::CallSettings,
     /// Tools the client offers and runs itself ([`super::client_tools`]).
     pub client_tools: Option<super::client_tools::ClientTools>,
+    /// The JSON schema the answer must match, sent on the CLI's input as it starts.
+    pub output_schema: Option<serde_json::Value>,
 }
 
 /// What is fixed for the gateway's lifetime.
@@ -230,6 +232,7 @@ mod tests {
             mcp: None,
             call: Default::default(),
             client_tools: None,
+            output_schema: None,
         }
     }
 

@@ -276,6 +276,11 @@ impl Runner {
         let mut process = CliProcess::spawn(cmd, dir, deadline, self.max_line_bytes).await?;
         process.hold(Box::new(lease));
         process.observed = observed;
+        if let Some(schema) = &spec.output_schema {
+            process
+                .send_line(&protocol::initialize_line(schema))
+                .await?;
+        }
         Ok(process)
     }
 }

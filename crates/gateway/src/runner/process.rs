@@ -103,10 +103,14 @@ impl CliProcess {
 
     /// Sends one user turn.
     pub async fn send(&mut self, input: &UserInput) -> Result<(), RunError> {
+        self.send_line(&input.to_line()).await
+    }
+
+    /// Writes one newline-terminated protocol line to the CLI's input.
+    pub async fn send_line(&mut self, line: &[u8]) -> Result<(), RunError> {
         let stdin = self.stdin.as_mut().ok_or(RunError::InputClosed)?;
-        let line = input.to_line();
         tokio::time::timeout_at(self.deadline, async {
-            stdin.write_all(&line).await?;
+            stdin.write_all(line).await?;
             stdin.flush().await
         })
         .await

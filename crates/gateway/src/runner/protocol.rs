@@ -78,6 +78,9 @@ pub struct ResultLine {
     pub usage: Option<ResultUsage>,
     #[serde(default)]
     pub permission_denials: Vec<Value>,
+    /// What the model gave its `StructuredOutput` tool, when the run had a JSON schema.
+    #[serde(default)]
+    pub structured_output: Option<Value>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Deserialize)]
@@ -158,6 +161,21 @@ impl UserInput {
         line.push(b'\n');
         line
     }
+}
+
+/// The SDK's `initialize` control request with a JSON schema for the run's answer: the CLI
+/// then offers the model a `StructuredOutput` tool with that schema, checks the call against
+/// it, and reports its input as the result's `structured_output`. Sent on the CLI's input (its
+/// own `--json-schema` flag would put what a tenant wrote on a command line).
+pub fn initialize_line(json_schema: &Value) -> Vec<u8> {
+    let mut line = serde_json::to_vec(&serde_json::json!({
+        "type": "control_request",
+        "request_id": "gateway-initialize",
+        "request": {"subtype": "initialize", "jsonSchema": json_schema},
+    }))
+    .unwrap_or_default();
+    line.push(b'\n');
+    line
 }
 
 #[cfg(test)]

@@ -66,6 +66,10 @@ struct StreamedBlock {
 #[derive(Debug, Default)]
 pub struct Assembler {
     show_tools: bool,
+    /// The client asked for output matching a JSON schema: the answer is the CLI's structured
+    /// output (the input of its `StructuredOutput` tool call), sent as the message's one text
+    /// block; the model's prose around that call is not part of it.
+    structured: bool,
     next_index: usize,
     /// This model turn's blocks as streamed, by upstream index.
     turn_blocks: BTreeMap<u64, StreamedBlock>,
@@ -91,6 +95,12 @@ impl Assembler {
             show_tools,
             ..Self::default()
         }
+    }
+
+    /// Answers with the run's structured output instead of the model's text.
+    pub fn structured(mut self, structured: bool) -> Self {
+        self.structured = structured;
+        self
     }
 
     pub fn on_line(&mut self, line: CliLine) -> Step {
@@ -221,6 +231,9 @@ impl Assembler {
                 .map(|name| block["name"] = json!(name))
                 .is_some();
         if !client_tool && !self.show_tools && is_tool_block(block_type(&block)) {
+            return (None, Vec::new());
+        }
+        if self.structured && block_type(&block) == "text" {
             return (None, Vec::new());
         }
         let index = self.take_index();
@@ -397,13 +410,36 @@ impl Assembler {
                 None => TurnError::Cli(message),
             });
         }
+        let mut events = Vec::new();
+        if self.structured {
+            // The run ends at the model's StructuredOutput call, which the CLI checked against
+            // the schema; without one the CLI gave up (it says so with an error result).
+            let Some(output) = &result.structured_output else {
+                return Step::Failed(TurnError::Cli(
+                    "the model gave no output matching the requested JSON schema".into(),
+                ));
+            };
+            let index = self.take_index();
+            let text = output.to_string();
+            events.extend([
+                Event::new(
+                    "content_block_start",
+                    json!({"type":"content_block_start","index":index,
+                           "content_block":{"type":"text","text":""}}),
+                ),
+                delta_event(index, json!({"type":"text_delta","text":text})),
+                stop_event(index),
+            ]);
+            self.stop_reason = Some("end_turn".into());
+            self.stop_sequence = None;
+        }
         let usage = result.usage.clone().unwrap_or_default();
         let stop_reason = self
             .stop_reason
             .clone()
             .or_else(|| result.stop_reason.clone())
             .unwrap_or_else(|| "end_turn".into());
-        let events = vec![
+        events.extend([
             Event::new(
                 "message_delta",
                 json!({
@@ -418,7 +454,7 @@ impl Assembler {
                 }),
             ),
             Event::new("message_stop", json!({"type":"message_stop"})),
-        ];
+        ]);
         Step::Finished(events, Box::new(result))
     }
 

@@ -69,12 +69,21 @@ pub struct Hooks {
     pub on_failure: Box<dyn FnOnce(&Value) + Send>,
 }
 
+/// What the client asked its message to show.
+#[derive(Debug, Clone, Copy)]
+pub struct Shape {
+    /// The CLI's own tool calls and results, as blocks.
+    pub show_tools: bool,
+    /// Only the run's structured output (a JSON schema was given), as the one text block.
+    pub structured: bool,
+}
+
 /// Sends `input` to `process` (none: the resumed session goes on by itself, a deferred client
 /// tool call) and returns the channel of what follows.
 pub fn start(
     process: CliProcess,
     input: Option<UserInput>,
-    show_tools: bool,
+    shape: Shape,
     hooks: Hooks,
 ) -> mpsc::Receiver<Item> {
     let (tx, rx) = mpsc::channel(64);
@@ -89,7 +98,7 @@ pub fn start(
             } = hooks;
             // `drive` owns the process: by the time it returns, the process is killed (or
             // kept), so nothing writes to the session behind the roll-back.
-            if !drive(process, input.as_ref(), show_tools, &tx, on_result, keep).await {
+            if !drive(process, input.as_ref(), shape, &tx, on_result, keep).await {
                 on_failure(input.as_ref().map_or(&Value::Null, UserInput::content));
             }
             drop(hold);
@@ -102,13 +111,13 @@ pub fn start(
 async fn drive(
     mut process: CliProcess,
     input: Option<&UserInput>,
-    show_tools: bool,
+    shape: Shape,
     tx: &mpsc::Sender<Item>,
     on_result: OnResult,
     keep: Option<Box<dyn FnOnce(CliProcess) + Send>>,
 ) -> bool {
     {
-        let mut assembler = Assembler::new(show_tools);
+        let mut assembler = Assembler::new(shape.show_tools).structured(shape.structured);
         if let Some(input) = input {
             if let Err(e) = process.send(input).await {
                 let _ = tx.send(Item::Failed(e.into())).await;

@@ -832,3 +832,92 @@ async fn thinking_sets_the_budget_and_its_blocks_come_back_in_order_with_their_s
             .is_some_and(|m| m.starts_with("thinking.budget_tokens")));
     }
 }
+
+#[tokio::test]
+async fn a_json_schema_reply_is_the_models_structured_output_in_both_dialects() {
+    let gw = Gateway::start().await;
+    let schema = json!({"type": "object", "required": ["answer", "n"],
+        "properties": {"answer": {"type": "string"}, "n": {"type": "integer"}}});
+    let wanted = json!({"answer": "forty-two", "n": 3});
+    // The model talks, then answers through the CLI's StructuredOutput tool.
+    let script = json!({"tools": [{"name": "StructuredOutput", "input": wanted,
+        "say": "Let me put that in the shape you asked for."}]});
+
+    // Anthropic, complete: one text block, the JSON; the model's prose is not part of it.
+    let mut req = body(&scripted("marker-schema-a", script.clone()));
+    req["output_format"] = json!({"type": "json_schema", "schema": schema});
+    let res = gw.messages(ALICE, req).await;
+    assert_eq!(res.status(), 200);
+    let msg: Value = res.json().await.expect("json");
+    let content = msg["content"].as_array().expect("content");
+    assert_eq!(content.len(), 1, "{msg}");
+    assert_eq!(content[0]["type"], "text");
+    let text = content[0]["text"].as_str().expect("text");
+    assert_eq!(serde_json::from_str::<Value>(text).expect("JSON"), wanted);
+    assert_eq!(msg["stop_reason"], "end_turn");
+    // The model was offered the schema as the tool's input schema.
+    let call = &gw.upstream_with("marker-schema-a")[0].body;
+    let tool = call["tools"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|t| t["name"] == "StructuredOutput")
+        .expect("the StructuredOutput tool");
+    assert_eq!(tool["input_schema"], schema);
+
+    // Anthropic, streamed, with the schema in `output_config.format`.
+    let mut req = body(&scripted("marker-schema-b", script.clone()));
+    req["output_config"] = json!({"format": {"type": "json_schema", "schema": schema}});
+    req["stream"] = json!(true);
+    let events = parse_sse(&gw.messages(ALICE, req).await.text().await.expect("body"));
+    let text = streamed_text(&events);
+    assert_eq!(serde_json::from_str::<Value>(&text).expect("JSON"), wanted);
+
+    // OpenAI: response_format json_schema; the message content is the JSON.
+    let res = gw
+        .post("/v1/chat/completions")
+        .bearer_auth(ALICE)
+        .json(&json!({"model": "sonnet",
+            "response_format": {"type": "json_schema",
+                "json_schema": {"name": "answer", "strict": true, "schema": schema}},
+            "messages": [{"role": "user", "content": scripted("marker-schema-c", script)}]}))
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(res.status(), 200);
+    let completion: Value = res.json().await.expect("json");
+    let content = completion["choices"][0]["message"]["content"]
+        .as_str()
+        .expect("content");
+    assert_eq!(
+        serde_json::from_str::<Value>(content).expect("JSON"),
+        wanted
+    );
+    assert_eq!(completion["choices"][0]["finish_reason"], "stop");
+
+    // Bad formats: 400 naming the field, in each dialect's shape.
+    let mut req = body("marker-schema-bad");
+    req["output_format"] = json!({"type": "json_schema", "schema": "not a schema"});
+    let res = gw.messages(ALICE, req).await;
+    assert_eq!(res.status(), 400);
+    let error: Value = res.json().await.expect("json");
+    assert!(error["error"]["message"]
+        .as_str()
+        .is_some_and(|m| m.starts_with("output_format.schema")));
+    let res = gw
+        .post("/v1/chat/completions")
+        .bearer_auth(ALICE)
+        .json(
+            &json!({"model": "sonnet", "response_format": {"type": "xml"},
+            "messages": [{"role": "user", "content": "marker-schema-bad"}]}),
+        )
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(res.status(), 400);
+    let error: Value = res.json().await.expect("json");
+    assert!(error["error"]["message"]
+        .as_str()
+        .is_some_and(|m| m.starts_with("response_format.type")));
+    assert!(gw.upstream_with("marker-schema-bad").is_empty());
+}

@@ -168,6 +168,13 @@ pub async fn create(
             crate::api::client_tools::tool_choice(req.tool_choice.as_ref(), &client.tools)?,
         );
     }
+    let output_schema = match (&req.output_format, &req.output_config) {
+        (Some(format), _) => crate::api::output_schema::anthropic(Some(format), "output_format")?,
+        (None, Some(config)) => {
+            crate::api::output_schema::anthropic(config.get("format"), "output_config.format")?
+        }
+        (None, None) => None,
+    };
     let ctx = TurnContext::resolve(&state, &headers, &credential, &req.gateway, None).await?;
 
     let system_prompt = Some(system_text(&req)).filter(|s| !s.is_empty()).map(|s| {
@@ -194,6 +201,7 @@ pub async fn create(
             call,
             client_tools,
             deferred,
+            output_schema,
         },
     )
     .await?;

@@ -52,6 +52,15 @@ pub struct MessagesRequest {
     #[serde(default)]
     #[schema(value_type = Option<Vec<Object>>)]
     pub tools: Option<Vec<Value>>,
+    /// Structured output: `{"type": "json_schema", "schema": {…}}`; the reply's one text block
+    /// is JSON matching the schema.
+    #[serde(default)]
+    #[schema(value_type = Option<Object>)]
+    pub output_format: Option<Value>,
+    /// `{"format": {"type": "json_schema", "schema": {…}}}`: as `output_format`.
+    #[serde(default)]
+    #[schema(value_type = Option<Object>)]
+    pub output_config: Option<Value>,
     /// The original spec's credential object (an alternative to the auth headers).
     #[serde(default)]
     pub oauth_credentials: Option<OAuthCredentials>,

@@ -74,18 +74,7 @@ async fn handle(
         return Err(bad("n: only one choice (n = 1) is supported"));
     }
     let tools = client_tools(&req)?;
-    if let Some(kind) = req
-        .response_format
-        .as_ref()
-        .and_then(|f| f.get("type"))
-        .and_then(Value::as_str)
-    {
-        if kind != "text" {
-            return Err(bad(format!(
-                "response_format: type {kind:?} is not supported; only \"text\""
-            )));
-        }
-    }
+    let output_schema = crate::api::output_schema::openai(req.response_format.as_ref())?;
 
     let mut system = Vec::new();
     let mut turns: Vec<(&'static str, Value)> = Vec::new();
@@ -184,6 +173,7 @@ async fn handle(
             call,
             client_tools,
             deferred,
+            output_schema,
         },
     )
     .await?;

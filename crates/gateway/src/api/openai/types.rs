@@ -8,10 +8,10 @@ use serde_json::Value;
 /// `temperature`, `top_p` and `stop` are set on each model call of the run;
 /// `reasoning_effort` sets a thinking budget. Accepted and ignored (the CLI has no way to
 /// honour them): `presence_penalty`, `frequency_penalty`, `logit_bias`, `logprobs`,
-/// `top_logprobs`, `seed`, `service_tier`, `parallel_tool_calls`, `store`, `metadata`,
-/// `response_format` of type `text`, and unknown fields. `tools` (and the older `functions`)
-/// are the client's own tools, as for `/v1/messages`. Refused with 400: `n` > 1, non-text
-/// `response_format`, non-text content parts.
+/// `top_logprobs`, `seed`, `service_tier`, `parallel_tool_calls`, `store`, `metadata`, and
+/// unknown fields. `tools` (and the older `functions`) are the client's own tools, as for
+/// `/v1/messages`; `response_format` `json_schema` / `json_object` makes the reply's content
+/// JSON matching the schema. Refused with 400: `n` > 1, non-text content parts.
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 pub struct ChatRequest {
     pub model: String,
