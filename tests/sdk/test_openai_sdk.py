@@ -168,3 +168,37 @@ def test_parse_with_a_pydantic_model_gets_structured_output(gateway, upstream):
     tools = upstream.messages_containing("marker-oai-parse")[0]["body"]["tools"]
     offered = next(t for t in tools if t["name"] == "StructuredOutput")
     assert set(offered["input_schema"]["properties"]) == {"answer", "n"}
+
+
+TIME = {
+    "type": "function",
+    "function": {"name": "get_time", "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}},
+}
+
+
+def test_parallel_tool_calls_come_together_and_their_results_go_back_together(gateway, upstream):
+    c = client(gateway)
+    script = {"tools": [{"name": "get_weather", "input": {"city": "Paris"},
+                         "with": [{"name": "get_time", "input": {"city": "Oslo"}}]}], "reply": "done"}
+    messages = [{"role": "user", "content": f"marker-oai-parallel\nFAKE-SCRIPT: {json.dumps(script)}"}]
+    first = c.chat.completions.create(model="sonnet", tools=[WEATHER, TIME], messages=messages)
+    calls = first.choices[0].message.tool_calls
+    assert [call.function.name for call in calls] == ["get_weather", "get_time"]
+    messages += [
+        first.choices[0].message.model_dump(exclude_none=True),
+        {"role": "tool", "tool_call_id": calls[0].id, "content": "sunny"},
+        {"role": "tool", "tool_call_id": calls[1].id, "content": "noon"},
+    ]
+    second = c.chat.completions.create(model="sonnet", tools=[WEATHER, TIME], messages=messages)
+    assert second.choices[0].message.content == "done"
+    last = upstream.messages_containing("marker-oai-parallel")[-1]["body"]["messages"]
+    results = [b for m in last if isinstance(m["content"], list) for b in m["content"] if b["type"] == "tool_result"]
+    assert [r["tool_use_id"] for r in results[-2:]] == [calls[0].id, calls[1].id]
+
+    # parallel_tool_calls=false reaches the model as Anthropic's disable_parallel_tool_use.
+    c.chat.completions.create(
+        model="sonnet", tools=[WEATHER], parallel_tool_calls=False,
+        messages=[{"role": "user", "content": weather_script("marker-oai-serial")}],
+    )
+    choice = upstream.messages_containing("marker-oai-serial")[0]["body"]["tool_choice"]
+    assert choice == {"type": "auto", "disable_parallel_tool_use": True}

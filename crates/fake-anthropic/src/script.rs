@@ -54,6 +54,9 @@ pub struct ToolCall {
     /// Text the model says in the same turn, before the tool call.
     #[serde(default)]
     pub say: Option<String>,
+    /// Further calls in the same turn, after this one (parallel tool use).
+    #[serde(default)]
+    pub with: Vec<ToolCall>,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -120,7 +123,12 @@ pub fn plan(body: &Value) -> Plan {
         };
     }
     let results = tool_results_since(&messages[index + 1..]);
-    let turn = match script.tools.get(results.len()) {
+    // One step per user turn that answered calls (a turn of parallel calls has several results).
+    let answered = messages[index + 1..]
+        .iter()
+        .filter(|m| !tool_results_since(std::slice::from_ref(m)).is_empty())
+        .count();
+    let turn = match script.tools.get(answered) {
         Some(call) => Turn::ToolUse(call.clone()),
         None => Turn::Text(match (&script.reply, script.reply_bytes) {
             (_, Some(n)) => sized_reply(n),

@@ -293,6 +293,9 @@ async fn messages(headers: HeaderMap, body: Bytes) -> Response {
     }
     if let Turn::ToolUse(call) = &mut turn {
         call.name = offered_name(&call.name, &request);
+        for sibling in &mut call.with {
+            sibling.name = offered_name(&sibling.name, &request);
+        }
     }
     if script.first_byte_delay_ms > 0 {
         tokio::time::sleep(Duration::from_millis(script.first_byte_delay_ms)).await;
@@ -394,9 +397,11 @@ fn turn_blocks(turn: &Turn) -> (Vec<Value>, &'static str) {
             if let Some(say) = &call.say {
                 blocks.push(json!({"type":"text","text":say}));
             }
-            blocks.push(
-                json!({"type":"tool_use","id":tool_id(),"name":call.name,"input":call.input}),
-            );
+            for call in std::iter::once(call).chain(&call.with) {
+                blocks.push(
+                    json!({"type":"tool_use","id":tool_id(),"name":call.name,"input":call.input}),
+                );
+            }
             (blocks, "tool_use")
         }
         Turn::Error(_) => (Vec::new(), "end_turn"),

@@ -39,10 +39,10 @@ pub struct TurnRequest {
     pub call: crate::sandbox::masking::CallSettings,
     /// Tools the client offers and runs (with its results, on a continuation).
     pub client_tools: Option<crate::runner::client_tools::ClientTools>,
-    /// On a continuation: the client tool call (`tool_use` block, internal name) the client's
-    /// results answer. The turn then has no new input: the CLI runs the deferred call again,
-    /// gets the client's result, and goes on.
-    pub deferred: Option<Value>,
+    /// On a continuation: the client tool calls (internal names) the client's results answer.
+    /// The turn then has no new input: the CLI runs the deferred call again, gets the client's
+    /// result, and goes on.
+    pub deferred: Option<transcript::Deferred>,
     /// The JSON schema the answer must match (`output_format`, OpenAI `response_format`).
     pub output_schema: Option<Value>,
 }
@@ -175,7 +175,12 @@ pub async fn start(state: &Arc<AppState>, req: TurnRequest) -> Result<StartedTur
             let offered =
                 crate::mcp::connect_all(&mcp, &state.mcp_connector, &state.mcp_bridge).await?;
             let session_arg = match &existing {
-                Some(_) => SessionArg::Resume(assigned),
+                Some(_) => {
+                    if let Some(deferred) = &req.deferred {
+                        sessions.answer_deferred(&req.tenant, assigned, deferred)?;
+                    }
+                    SessionArg::Resume(assigned)
+                }
                 None => seed_session(state, &req, key, &cli_cwd, version)?,
             };
             let spec = RunSpec {

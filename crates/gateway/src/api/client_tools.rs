@@ -6,6 +6,7 @@ use serde_json::{json, Value};
 
 use crate::error::ApiError;
 use crate::runner::client_tools::{self, ClientTool, ClientTools, ToolResult};
+pub use crate::sessions::transcript::Deferred;
 
 /// The most text a continuation may carry beside its results: it travels in the CLI's
 /// environment, where one variable is limited to 128 KiB.
@@ -62,9 +63,8 @@ pub fn parse(tools: &[Value]) -> Result<Vec<ClientTool>, ApiError> {
 }
 
 /// The `tool_choice` set on each model call of a run with client tools: the request's (in
-/// Anthropic's shape, `{"type": "auto" | "any" | "none" | "tool", "name"}`), a named tool under
-/// the name the CLI knows it by, and never parallel calls: the CLI defers only a lone call, so
-/// the model makes one call per turn and a client's parallel calls arrive one after another.
+/// Anthropic's shape, `{"type": "auto" | "any" | "none" | "tool", "name",
+/// "disable_parallel_tool_use"}`), a named tool under the name the CLI knows it by.
 pub fn tool_choice(choice: Option<&Value>, tools: &[ClientTool]) -> Result<Value, ApiError> {
     let mut choice = choice.cloned().unwrap_or_else(|| json!({"type": "auto"}));
     match choice.get("type").and_then(Value::as_str) {
@@ -88,19 +88,25 @@ pub fn tool_choice(choice: Option<&Value>, tools: &[ClientTool]) -> Result<Value
             ))
         }
     }
-    choice["disable_parallel_tool_use"] = json!(true);
+    if let Some(flag) = choice.get("disable_parallel_tool_use") {
+        if !flag.is_boolean() {
+            return Err(bad(
+                "tool_choice.disable_parallel_tool_use: true or false".to_owned()
+            ));
+        }
+    }
     Ok(choice)
 }
 
 /// Renames the client's tool calls in `history` to the names the CLI knows them by and, when
-/// the new user turn (`prompt`, message number `last`) answers the last assistant turn's call,
-/// returns that call (the continuation) with the client's result in the tools.
+/// the new user turn (`prompt`, message number `last`) answers the last assistant turn's calls,
+/// returns the continuation (see [`Deferred`]) with the client's results in the tools.
 pub fn prepare(
     tools: Vec<ClientTool>,
     history: &mut [(&'static str, Value)],
     prompt: &Value,
     last: usize,
-) -> Result<(Option<ClientTools>, Option<Value>), ApiError> {
+) -> Result<(Option<ClientTools>, Option<Deferred>), ApiError> {
     let results: Vec<(usize, &Value)> = prompt
         .as_array()
         .map(|blocks| {
@@ -170,45 +176,69 @@ pub fn prepare(
             .collect(),
         _ => Vec::new(),
     };
-    if results.len() > 1 || calls.len() > 1 {
-        return Err(bad(format!(
-            "messages.{last}.content: one client tool call per turn is supported (parallel calls are not yet)"
-        )));
+    let call_id = |c: &Value| c.get("id").and_then(Value::as_str).map(str::to_owned);
+    let mut answers: Vec<Option<Value>> = vec![None; calls.len()];
+    for (j, result) in &results {
+        let id = result
+            .get("tool_use_id")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
+        let Some(position) = calls.iter().position(|c| call_id(c).as_deref() == Some(id)) else {
+            return Err(bad(format!(
+                "messages.{last}.content.{j}.tool_use_id: no tool_use {id:?} in the assistant turn before it"
+            )));
+        };
+        if calls[position]
+            .get("name")
+            .and_then(Value::as_str)
+            .and_then(client_tools::client_name)
+            .is_none()
+        {
+            return Err(bad(format!(
+                "messages.{last}.content.{j}.tool_use_id: {id:?} is not a call of one of the request's tools"
+            )));
+        }
+        if answers[position].is_some() {
+            return Err(bad(format!(
+                "messages.{last}.content.{j}.tool_use_id: {id:?} is answered twice"
+            )));
+        }
+        let content = result.get("content").cloned().unwrap_or(json!(""));
+        let is_error = result
+            .get("is_error")
+            .and_then(Value::as_bool)
+            .unwrap_or(false);
+        client.results.insert(
+            id.to_owned(),
+            ToolResult {
+                content: content.clone(),
+                is_error,
+            },
+        );
+        answers[position] = Some(json!({"type": "tool_result", "tool_use_id": id,
+            "content": content, "is_error": is_error}));
     }
-    let (j, result) = results[0];
-    let id = result
-        .get("tool_use_id")
-        .and_then(Value::as_str)
-        .unwrap_or_default();
-    let Some(call) = calls
-        .first()
-        .filter(|c| c.get("id").and_then(Value::as_str) == Some(id))
-    else {
-        return Err(bad(format!(
-            "messages.{last}.content.{j}.tool_use_id: no tool_use {id:?} in the assistant turn before it"
-        )));
-    };
-    if call
-        .get("name")
-        .and_then(Value::as_str)
-        .and_then(client_tools::client_name)
-        .is_none()
-    {
-        return Err(bad(format!(
-            "messages.{last}.content.{j}.tool_use_id: {id:?} is not a call of one of the request's tools"
-        )));
+    // As the API: every call of the turn gets its result in the next one.
+    let mut answered = Vec::with_capacity(calls.len());
+    for (call, answer) in calls.iter().zip(answers) {
+        match answer {
+            Some(answer) => answered.push(answer),
+            None => {
+                return Err(bad(format!(
+                    "messages.{last}.content: no tool_result for tool_use {:?} of the assistant turn before it",
+                    call_id(call).unwrap_or_default()
+                )))
+            }
+        }
     }
-    client.results.insert(
-        id.to_owned(),
-        ToolResult {
-            content: result.get("content").cloned().unwrap_or(json!("")),
-            is_error: result
-                .get("is_error")
-                .and_then(Value::as_bool)
-                .unwrap_or(false),
-        },
-    );
-    Ok((Some(client), Some((*call).clone())))
+    let call = calls.last().map(|c| (*c).clone()).unwrap_or_default();
+    Ok((
+        Some(client),
+        Some(Deferred {
+            call,
+            results: answered,
+        }),
+    ))
 }
 
 #[cfg(test)]
@@ -257,7 +287,7 @@ mod tests {
         let (client, deferred) =
             prepare(tools.clone(), &mut history, &prompt, 2).expect("a continuation");
         assert_eq!(history[1].1[0]["name"], "mcp__client__get_weather");
-        assert_eq!(deferred.expect("the call")["id"], "t1");
+        assert_eq!(deferred.expect("the call").call["id"], "t1");
         assert_eq!(client.expect("tools").results["t1"].content, json!("sunny"));
         let unknown = json!([{"type": "tool_result", "tool_use_id": "t9", "content": "x"}]);
         let mut history2 = history.clone();

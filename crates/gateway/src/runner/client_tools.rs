@@ -12,9 +12,11 @@
 //! requests, so a continuation works after a restart and with a stateless client (whose history
 //! is written as a transcript that ends with the deferred call).
 //!
-//! The CLI defers one call per model turn only, so the model is asked for one call at a time
-//! (`disable_parallel_tool_use` on each call, [`crate::api::client_tools::tool_choice`]): a
-//! client's parallel calls arrive one after another.
+//! Parallel calls: the hook defers each call of the turn, but a resumed CLI runs only the last
+//! one again (and drops a call left without a result), so the continuation first records the
+//! client's results for the others in the transcript, then that call deferred anew
+//! ([`crate::sessions::transcript::answer_deferred`]): the model sees all its calls, then all
+//! their results, as the API would show them.
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, Write};

@@ -276,6 +276,27 @@ impl SessionStore {
         Ok(())
     }
 
+    /// Records the client's results for every deferred call of a session's last turn but the
+    /// one the CLI runs again when it resumes ([`transcript::answer_deferred`]).
+    pub fn answer_deferred(
+        &self,
+        tenant: &TenantId,
+        cli_session: Uuid,
+        deferred: &transcript::Deferred,
+    ) -> Result<(), SessionError> {
+        let projects = self.projects(tenant)?;
+        let Some(path) = Self::find_transcript(&projects, cli_session) else {
+            return Ok(());
+        };
+        let bytes = projects
+            .read(&path, MAX_TRANSCRIPT_BYTES)
+            .map_err(storage)?;
+        match transcript::answer_deferred(&bytes, deferred) {
+            Some(more) => projects.append(&path, &more).map_err(storage),
+            None => Ok(()),
+        }
+    }
+
     /// The transcript of a session, wherever the CLI put it: only a regular file, of at most
     /// [`MAX_TRANSCRIPT_BYTES`].
     pub fn read_transcript(

@@ -24,22 +24,132 @@ pub struct Turn<'a> {
     pub content: Value,
 }
 
+/// A continuation of client tool calls: the last assistant turn's calls, answered by the
+/// client. The CLI runs one deferred call again when it resumes (the last one its transcript
+/// records deferred); the results of the others are recorded before that, in one user turn, so
+/// the model sees every call followed by its result.
+#[derive(Debug, Clone, Default)]
+pub struct Deferred {
+    /// The call to defer in a written transcript (the turn's last).
+    pub call: Value,
+    /// The client's `tool_result` blocks, one per call of the turn, in order.
+    pub results: Vec<Value>,
+}
+
+impl Deferred {
+    /// The results of every call but `id`'s.
+    fn others(&self, id: &str) -> Vec<Value> {
+        self.results
+            .iter()
+            .filter(|r| r.get("tool_use_id").and_then(Value::as_str) != Some(id))
+            .cloned()
+            .collect()
+    }
+}
+
+/// What every record of a session's transcript carries.
+struct Context<'a> {
+    session: String,
+    cwd: &'a str,
+    version: &'a str,
+}
+
+impl Context<'_> {
+    /// A record of `kind` with `body` (`message` or `attachment`) after `parent`; its uuid.
+    fn record(
+        &self,
+        kind: &str,
+        parent: Option<&str>,
+        timestamp: &str,
+        body: (&str, Value),
+    ) -> (String, String) {
+        let uuid = Uuid::new_v4().to_string();
+        let mut record = json!({
+            "type": kind,
+            "uuid": uuid,
+            "parentUuid": parent,
+            "sessionId": self.session,
+            "cwd": self.cwd,
+            "timestamp": timestamp,
+            "isSidechain": false,
+            "userType": "external",
+            "version": self.version,
+        });
+        record[body.0] = body.1;
+        (uuid, record.to_string())
+    }
+
+    /// The user turn with the results of the calls not deferred (if any), then `call` deferred
+    /// by the PreToolUse hook, as the CLI records it.
+    fn deferral(
+        &self,
+        parent: Option<String>,
+        timestamp: &str,
+        call: &Value,
+        others: Vec<Value>,
+    ) -> Vec<String> {
+        let mut lines = Vec::new();
+        let mut parent = parent;
+        if !others.is_empty() {
+            let (uuid, line) = self.record(
+                "user",
+                parent.as_deref(),
+                timestamp,
+                ("message", json!({"role": "user", "content": others})),
+            );
+            lines.push(line);
+            parent = Some(uuid);
+        }
+        let attachment = json!({
+            "type": "hook_deferred_tool",
+            "toolUseID": call.get("id"),
+            "toolName": call.get("name"),
+            "toolInput": call.get("input"),
+            "hookName": "settings",
+            "hookEvent": "PreToolUse",
+            "permissionMode": "default",
+        });
+        let (_, line) = self.record(
+            "attachment",
+            parent.as_deref(),
+            timestamp,
+            ("attachment", attachment),
+        );
+        lines.push(line);
+        lines
+    }
+}
+
+fn joined(lines: Vec<String>) -> Vec<u8> {
+    let mut bytes = Vec::new();
+    for line in lines {
+        bytes.extend_from_slice(line.as_bytes());
+        bytes.push(b'\n');
+    }
+    bytes
+}
+
 /// A transcript holding `history` for `session`, as if the CLI had recorded it; with
-/// `deferred` (a `tool_use` block of the last assistant turn), ending in that call deferred by
-/// the PreToolUse hook, as the CLI records it, so a resumed run runs it again first.
+/// `deferred` (the calls of the last assistant turn and the client's results), ending as the
+/// CLI records calls the PreToolUse hook deferred, so a resumed run goes on from the results.
 pub fn seed(
     session: Uuid,
     cwd: &Path,
     cli_version: &str,
     model: &str,
     history: &[Turn<'_>],
-    deferred: Option<&Value>,
+    deferred: Option<&Deferred>,
 ) -> Vec<u8> {
-    let mut lines = Vec::with_capacity(history.len());
+    let cwd = cwd.to_string_lossy();
+    let context = Context {
+        session: session.to_string(),
+        cwd: &cwd,
+        version: cli_version,
+    };
+    let mut lines = Vec::with_capacity(history.len() + 2);
     let mut parent: Option<String> = None;
     let start = clock::now_ms() as i64;
     for (i, turn) in history.iter().enumerate() {
-        let uuid = Uuid::new_v4().to_string();
         let timestamp = clock::iso8601(start - (history.len() - i) as i64 * 1000);
         let message = if turn.role == "assistant" {
             let content = match &turn.content {
@@ -59,50 +169,79 @@ pub fn seed(
         } else {
             json!({"role": "user", "content": turn.content})
         };
-        let record = json!({
-            "type": turn.role,
-            "uuid": uuid,
-            "parentUuid": parent,
-            "sessionId": session.to_string(),
-            "cwd": cwd.to_string_lossy(),
-            "timestamp": timestamp,
-            "isSidechain": false,
-            "userType": "external",
-            "version": cli_version,
-            "message": message,
-        });
-        lines.push(record.to_string());
+        let (uuid, line) = context.record(
+            turn.role,
+            parent.as_deref(),
+            &timestamp,
+            ("message", message),
+        );
+        lines.push(line);
         parent = Some(uuid);
     }
-    if let Some(call) = deferred {
-        let record = json!({
-            "type": "attachment",
-            "uuid": Uuid::new_v4().to_string(),
-            "parentUuid": parent,
-            "sessionId": session.to_string(),
-            "cwd": cwd.to_string_lossy(),
-            "timestamp": clock::iso8601(start),
-            "isSidechain": false,
-            "userType": "external",
-            "version": cli_version,
-            "attachment": {
-                "type": "hook_deferred_tool",
-                "toolUseID": call.get("id"),
-                "toolName": call.get("name"),
-                "toolInput": call.get("input"),
-                "hookName": "settings",
-                "hookEvent": "PreToolUse",
-                "permissionMode": "default",
-            },
-        });
-        lines.push(record.to_string());
+    if let Some(deferred) = deferred {
+        let id = deferred
+            .call
+            .get("id")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
+        lines.extend(context.deferral(
+            parent,
+            &clock::iso8601(start),
+            &deferred.call,
+            deferred.others(id),
+        ));
     }
-    let mut bytes = Vec::new();
-    for line in lines {
-        bytes.extend_from_slice(line.as_bytes());
-        bytes.push(b'\n');
+    joined(lines)
+}
+
+/// What to append to a session's transcript, which ends in client tool calls the CLI deferred,
+/// so that a resume goes on from the client's results for all of them: the CLI runs only the
+/// last deferred call again, so the others' results are recorded before it is deferred anew.
+/// `None` when nothing is missing (one call, or results recorded by an earlier try).
+pub fn answer_deferred(transcript: &[u8], deferred: &Deferred) -> Option<Vec<u8>> {
+    let text = String::from_utf8_lossy(transcript);
+    let records: Vec<Value> = text
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
+    let last = records.iter().rev().find(|r| {
+        r.get("type").and_then(Value::as_str) == Some("attachment")
+            && r.pointer("/attachment/type").and_then(Value::as_str) == Some("hook_deferred_tool")
+    })?;
+    let id = last
+        .pointer("/attachment/toolUseID")
+        .and_then(Value::as_str)?;
+    let recorded = |r: &Value| {
+        r.get("tool_use_id")
+            .and_then(Value::as_str)
+            .is_some_and(|other| text.contains(&format!("\"tool_use_id\":\"{other}\"")))
+    };
+    let missing: Vec<Value> = deferred
+        .others(id)
+        .into_iter()
+        .filter(|r| !recorded(r))
+        .collect();
+    if missing.is_empty() {
+        return None;
     }
-    bytes
+    let leaf = records
+        .iter()
+        .rev()
+        .find_map(|r| r.get("uuid").and_then(Value::as_str))?;
+    let field = |k: &str| last.get(k).and_then(Value::as_str).unwrap_or_default();
+    let context = Context {
+        session: field("sessionId").to_owned(),
+        cwd: field("cwd"),
+        version: field("version"),
+    };
+    let call = json!({"id": id, "name": last.pointer("/attachment/toolName"),
+        "input": last.pointer("/attachment/toolInput")});
+    Some(joined(context.deferral(
+        Some(leaf.to_owned()),
+        &clock::iso8601(clock::now_ms() as i64),
+        &call,
+        missing,
+    )))
 }
 
 fn has_tool_use(content: &Value) -> bool {
@@ -198,6 +337,69 @@ pub fn turn_start(transcript: &[u8], prompt: &Value) -> Option<usize> {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn results_of_the_calls_not_deferred_are_recorded_once_before_the_last_deferred_anew() {
+        let calls = json!([
+            {"type": "tool_use", "id": "t1", "name": "mcp__client__a", "input": {}},
+            {"type": "tool_use", "id": "t2", "name": "mcp__client__b", "input": {}}]);
+        let deferred = Deferred {
+            call: calls[1].clone(),
+            results: vec![
+                json!({"type": "tool_result", "tool_use_id": "t1", "content": "one"}),
+                json!({"type": "tool_result", "tool_use_id": "t2", "content": "two"}),
+            ],
+        };
+        let history = [
+            Turn {
+                role: "user",
+                content: json!("q"),
+            },
+            Turn {
+                role: "assistant",
+                content: calls,
+            },
+        ];
+        // Written from history: t1's result, then t2 deferred (the call the CLI runs again).
+        let seeded = seed(
+            Uuid::new_v4(),
+            Path::new("/w"),
+            "2.1",
+            "m",
+            &history,
+            Some(&deferred),
+        );
+        let text = String::from_utf8_lossy(&seeded);
+        let records: Vec<Value> = text
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect();
+        assert_eq!(records[2]["message"]["content"][0]["tool_use_id"], "t1");
+        assert_eq!(records[3]["attachment"]["toolUseID"], "t2");
+        assert!(!text.contains("\"tool_use_id\":\"t2\""));
+        // Already recorded: nothing to add.
+        assert!(answer_deferred(&seeded, &deferred).is_none());
+
+        // A transcript the CLI wrote, with both calls deferred: t1's result and t2 again.
+        let without: Vec<&Value> = records
+            .iter()
+            .filter(|r| r["type"] != "user" || r["message"]["content"].is_string())
+            .collect();
+        let mut cli = String::new();
+        for r in without {
+            cli.push_str(&r.to_string());
+            cli.push('\n');
+        }
+        let more = answer_deferred(cli.as_bytes(), &deferred).expect("the missing result");
+        let added: Vec<Value> = String::from_utf8_lossy(&more)
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect();
+        assert_eq!(added[0]["message"]["content"][0]["tool_use_id"], "t1");
+        assert_eq!(added[1]["attachment"]["toolUseID"], "t2");
+        assert_eq!(added[1]["parentUuid"], added[0]["uuid"]);
+    }
+
     use super::*;
 
     #[test]

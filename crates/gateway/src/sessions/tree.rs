@@ -106,6 +106,19 @@ impl UntrustedTree {
         file.write_all(bytes)
     }
 
+    /// Adds `bytes` at the end of the regular file at `rel` (never through a link).
+    pub fn append(&self, rel: &Path, bytes: &[u8]) -> std::io::Result<()> {
+        let mut options = OpenOptions::new();
+        options
+            .append(true)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK);
+        let mut file = self.root.open_with(rel, &options)?;
+        if !file.metadata()?.is_file() {
+            return Err(refused("not a regular file"));
+        }
+        file.write_all(bytes)
+    }
+
     /// Cuts the regular file at `rel` back to `len` bytes (never through a link).
     pub fn truncate(&self, rel: &Path, len: u64) -> std::io::Result<()> {
         let mut options = OpenOptions::new();

@@ -58,14 +58,10 @@ async fn a_client_tool_call_ends_the_response_and_its_result_continues_the_conve
     // The client's own name and the model's input; no internal prefix.
     assert_eq!(call["name"], "get_weather");
     assert_eq!(call["input"], json!({"city": "Paris"}));
-    // The model was offered the tool (under the CLI's MCP name), one call at a time: the CLI
-    // defers only a lone call, so parallel calls come one after another.
+    // The model was offered the tool (under the CLI's MCP name), as the client chose it.
     let upstream = &gw.upstream_with("marker-ct-stateless")[0].body;
     assert!(upstream["tools"].to_string().contains("get_weather"));
-    assert_eq!(
-        upstream["tool_choice"],
-        json!({"type": "auto", "disable_parallel_tool_use": true})
-    );
+    assert_eq!(upstream["tool_choice"], json!({"type": "auto"}));
 
     // The client runs the tool and sends the whole conversation back (no session id).
     let mut next = first.clone();
@@ -241,12 +237,176 @@ async fn the_claude_code_cli_as_a_client_round_trips_a_call_of_its_own_tool() {
 async fn a_named_tool_choice_reaches_the_model_under_the_clis_name() {
     let gw = Gateway::start().await;
     let mut req = asks_for_weather("marker-ct-choice");
-    req["tool_choice"] = json!({"type": "tool", "name": "get_weather"});
+    req["tool_choice"] =
+        json!({"type": "tool", "name": "get_weather", "disable_parallel_tool_use": true});
     let message: Value = gw.messages(TENANT, req).await.json().await.expect("json");
     assert_eq!(the_call(&message)["name"], "get_weather");
     let upstream = &gw.upstream_with("marker-ct-choice")[0].body;
     assert_eq!(
         upstream["tool_choice"],
         json!({"type": "tool", "name": "mcp__client__get_weather", "disable_parallel_tool_use": true})
+    );
+}
+
+fn time_tool() -> Value {
+    json!({"name": "get_time", "description": "The time in a city",
+        "input_schema": {"type": "object", "properties": {"city": {"type": "string"}}}})
+}
+
+/// A request whose scripted model calls both tools at once (one turn, two `tool_use` blocks).
+fn asks_for_both(marker: &str) -> Value {
+    let script = json!({"tools": [{"name": "get_weather", "input": {"city": "Paris"},
+        "with": [{"name": "get_time", "input": {"city": "Oslo"}}]}], "reply": "done"});
+    let mut req = body(&scripted(marker, script));
+    req["tools"] = json!([weather_tool(), time_tool()]);
+    req
+}
+
+/// The model's calls, from a response that ended at them.
+fn the_calls(message: &Value) -> Vec<Value> {
+    assert_eq!(message["stop_reason"], "tool_use", "{message}");
+    message["content"]
+        .as_array()
+        .expect("content")
+        .iter()
+        .filter(|b| b["type"] == "tool_use")
+        .cloned()
+        .collect()
+}
+
+/// The last model call carrying `marker`: its last assistant turn's calls and the results in
+/// the user turn after it, as `(tool_use id, result content)`.
+fn calls_and_results_the_model_saw(
+    gw: &Gateway,
+    marker: &str,
+) -> (Vec<String>, Vec<(String, String)>) {
+    let calls = gw.upstream_with(marker);
+    let messages = calls.last().expect("a model call").body["messages"]
+        .as_array()
+        .cloned()
+        .expect("messages");
+    let at = messages
+        .iter()
+        .rposition(|m| m["role"] == "assistant" && m["content"].to_string().contains("tool_use"))
+        .expect("an assistant turn with calls");
+    let ids = messages[at]["content"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|b| b["type"] == "tool_use")
+        .map(|b| b["id"].as_str().unwrap_or_default().to_owned())
+        .collect();
+    let results = messages[at + 1]["content"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|b| b["type"] == "tool_result")
+        .map(|b| {
+            (
+                b["tool_use_id"].as_str().unwrap_or_default().to_owned(),
+                b["content"].to_string(),
+            )
+        })
+        .collect();
+    (ids, results)
+}
+
+#[tokio::test]
+async fn parallel_calls_end_one_response_and_their_results_continue_it_together() {
+    let data = tempfile::tempdir().expect("tempdir");
+    let gw = Gateway::builder().data_dir(data.path()).start().await;
+    // Statelessly: both calls in one response, under the client's names.
+    let first = asks_for_both("marker-ct-parallel");
+    let message: Value = gw
+        .messages(TENANT, first.clone())
+        .await
+        .json()
+        .await
+        .expect("json");
+    let calls = the_calls(&message);
+    let names: Vec<&str> = calls.iter().filter_map(|c| c["name"].as_str()).collect();
+    assert_eq!(names, ["get_weather", "get_time"], "{message}");
+
+    let answer = |calls: &[Value], weather: &str, time: &str| {
+        json!([
+            {"type": "tool_result", "tool_use_id": calls[0]["id"], "content": weather},
+            {"type": "tool_result", "tool_use_id": calls[1]["id"], "content": time},
+        ])
+    };
+    let mut next = first.clone();
+    next["messages"] = json!([first["messages"][0],
+        {"role": "assistant", "content": message["content"]},
+        {"role": "user", "content": answer(&calls, "sunny", "noon")}]);
+    let res = gw.messages(TENANT, next).await;
+    assert_eq!(res.status(), 200);
+    let done: Value = res.json().await.expect("json");
+    assert_eq!(done["content"][0]["text"], "done", "{done}");
+    // The model saw both calls in one turn, each answered in the next, in order.
+    let (ids, results) = calls_and_results_the_model_saw(&gw, "marker-ct-parallel");
+    assert_eq!(
+        ids,
+        [
+            calls[0]["id"].as_str().unwrap_or_default(),
+            calls[1]["id"].as_str().unwrap_or_default()
+        ]
+    );
+    let seen: Vec<(&str, bool)> = results
+        .iter()
+        .map(|(id, content)| {
+            (
+                id.as_str(),
+                content.contains("sunny") || content.contains("noon"),
+            )
+        })
+        .collect();
+    assert_eq!(
+        seen,
+        [(ids[0].as_str(), true), (ids[1].as_str(), true)],
+        "{results:?}"
+    );
+
+    // With a session, across a restart: the same.
+    let mut first = asks_for_both("marker-ct-parallel-session");
+    first["session_id"] = json!("agent-run-parallel");
+    let message: Value = gw
+        .messages(TENANT, first.clone())
+        .await
+        .json()
+        .await
+        .expect("json");
+    let calls = the_calls(&message);
+    assert_eq!(calls.len(), 2, "{message}");
+    assert!(crate::common::eventually(crate::common::SETTLE, || gw.descendants() == 0).await);
+    drop(gw);
+    let gw = Gateway::builder().data_dir(data.path()).start().await;
+    let mut next = first.clone();
+    next["messages"] = json!([first["messages"][0],
+        {"role": "assistant", "content": message["content"]},
+        {"role": "user", "content": answer(&calls, "rain", "dusk")}]);
+    let res = gw.messages(TENANT, next).await;
+    assert_eq!(res.status(), 200);
+    let done: Value = res.json().await.expect("json");
+    assert_eq!(done["content"][0]["text"], "done", "{done}");
+    let (ids, results) = calls_and_results_the_model_saw(&gw, "marker-ct-parallel-session");
+    assert_eq!(ids.len(), 2);
+    assert_eq!(results.len(), 2, "{results:?}");
+    assert!(
+        results[0].1.contains("rain") && results[1].1.contains("dusk"),
+        "{results:?}"
+    );
+
+    // Only one of the two answered: 400 naming the call left without its result.
+    let mut partial = first;
+    partial["messages"] = json!([partial["messages"][0],
+        {"role": "assistant", "content": message["content"]},
+        {"role": "user", "content": [answer(&calls, "x", "y")[0]]}]);
+    let res = gw.messages(TENANT, partial).await;
+    assert_eq!(res.status(), 400);
+    let error: Value = res.json().await.expect("json");
+    assert!(
+        error["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.starts_with("messages.2.content: no tool_result")),
+        "{error}"
     );
 }

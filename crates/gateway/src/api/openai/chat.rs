@@ -131,7 +131,7 @@ async fn handle(
     .map_err(|e| bad(e.to_string().replace("stop_sequences", "stop")))?;
     if let Some(client) = &client_tools {
         // OpenAI's choice in Anthropic's shape.
-        let choice = match &req.tool_choice {
+        let mut choice = match &req.tool_choice {
             None => None,
             Some(Value::String(kind)) => Some(match kind.as_str() {
                 "required" => json!({"type": "any"}),
@@ -140,6 +140,12 @@ async fn handle(
             Some(named) => Some(json!({"type": "tool",
                 "name": named.pointer("/function/name").cloned().unwrap_or(Value::Null)})),
         };
+        if req.parallel_tool_calls == Some(false) {
+            let choice = choice.get_or_insert_with(|| json!({"type": "auto"}));
+            if choice["type"] != "none" {
+                choice["disable_parallel_tool_use"] = json!(true);
+            }
+        }
         call.insert(
             "tool_choice".into(),
             crate::api::client_tools::tool_choice(choice.as_ref(), &client.tools)?,

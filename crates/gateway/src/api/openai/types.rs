@@ -8,7 +8,7 @@ use serde_json::Value;
 /// `temperature`, `top_p` and `stop` are set on each model call of the run;
 /// `reasoning_effort` sets a thinking budget. Accepted and ignored (the CLI has no way to
 /// honour them): `presence_penalty`, `frequency_penalty`, `logit_bias`, `logprobs`,
-/// `top_logprobs`, `seed`, `service_tier`, `parallel_tool_calls`, `store`, `metadata`, and
+/// `top_logprobs`, `seed`, `service_tier`, `store`, `metadata`, and
 /// unknown fields. `tools` (and the older `functions`) are the client's own tools, as for
 /// `/v1/messages`; `response_format` `json_schema` / `json_object` makes the reply's content
 /// JSON matching the schema. Refused with 400: `n` > 1, non-text content parts.
@@ -38,6 +38,9 @@ pub struct ChatRequest {
     #[serde(default)]
     #[schema(value_type = Option<Object>)]
     pub tool_choice: Option<Value>,
+    /// `false`: the model calls at most one tool per turn.
+    #[serde(default)]
+    pub parallel_tool_calls: Option<bool>,
     /// A stop sequence or a list of them.
     #[serde(default)]
     #[schema(value_type = Option<Object>)]
