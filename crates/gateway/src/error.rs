@@ -1,5 +1,6 @@
-//! The one place where failures become HTTP responses in Anthropic's error shape
-//! (`{"type":"error","error":{"type":…,"message":…}}`).
+//! The one place where failures become HTTP responses: one error type, rendered in the shape of
+//! the API dialect that failed (Anthropic's `{"type":"error","error":{"type","message"}}`,
+//! OpenAI's `{"error":{"message","type","param","code"}}`), with the same status and headers.
 
 use axum::http::{HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -10,6 +11,13 @@ use crate::runner::RunError;
 use crate::telemetry::redact;
 use crate::tenant::credential::CredentialError;
 use crate::turn::TurnError;
+
+/// The API dialect an error is answered in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dialect {
+    Anthropic,
+    OpenAi,
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
@@ -86,9 +94,43 @@ impl ApiError {
         }
     }
 
-    /// The error body; also the data of a mid-stream SSE `error` event.
+    /// OpenAI's error `type` and `code` for this error (its SDKs raise by status; these say
+    /// what OpenAI's own API says for the same failure).
+    pub fn openai_type_and_code(&self) -> (&'static str, Option<&'static str>) {
+        match self {
+            ApiError::InvalidRequest(_)
+            | ApiError::Conflict(_)
+            | ApiError::TooLarge(_)
+            | ApiError::HeadersTooLarge(_) => ("invalid_request_error", None),
+            ApiError::Authentication(_) => ("invalid_request_error", Some("invalid_api_key")),
+            ApiError::Permission(_) => ("invalid_request_error", Some("permission_denied")),
+            ApiError::NotFound(_) => ("invalid_request_error", Some("not_found")),
+            ApiError::RateLimited { .. } => ("requests", Some("rate_limit_exceeded")),
+            ApiError::Overloaded(_) | ApiError::Unavailable(_) => {
+                ("server_error", Some("overloaded"))
+            }
+            ApiError::Timeout(_) => ("server_error", Some("timeout")),
+            ApiError::BadGateway(_) | ApiError::Internal(_) => ("server_error", None),
+        }
+    }
+
+    /// The error body in Anthropic's shape; also the data of a mid-stream SSE `error` event.
     pub fn body(&self) -> Value {
-        json!({"type":"error","error":{"type":self.error_type(),"message":client_facing(&self.to_string())}})
+        self.body_in(Dialect::Anthropic)
+    }
+
+    /// The error body in `dialect`'s shape.
+    pub fn body_in(&self, dialect: Dialect) -> Value {
+        let message = client_facing(&self.to_string());
+        match dialect {
+            Dialect::Anthropic => {
+                json!({"type":"error","error":{"type":self.error_type(),"message":message}})
+            }
+            Dialect::OpenAi => {
+                let (kind, code) = self.openai_type_and_code();
+                json!({"error": {"message": message, "type": kind, "param": null, "code": code}})
+            }
+        }
     }
 
     /// Maps an upstream status, as the CLI reported it, to what the client should see.
@@ -262,13 +304,21 @@ impl From<TurnError> for ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
+        self.into_response_in(Dialect::Anthropic)
+    }
+}
+
+impl ApiError {
+    /// The response in `dialect`'s shape: the status, a log line, and for rate limits the
+    /// retry headers, whatever the dialect.
+    pub fn into_response_in(self, dialect: Dialect) -> Response {
         let status = self.status();
         if status.is_server_error() {
             tracing::warn!(status = status.as_u16(), error = %redact(&self.to_string()), "request failed");
         } else {
             tracing::info!(status = status.as_u16(), error = %redact(&self.to_string()), "request refused");
         }
-        let mut response = (status, Json(self.body())).into_response();
+        let mut response = (status, Json(self.body_in(dialect))).into_response();
         if let ApiError::RateLimited {
             retry_after, limit, ..
         } = self

@@ -8,11 +8,10 @@ use serde_json::Value;
 use tokio::sync::mpsc;
 
 use crate::error::ApiError;
-use crate::turn::assemble::{message_start, Event};
-use crate::turn::message::MessageBuilder;
+use crate::turn::event::{Message, MessageBuilder, TurnEvent, Usage};
 use crate::turn::Item;
 
-/// What the opening `message_start` carries.
+/// What the reply's opening event carries.
 pub struct Opening {
     pub id: String,
     /// The requested model, used until the upstream reports the resolved one.
@@ -33,13 +32,14 @@ impl Opening {
         }
     }
 
-    fn event(&self, started: Option<(String, Option<Value>)>) -> Event {
+    fn event(&self, started: Option<(String, Option<Usage>)>) -> TurnEvent {
         let (model, usage) = started.unwrap_or_else(|| (self.model.clone(), None));
-        let mut event = message_start(&self.id, &model, usage.as_ref());
-        for (key, value) in &self.extensions {
-            event.data["message"][*key] = value.clone();
+        TurnEvent::Start {
+            id: self.id.clone(),
+            model,
+            usage: usage.unwrap_or_default(),
+            extensions: self.extensions.clone(),
         }
-        event
     }
 }
 
@@ -56,8 +56,8 @@ pub async fn respond(
     stream: bool,
     rx: mpsc::Receiver<Item>,
     opening: &Opening,
-    render: super::sse::Render,
-    complete: impl FnOnce(Value) -> Value,
+    render: Box<dyn super::sse::Render>,
+    complete: impl FnOnce(Message) -> Value,
 ) -> Result<axum::response::Response, ApiError> {
     use axum::response::IntoResponse;
     if stream {
@@ -75,10 +75,10 @@ pub async fn respond(
     }
 }
 
-/// Waits for the whole run: the complete Anthropic message.
-pub async fn collect(mut rx: mpsc::Receiver<Item>, opening: &Opening) -> Result<Value, ApiError> {
+/// Waits for the whole run: the complete message.
+pub async fn collect(mut rx: mpsc::Receiver<Item>, opening: &Opening) -> Result<Message, ApiError> {
     let mut events = Vec::new();
-    let mut started: Option<(String, Option<Value>)> = None;
+    let mut started: Option<(String, Option<Usage>)> = None;
     loop {
         match rx.recv().await {
             Some(Item::Started { model, usage }) => started = Some((model, usage)),
@@ -102,7 +102,7 @@ pub async fn collect(mut rx: mpsc::Receiver<Item>, opening: &Opening) -> Result<
 /// A stream's beginning, held until the first output: the events so far (starting with
 /// `message_start`) and the channel of the rest (`None` when the run already finished).
 pub struct Held {
-    pub first: Vec<Event>,
+    pub first: Vec<TurnEvent>,
     pub rest: Option<mpsc::Receiver<Item>>,
 }
 
@@ -113,8 +113,8 @@ pub async fn hold(
     bound: Duration,
 ) -> Result<Held, ApiError> {
     let deadline = tokio::time::Instant::now() + bound;
-    let mut buffered: Vec<Event> = Vec::new();
-    let mut started: Option<(String, Option<Value>)> = None;
+    let mut buffered: Vec<TurnEvent> = Vec::new();
+    let mut started: Option<(String, Option<Usage>)> = None;
     let mut finished = false;
     loop {
         let item = match tokio::time::timeout_at(deadline, rx.recv()).await {
@@ -124,7 +124,7 @@ pub async fn hold(
         match item {
             Some(Item::Started { model, usage }) => started = Some((model, usage)),
             Some(Item::Events(events)) => {
-                let output = events.iter().any(Event::is_output);
+                let output = events.iter().any(TurnEvent::is_output);
                 buffered.extend(events);
                 if output {
                     break;

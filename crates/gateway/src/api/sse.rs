@@ -9,50 +9,36 @@ use std::time::Duration;
 use axum::response::sse::{Event as SseEvent, Sse};
 use axum::response::{IntoResponse, Response};
 use futures::Stream;
-use serde_json::json;
 use tokio::sync::mpsc;
 
 use crate::api::reply::Held;
 use crate::error::ApiError;
-use crate::turn::assemble::Event;
+use crate::turn::event::TurnEvent;
 use crate::turn::Item;
 
-/// Renders one Anthropic event (or the `ping` keep-alive) as the dialect's SSE events.
-pub type Render = Box<dyn FnMut(&Event) -> Vec<SseEvent> + Send>;
-
-/// Anthropic's own rendering: the event name and its JSON.
-pub fn anthropic() -> Render {
-    Box::new(|event| {
-        vec![SseEvent::default()
-            .event(event.name)
-            .data(event.data.to_string())]
-    })
+/// How an API dialect writes a turn's events, and a failure once the stream has started, as
+/// SSE events.
+pub trait Render: Send {
+    fn event(&mut self, event: &TurnEvent) -> Vec<SseEvent>;
+    fn error(&mut self, error: &ApiError) -> Vec<SseEvent>;
 }
 
 struct RelayState {
-    pending: VecDeque<Event>,
+    pending: VecDeque<TurnEvent>,
     out: VecDeque<SseEvent>,
     rx: Option<mpsc::Receiver<Item>>,
     ping: tokio::time::Interval,
-    render: Render,
+    render: Box<dyn Render>,
     route: &'static str,
     /// Cancelled when the gateway is about to cut its remaining connections.
     stopping: tokio_util::sync::CancellationToken,
-}
-
-/// An `error` event carrying the failure in Anthropic's error shape.
-pub fn error_event(e: ApiError) -> Event {
-    Event {
-        name: "error",
-        data: e.body(),
-    }
 }
 
 /// Streams `held` and then whatever its channel delivers.
 pub fn response(
     held: Held,
     ping_every: Duration,
-    render: Render,
+    render: Box<dyn Render>,
     route: &'static str,
     stopping: tokio_util::sync::CancellationToken,
 ) -> Response {
@@ -81,8 +67,9 @@ impl RelayState {
     /// logged with the status it would have had and counted under it (marked as in-stream), so
     /// operators see it as they see any other failure.
     fn fail(&mut self, e: ApiError) {
-        self.pending
-            .push_back(error_event(failed_in_stream(self.route, e)));
+        let e = failed_in_stream(self.route, e);
+        let rendered = self.render.error(&e);
+        self.out.extend(rendered);
         self.rx = None;
     }
 }
@@ -109,7 +96,7 @@ fn relay(state: RelayState) -> impl Stream<Item = Result<SseEvent, Infallible>> 
                 return Some((Ok(out), s));
             }
             if let Some(event) = s.pending.pop_front() {
-                if event.name == crate::turn::assemble::RETRACT {
+                if matches!(event, TurnEvent::Retract { .. }) {
                     // Part of a different answer has been sent: report it, never splice.
                     s.pending.clear();
                     s.fail(ApiError::BadGateway(
@@ -119,7 +106,7 @@ fn relay(state: RelayState) -> impl Stream<Item = Result<SseEvent, Infallible>> 
                     ));
                     continue;
                 }
-                s.out.extend((s.render)(&event));
+                s.out.extend(s.render.event(&event));
                 continue;
             }
             let rx = s.rx.as_mut()?;
@@ -133,7 +120,7 @@ fn relay(state: RelayState) -> impl Stream<Item = Result<SseEvent, Infallible>> 
                     continue;
                 }
                 _ = s.ping.tick() => {
-                    s.out.extend((s.render)(&Event { name: "ping", data: json!({"type":"ping"}) }));
+                    s.out.extend(s.render.event(&TurnEvent::Ping));
                     continue;
                 }
             };

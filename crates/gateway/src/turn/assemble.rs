@@ -1,4 +1,4 @@
-//! Turns the CLI's output lines into one Anthropic message's stream events.
+//! Turns the CLI's output lines into one message's events ([`TurnEvent`]).
 //!
 //! Inside one request the CLI may call the model several times (each tool call is a model turn
 //! of its own). The client asked for one message, so the assembler merges them: one
@@ -17,39 +17,17 @@ use std::collections::BTreeMap;
 
 use serde_json::{json, Value};
 
+use super::event::{Block, Delta, TurnEvent, Usage};
 use super::TurnError;
 use crate::runner::client_tools;
 use crate::runner::protocol::{CliLine, ResultLine};
 
-/// One Anthropic stream event: its SSE event name and its JSON data.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Event {
-    pub name: &'static str,
-    pub data: Value,
-}
-
-impl Event {
-    fn new(name: &'static str, data: Value) -> Self {
-        Self { name, data }
-    }
-
-    /// Whether this event carries model output (the point where response headers are sent).
-    pub fn is_output(&self) -> bool {
-        self.name == "content_block_start"
-    }
-}
-
-/// The gateway's own event (never sent as such): the block at `index` was a fragment of an
-/// answer that the retried call replaced. A complete message leaves it out; a stream that has
-/// already sent it cannot take it back and ends with an error instead.
-pub const RETRACT: &str = "retract";
-
 /// What a line meant for the response.
 #[derive(Debug)]
 pub enum Step {
-    Continue(Vec<Event>),
+    Continue(Vec<TurnEvent>),
     /// The run finished; the closing events follow.
-    Finished(Vec<Event>, Box<ResultLine>),
+    Finished(Vec<TurnEvent>, Box<ResultLine>),
     Failed(TurnError),
 }
 
@@ -81,8 +59,8 @@ pub struct Assembler {
     unstreamed: Option<(String, u64)>,
     /// The model id the upstream reported, e.g. `claude-sonnet-5` for the alias `sonnet`.
     pub model: Option<String>,
-    /// The first turn's input usage, for `message_start`.
-    pub start_usage: Option<Value>,
+    /// The first turn's input usage, for the reply's start.
+    pub start_usage: Option<Usage>,
     stop_reason: Option<String>,
     /// The stop sequence that ended the last model turn, if one did.
     stop_sequence: Option<String>,
@@ -130,7 +108,7 @@ impl Assembler {
         }
     }
 
-    fn on_event(&mut self, event: &Value) -> Vec<Event> {
+    fn on_event(&mut self, event: &Value) -> Vec<TurnEvent> {
         let kind = event
             .get("type")
             .and_then(Value::as_str)
@@ -215,13 +193,15 @@ impl Assembler {
                 .map(str::to_owned);
         }
         if self.start_usage.is_none() {
-            self.start_usage = message.and_then(|m| m.get("usage")).cloned();
+            self.start_usage = message
+                .and_then(|m| m.get("usage"))
+                .map(|u| Usage::from_value(Some(u)));
         }
     }
 
     /// Starts a client block for `block` unless it is hidden tool activity. A call of one of
     /// the client's own tools is never hidden: it is the answer, under the client's name.
-    fn open_block(&mut self, mut block: Value) -> (Option<usize>, Vec<Event>) {
+    fn open_block(&mut self, mut block: Value) -> (Option<usize>, Vec<TurnEvent>) {
         let client_tool = block_type(&block) == "tool_use"
             && block
                 .get("name")
@@ -240,16 +220,16 @@ impl Assembler {
         self.output_seen = true;
         (
             Some(index),
-            vec![Event::new(
-                "content_block_start",
-                json!({"type":"content_block_start","index":index,"content_block":block}),
-            )],
+            vec![TurnEvent::BlockStart {
+                index,
+                block: Block::from_value(block),
+            }],
         )
     }
 
     /// Reconciles an `assistant` line (the complete blocks of a model message) with what was
     /// streamed, sending only what the client has not seen.
-    fn on_assistant(&mut self, message: &Value) -> Vec<Event> {
+    fn on_assistant(&mut self, message: &Value) -> Vec<TurnEvent> {
         let id = message
             .get("id")
             .and_then(Value::as_str)
@@ -294,7 +274,7 @@ impl Assembler {
         events
     }
 
-    fn reconcile(&mut self, position: u64, block: Value, close: bool) -> Vec<Event> {
+    fn reconcile(&mut self, position: u64, block: Value, close: bool) -> Vec<TurnEvent> {
         let kind = block_type(&block).to_owned();
         let text_key = match kind.as_str() {
             "text" => Some("text"),
@@ -331,10 +311,7 @@ impl Assembler {
                 events.extend(seen.index.map(stop_event));
             }
             if let Some(index) = seen.index.filter(|_| !seen.streamed.is_empty()) {
-                events.push(Event::new(
-                    RETRACT,
-                    json!({"type": RETRACT, "index": index}),
-                ));
+                events.push(TurnEvent::Retract { index });
             }
         }
         let mut opening = block.clone();
@@ -359,7 +336,7 @@ impl Assembler {
         events
     }
 
-    fn tool_results(&mut self, message: &Value) -> Vec<Event> {
+    fn tool_results(&mut self, message: &Value) -> Vec<TurnEvent> {
         let Some(blocks) = message.get("content").and_then(Value::as_array) else {
             return Vec::new();
         };
@@ -368,21 +345,16 @@ impl Assembler {
             .filter(|b| b.get("type").and_then(Value::as_str) == Some("tool_result"))
             .flat_map(|b| {
                 let index = self.take_index();
-                let block = json!({
-                    "type": "tool_result",
-                    "tool_use_id": b.get("tool_use_id").cloned().unwrap_or(Value::Null),
-                    "content": b.get("content").cloned().unwrap_or(Value::Null),
-                    "is_error": b.get("is_error").and_then(Value::as_bool).unwrap_or(false),
-                });
                 [
-                    Event::new(
-                        "content_block_start",
-                        json!({"type":"content_block_start","index":index,"content_block":block}),
-                    ),
-                    Event::new(
-                        "content_block_stop",
-                        json!({"type":"content_block_stop","index":index}),
-                    ),
+                    TurnEvent::BlockStart {
+                        index,
+                        block: Block::ToolResult {
+                            tool_use_id: b.get("tool_use_id").cloned().unwrap_or(Value::Null),
+                            content: b.get("content").cloned().unwrap_or(Value::Null),
+                            is_error: b.get("is_error").and_then(Value::as_bool).unwrap_or(false),
+                        },
+                    },
+                    TurnEvent::BlockStop { index },
                 ]
             })
             .collect()
@@ -420,15 +392,19 @@ impl Assembler {
                 ));
             };
             let index = self.take_index();
-            let text = output.to_string();
             events.extend([
-                Event::new(
-                    "content_block_start",
-                    json!({"type":"content_block_start","index":index,
-                           "content_block":{"type":"text","text":""}}),
-                ),
-                delta_event(index, json!({"type":"text_delta","text":text})),
-                stop_event(index),
+                TurnEvent::BlockStart {
+                    index,
+                    block: Block::Text {
+                        text: String::new(),
+                        citations: None,
+                    },
+                },
+                TurnEvent::Delta {
+                    index,
+                    delta: Delta::Text(output.to_string()),
+                },
+                TurnEvent::BlockStop { index },
             ]);
             self.stop_reason = Some("end_turn".into());
             self.stop_sequence = None;
@@ -440,20 +416,17 @@ impl Assembler {
             .or_else(|| result.stop_reason.clone())
             .unwrap_or_else(|| "end_turn".into());
         events.extend([
-            Event::new(
-                "message_delta",
-                json!({
-                    "type": "message_delta",
-                    "delta": {"stop_reason": stop_reason, "stop_sequence": self.stop_sequence},
-                    "usage": {
-                        "input_tokens": usage.input_tokens,
-                        "output_tokens": usage.output_tokens,
-                        "cache_creation_input_tokens": usage.cache_creation_input_tokens,
-                        "cache_read_input_tokens": usage.cache_read_input_tokens,
-                    }
-                }),
-            ),
-            Event::new("message_stop", json!({"type":"message_stop"})),
+            TurnEvent::Stop {
+                reason: stop_reason,
+                sequence: self.stop_sequence.clone(),
+                usage: Usage {
+                    input_tokens: usage.input_tokens,
+                    output_tokens: usage.output_tokens,
+                    cache_creation_input_tokens: usage.cache_creation_input_tokens,
+                    cache_read_input_tokens: usage.cache_read_input_tokens,
+                },
+            },
+            TurnEvent::End,
         ]);
         Step::Finished(events, Box::new(result))
     }
@@ -472,51 +445,21 @@ fn block_type(block: &Value) -> &str {
         .unwrap_or_default()
 }
 
-fn delta_event(index: usize, delta: Value) -> Event {
-    Event::new(
-        "content_block_delta",
-        json!({"type":"content_block_delta","index":index,"delta":delta}),
-    )
+fn delta_event(index: usize, delta: Value) -> TurnEvent {
+    TurnEvent::Delta {
+        index,
+        delta: Delta::from_value(delta),
+    }
 }
 
-fn stop_event(index: usize) -> Event {
-    Event::new(
-        "content_block_stop",
-        json!({"type":"content_block_stop","index":index}),
-    )
+fn stop_event(index: usize) -> TurnEvent {
+    TurnEvent::BlockStop { index }
 }
 
 fn is_tool_block(block_type: &str) -> bool {
     matches!(
         block_type,
         "tool_use" | "server_tool_use" | "mcp_tool_use" | "tool_result"
-    )
-}
-
-/// The opening `message_start` event of the merged message.
-pub fn message_start(id: &str, model: &str, usage: Option<&Value>) -> Event {
-    let usage = usage.cloned().unwrap_or_else(|| json!({}));
-    let num = |k: &str| usage.get(k).and_then(Value::as_u64).unwrap_or(0);
-    Event::new(
-        "message_start",
-        json!({
-            "type": "message_start",
-            "message": {
-                "id": id,
-                "type": "message",
-                "role": "assistant",
-                "model": model,
-                "content": [],
-                "stop_reason": null,
-                "stop_sequence": null,
-                "usage": {
-                    "input_tokens": num("input_tokens"),
-                    "output_tokens": num("output_tokens"),
-                    "cache_creation_input_tokens": num("cache_creation_input_tokens"),
-                    "cache_read_input_tokens": num("cache_read_input_tokens"),
-                }
-            }
-        }),
     )
 }
 
@@ -564,7 +507,7 @@ mod tests {
         ]
     }
 
-    fn run(show_tools: bool) -> (Vec<Event>, bool) {
+    fn run(show_tools: bool) -> (Vec<TurnEvent>, bool) {
         let mut asm = Assembler::new(show_tools);
         let mut out = Vec::new();
         for l in tool_turn() {
@@ -584,9 +527,8 @@ mod tests {
     fn hidden_tool_activity_leaves_one_text_message_indexed_from_zero() {
         let (events, finished) = run(false);
         assert!(finished);
-        let names: Vec<_> = events.iter().map(|e| e.name).collect();
         assert_eq!(
-            names,
+            kinds(&events),
             [
                 "content_block_start",
                 "content_block_delta",
@@ -595,35 +537,30 @@ mod tests {
                 "message_stop"
             ]
         );
-        assert_eq!(events[0].data["index"], 0);
-        assert_eq!(events[3].data["delta"]["stop_reason"], "end_turn");
-        assert_eq!(events[3].data["usage"]["output_tokens"], 4);
+        assert!(matches!(events[0], TurnEvent::BlockStart { index: 0, .. }));
+        let (reason, usage) = stop_reason(&events).expect("a stop");
+        assert_eq!((reason, usage.output_tokens), ("end_turn", 4));
     }
 
     #[test]
     fn shown_tool_activity_interleaves_tool_use_and_result_blocks() {
         let (events, _) = run(true);
-        let starts: Vec<_> = events
+        let starts: Vec<(usize, &str)> = events
             .iter()
-            .filter(|e| e.name == "content_block_start")
-            .map(|e| {
-                (
-                    e.data["index"].as_u64().unwrap_or(99),
-                    e.data["content_block"]["type"]
-                        .as_str()
-                        .unwrap_or("")
-                        .to_owned(),
-                )
+            .filter_map(|e| match e {
+                TurnEvent::BlockStart { index, block } => Some((
+                    *index,
+                    match block {
+                        Block::ToolUse { .. } => "tool_use",
+                        Block::ToolResult { .. } => "tool_result",
+                        Block::Text { .. } => "text",
+                        _ => "other",
+                    },
+                )),
+                _ => None,
             })
             .collect();
-        assert_eq!(
-            starts,
-            [
-                (0, "tool_use".to_owned()),
-                (1, "tool_result".to_owned()),
-                (2, "text".to_owned())
-            ]
-        );
+        assert_eq!(starts, [(0, "tool_use"), (1, "tool_result"), (2, "text")]);
     }
 
     #[test]
@@ -645,7 +582,7 @@ mod tests {
         ));
     }
 
-    fn collect(asm: &mut Assembler, lines: Vec<CliLine>) -> Vec<Event> {
+    fn collect(asm: &mut Assembler, lines: Vec<CliLine>) -> Vec<TurnEvent> {
         let mut out = Vec::new();
         for l in lines {
             match asm.on_line(l) {
@@ -657,12 +594,41 @@ mod tests {
         out
     }
 
-    fn text_of(events: &[Event]) -> String {
+    fn text_of(events: &[TurnEvent]) -> String {
         events
             .iter()
-            .filter(|e| e.name == "content_block_delta")
-            .filter_map(|e| e.data["delta"]["text"].as_str())
+            .filter_map(|e| match e {
+                TurnEvent::Delta {
+                    delta: Delta::Text(text),
+                    ..
+                } => Some(text.as_str()),
+                _ => None,
+            })
             .collect()
+    }
+
+    /// What each event is, by the name Anthropic's stream gives it.
+    fn kinds(events: &[TurnEvent]) -> Vec<&'static str> {
+        events
+            .iter()
+            .map(|e| match e {
+                TurnEvent::Start { .. } => "message_start",
+                TurnEvent::BlockStart { .. } => "content_block_start",
+                TurnEvent::Delta { .. } => "content_block_delta",
+                TurnEvent::BlockStop { .. } => "content_block_stop",
+                TurnEvent::Retract { .. } => "retract",
+                TurnEvent::Stop { .. } => "message_delta",
+                TurnEvent::End => "message_stop",
+                TurnEvent::Ping => "ping",
+            })
+            .collect()
+    }
+
+    fn stop_reason(events: &[TurnEvent]) -> Option<(&str, Usage)> {
+        events.iter().find_map(|e| match e {
+            TurnEvent::Stop { reason, usage, .. } => Some((reason.as_str(), *usage)),
+            _ => None,
+        })
     }
 
     #[test]
@@ -689,9 +655,8 @@ mod tests {
             event(json!({"type":"content_block_stop","index":1})),
         ];
         let events = collect(&mut Assembler::new(false), lines);
-        let names: Vec<_> = events.iter().map(|e| e.name).collect();
         assert_eq!(
-            names,
+            kinds(&events),
             [
                 "content_block_start",
                 "content_block_delta",
@@ -719,20 +684,14 @@ mod tests {
         ];
         let events = collect(&mut Assembler::new(false), lines);
         assert_eq!(text_of(&events), "partial answersecond block");
-        let starts = events
-            .iter()
-            .filter(|e| e.name == "content_block_start")
-            .count();
-        let stops = events
-            .iter()
-            .filter(|e| e.name == "content_block_stop")
-            .count();
-        assert_eq!((starts, stops), (2, 2), "every block is closed once");
-        let delta = events
-            .iter()
-            .find(|e| e.name == "message_delta")
-            .expect("delta");
-        assert_eq!(delta.data["delta"]["stop_reason"], "end_turn");
+        let kinds = kinds(&events);
+        let count = |k: &str| kinds.iter().filter(|n| **n == k).count();
+        assert_eq!(
+            (count("content_block_start"), count("content_block_stop")),
+            (2, 2),
+            "every block is closed once"
+        );
+        assert_eq!(stop_reason(&events).map(|s| s.0), Some("end_turn"));
     }
 
     #[test]

@@ -1,4 +1,4 @@
-//! One user turn through the CLI, as a stream of Anthropic message events.
+//! One user turn through the CLI, as a stream of typed turn events ([`event::TurnEvent`]).
 //!
 //! [`start`] sends the turn to a CLI process and drives it on a task of its own, which
 //! forwards what the [`assemble::Assembler`] makes of each output line over a channel. The task
@@ -6,14 +6,15 @@
 //! the task ends and the process group is killed with it.
 
 pub mod assemble;
-pub mod message;
+pub mod event;
 
 use serde_json::Value;
 use tokio::sync::mpsc;
 
 use crate::runner::protocol::{ResultLine, UserInput};
 use crate::runner::{CliProcess, RunError};
-use assemble::{Assembler, Event, Step};
+use assemble::{Assembler, Step};
+use event::{TurnEvent, Usage};
 
 #[derive(Debug, thiserror::Error)]
 pub enum TurnError {
@@ -38,10 +39,10 @@ pub enum Item {
     /// The upstream's first `message_start`: the resolved model and the input usage.
     Started {
         model: String,
-        usage: Option<Value>,
+        usage: Option<Usage>,
     },
-    Events(Vec<Event>),
-    Done(Vec<Event>, Box<ResultLine>),
+    Events(Vec<TurnEvent>),
+    Done(Vec<TurnEvent>, Box<ResultLine>),
     Failed(TurnError),
 }
 
@@ -163,7 +164,7 @@ async fn drive(
             if !started {
                 if let Some(model) = assembler.model.clone() {
                     started = true;
-                    let usage = assembler.start_usage.clone();
+                    let usage = assembler.start_usage;
                     if tx.send(Item::Started { model, usage }).await.is_err() {
                         return false;
                     }
@@ -171,7 +172,7 @@ async fn drive(
             }
             let Some(item) = item else { continue };
             if let Item::Events(events) = &item {
-                if !first_output && events.iter().any(Event::is_output) {
+                if !first_output && events.iter().any(TurnEvent::is_output) {
                     first_output = true;
                     metrics::histogram!("gateway_time_to_first_token_seconds")
                         .record(began.elapsed().as_secs_f64());

@@ -89,7 +89,7 @@ async fn a_client_ip_over_its_rate_gets_429_before_authentication() {
     assert_eq!(res.status(), 429);
     let err: Value = res.json().await.expect("json");
     assert!(err.get("type").is_none(), "{err}");
-    assert_eq!(err["error"]["code"], "rate_limit_error", "{err}");
+    assert_eq!(err["error"]["code"], "rate_limit_exceeded", "{err}");
     assert_eq!(
         gw.get("/health").send().await.expect("sent").status(),
         200,

@@ -1,6 +1,6 @@
 //! Integration tests: the real `claude-gateway` binary and the real pinned CLI, in its
-//! sandbox, against fake-anthropic on loopback. One test binary (one link, one harness), one
-//! module per concern.
+//! sandbox, against fake-anthropic on loopback; `router` drives the router in process where no
+//! CLI is needed. One test binary (one link, one harness), one module per concern.
 
 mod common;
 
@@ -16,4 +16,5 @@ mod isolation;
 mod mcp;
 mod messages;
 mod operations;
+mod router;
 mod sessions;

@@ -10,7 +10,6 @@ use serde_json::Value;
 
 use super::types::{MessagesRequest, Role, ToolActivity};
 use crate::api::reply::{self, Opening};
-use crate::api::sse;
 use crate::api::{validate_model, with_session_header, TurnContext};
 use crate::app::SharedState;
 use crate::conversation::{self, TurnRequest};
@@ -225,8 +224,8 @@ pub async fn create(
         req.stream,
         started.events,
         &opening,
-        sse::anthropic(),
-        |message| message,
+        Box::new(super::wire::Events),
+        |message| super::wire::message(&message),
     )
     .await;
     // A turn that failed once started still names its session, so the client can go on.

@@ -3,3 +3,4 @@
 pub mod count_tokens;
 pub mod messages;
 pub mod types;
+pub mod wire;

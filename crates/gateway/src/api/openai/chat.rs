@@ -6,7 +6,7 @@ use axum::extract::rejection::BytesRejection;
 use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::response::sse::Event as SseEvent;
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use serde_json::{json, Value};
 
 use super::types::ChatRequest;
@@ -15,10 +15,9 @@ use crate::api::sse;
 use crate::api::{validate_model, with_session_header, TurnContext};
 use crate::app::SharedState;
 use crate::conversation::{self, TurnRequest};
-use crate::error::ApiError;
-use crate::telemetry::redact;
+use crate::error::{ApiError, Dialect};
 use crate::tenant::credential::Credential;
-use crate::turn::assemble::Event;
+use crate::turn::event::{Block, Delta, Message, TurnEvent, Usage};
 
 /// A `chat.completion`; with `stream: true`, `chat.completion.chunk` events ending in `[DONE]`.
 #[utoipa::path(post, path = "/v1/chat/completions", tag = "OpenAI",
@@ -41,19 +40,10 @@ pub async fn create(
     }
 }
 
-/// An error in OpenAI's shape (`{"error": {"message", "type", "param", "code"}}`): the OpenAI
-/// SDKs raise their exception types from the status and read the message from here.
-fn openai_error_body(kind: &str, message: &str) -> Value {
-    json!({"error": {"message": message, "type": kind, "param": null, "code": kind}})
-}
-
+/// An error in OpenAI's shape (`{"error": {"message", "type", "param", "code"}}`), so the
+/// OpenAI SDKs raise their own exception types.
 pub fn openai_error_response(e: ApiError) -> Response {
-    let kind = e.error_type();
-    let message = redact(&e.to_string());
-    // ApiError's response carries the status, the log line and retry-after; only the body differs.
-    let mut response = e.into_response();
-    *response.body_mut() = axum::body::Body::from(openai_error_body(kind, &message).to_string());
-    response
+    e.into_response_in(Dialect::OpenAi)
 }
 
 fn bad(message: impl Into<String>) -> ApiError {
@@ -193,7 +183,7 @@ async fn handle(
         req.stream,
         started.events,
         &opening,
-        chunk_renderer(session_id.clone(), include_usage),
+        Box::new(Chunks::new(session_id.clone(), include_usage)),
         |message| completion(&message, &session_id),
     )
     .await;
@@ -284,31 +274,23 @@ fn finish_reason(stop_reason: Option<&str>) -> &'static str {
     }
 }
 
-fn usage(anthropic: &Value) -> Value {
-    let n = |k: &str| anthropic.get(k).and_then(Value::as_u64).unwrap_or(0);
+fn usage(usage: &Usage) -> Value {
     let prompt =
-        n("input_tokens") + n("cache_read_input_tokens") + n("cache_creation_input_tokens");
-    let completion = n("output_tokens");
+        usage.input_tokens + usage.cache_read_input_tokens + usage.cache_creation_input_tokens;
+    let completion = usage.output_tokens;
     json!({"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion})
 }
 
-/// A complete Anthropic message as a `chat.completion`.
-fn completion(message: &Value, session_id: &str) -> Value {
-    let text: String = message["content"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter(|b| b["type"] == "text")
-        .filter_map(|b| b["text"].as_str())
-        .collect();
-    let tool_calls: Vec<Value> = message["content"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter(|b| b["type"] == "tool_use")
-        .map(|b| {
-            json!({"id": b["id"], "type": "function",
-            "function": {"name": b["name"], "arguments": b["input"].to_string()}})
+/// A complete message as a `chat.completion`.
+fn completion(message: &Message, session_id: &str) -> Value {
+    let text = message.text();
+    let tool_calls: Vec<Value> = message
+        .content
+        .iter()
+        .filter_map(|b| match b {
+            Block::ToolUse { id, name, input } => Some(json!({"id": id, "type": "function",
+                "function": {"name": name, "arguments": input.to_string()}})),
+            _ => None,
         })
         .collect();
     let mut reply = json!({"role": "assistant", "content": text, "refusal": null});
@@ -319,111 +301,121 @@ fn completion(message: &Value, session_id: &str) -> Value {
         }
     }
     json!({
-        "id": completion_id(message["id"].as_str().unwrap_or_default()),
+        "id": completion_id(&message.id),
         "object": "chat.completion",
         "created": now_secs(),
-        "model": message["model"],
+        "model": message.model,
         "choices": [{
             "index": 0,
             "message": reply,
-            "finish_reason": finish_reason(message["stop_reason"].as_str()),
+            "finish_reason": finish_reason(message.stop_reason.as_deref()),
             "logprobs": null,
         }],
-        "usage": usage(&message["usage"]),
+        "usage": usage(&message.usage),
         "session_id": session_id,
     })
 }
 
-/// Renders Anthropic events as `chat.completion.chunk`s, ending with `[DONE]`.
-fn chunk_renderer(session_id: String, include_usage: bool) -> sse::Render {
-    let mut id = String::new();
-    let mut model = Value::Null;
-    let created = now_secs();
-    let mut final_usage = Value::Null;
-    // Anthropic block index → the position of its call among the message's tool calls.
-    let mut calls: std::collections::HashMap<u64, usize> = Default::default();
-    Box::new(move |event: &Event| {
-        let chunk = |id: &str, model: &Value, choices: Value| {
-            json!({"id": id, "object": "chat.completion.chunk", "created": created,
-                   "model": model, "choices": choices})
-        };
-        let data = |v: Value| SseEvent::default().data(v.to_string());
-        match event.name {
-            "message_start" => {
-                id = completion_id(event.data["message"]["id"].as_str().unwrap_or_default());
-                model = event.data["message"]["model"].clone();
-                let mut first = chunk(
-                    &id,
-                    &model,
-                    json!([{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": null}]),
-                );
-                first["session_id"] = json!(session_id);
+/// A turn's events as `chat.completion.chunk`s, ending with `[DONE]`.
+struct Chunks {
+    session_id: String,
+    include_usage: bool,
+    id: String,
+    model: String,
+    created: u64,
+    final_usage: Usage,
+    /// Block index → the position of its call among the message's tool calls.
+    calls: std::collections::HashMap<usize, usize>,
+}
+
+impl Chunks {
+    fn new(session_id: String, include_usage: bool) -> Self {
+        Self {
+            session_id,
+            include_usage,
+            id: String::new(),
+            model: String::new(),
+            created: now_secs(),
+            final_usage: Usage::default(),
+            calls: Default::default(),
+        }
+    }
+
+    fn chunk(&self, delta: Value, finish_reason: Option<&str>) -> Value {
+        json!({"id": self.id, "object": "chat.completion.chunk", "created": self.created,
+            "model": self.model,
+            "choices": [{"index": 0, "delta": delta, "finish_reason": finish_reason}]})
+    }
+}
+
+fn data(v: Value) -> SseEvent {
+    SseEvent::default().data(v.to_string())
+}
+
+impl sse::Render for Chunks {
+    fn event(&mut self, event: &TurnEvent) -> Vec<SseEvent> {
+        match event {
+            TurnEvent::Start { id, model, .. } => {
+                self.id = completion_id(id);
+                self.model.clone_from(model);
+                let mut first = self.chunk(json!({"role": "assistant", "content": ""}), None);
+                first["session_id"] = json!(self.session_id);
                 vec![data(first)]
             }
-            "content_block_start" if event.data["content_block"]["type"] == "tool_use" => {
-                let block = &event.data["content_block"];
-                let position = calls.len();
-                calls.insert(event.data["index"].as_u64().unwrap_or_default(), position);
-                vec![data(chunk(
-                    &id,
-                    &model,
-                    json!([{"index": 0, "delta": {"tool_calls": [{"index": position, "id": block["id"],
-                        "type": "function", "function": {"name": block["name"], "arguments": ""}}]},
-                        "finish_reason": null}]),
+            TurnEvent::BlockStart {
+                index,
+                block: Block::ToolUse { id, name, .. },
+            } => {
+                let position = self.calls.len();
+                self.calls.insert(*index, position);
+                vec![data(self.chunk(
+                    json!({"tool_calls": [{"index": position, "id": id, "type": "function",
+                        "function": {"name": name, "arguments": ""}}]}),
+                    None,
                 ))]
             }
-            "content_block_delta" => match event.data["delta"]["type"].as_str() {
-                Some("text_delta") => vec![data(chunk(
-                    &id,
-                    &model,
-                    json!([{"index": 0, "delta": {"content": event.data["delta"]["text"]}, "finish_reason": null}]),
+            TurnEvent::Delta {
+                delta: Delta::Text(text),
+                ..
+            } => vec![data(self.chunk(json!({"content": text}), None))],
+            TurnEvent::Delta {
+                index,
+                delta: Delta::InputJson(piece),
+            } => match self.calls.get(index) {
+                Some(position) => vec![data(self.chunk(
+                    json!({"tool_calls": [{"index": position, "function": {"arguments": piece}}]}),
+                    None,
                 ))],
-                Some("input_json_delta") => {
-                    let block = event.data["index"].as_u64().unwrap_or_default();
-                    let Some(position) = calls.get(&block) else {
-                        return Vec::new();
-                    };
-                    vec![data(chunk(
-                        &id,
-                        &model,
-                        json!([{"index": 0, "delta": {"tool_calls": [{"index": position,
-                            "function": {"arguments": event.data["delta"]["partial_json"]}}]},
-                            "finish_reason": null}]),
-                    ))]
-                }
-                _ => Vec::new(),
+                None => Vec::new(),
             },
-            "message_delta" => {
-                final_usage = usage(&event.data["usage"]);
-                let reason = finish_reason(event.data["delta"]["stop_reason"].as_str());
-                vec![data(chunk(
-                    &id,
-                    &model,
-                    json!([{"index": 0, "delta": {}, "finish_reason": reason}]),
-                ))]
+            TurnEvent::Stop { reason, usage, .. } => {
+                self.final_usage = *usage;
+                vec![data(
+                    self.chunk(json!({}), Some(finish_reason(Some(reason)))),
+                )]
             }
-            "message_stop" => {
+            TurnEvent::End => {
                 let mut out = Vec::new();
-                if include_usage {
-                    let mut last = chunk(&id, &model, json!([]));
-                    last["usage"] = final_usage.clone();
+                if self.include_usage {
+                    let mut last = json!({"id": self.id, "object": "chat.completion.chunk",
+                        "created": self.created, "model": self.model, "choices": []});
+                    last["usage"] = usage(&self.final_usage);
                     out.push(data(last));
                 }
                 out.push(SseEvent::default().data("[DONE]"));
                 out
             }
-            "error" => {
-                let kind = event.data["error"]["type"].as_str().unwrap_or("api_error");
-                let message = event.data["error"]["message"].as_str().unwrap_or_default();
-                vec![
-                    data(openai_error_body(kind, message)),
-                    SseEvent::default().data("[DONE]"),
-                ]
-            }
-            "ping" => vec![SseEvent::default().comment("ping")],
+            TurnEvent::Ping => vec![SseEvent::default().comment("ping")],
             _ => Vec::new(),
         }
-    })
+    }
+
+    fn error(&mut self, error: &ApiError) -> Vec<SseEvent> {
+        vec![
+            data(error.body_in(Dialect::OpenAi)),
+            SseEvent::default().data("[DONE]"),
+        ]
+    }
 }
 
 #[cfg(test)]
@@ -432,12 +424,30 @@ mod tests {
 
     #[test]
     fn a_message_becomes_a_chat_completion() {
-        let message = json!({"id": "msg_abc", "model": "claude-x", "stop_reason": "max_tokens",
-            "content": [{"type": "text", "text": "Hel"}, {"type": "tool_use"}, {"type": "text", "text": "lo"}],
-            "usage": {"input_tokens": 3, "cache_read_input_tokens": 2, "output_tokens": 4}});
+        let message = Message {
+            id: "msg_abc".into(),
+            model: "claude-x".into(),
+            stop_reason: Some("max_tokens".into()),
+            content: vec![
+                Block::from_value(json!({"type": "text", "text": "Hel"})),
+                Block::from_value(json!({"type": "tool_use", "id": "t", "name": "f", "input": {}})),
+                Block::from_value(json!({"type": "text", "text": "lo"})),
+            ],
+            usage: Usage {
+                input_tokens: 3,
+                cache_read_input_tokens: 2,
+                output_tokens: 4,
+                ..Usage::default()
+            },
+            ..Message::default()
+        };
         let c = completion(&message, "s1");
         assert_eq!(c["id"], "chatcmpl-abc");
         assert_eq!(c["choices"][0]["message"]["content"], "Hello");
+        assert_eq!(
+            c["choices"][0]["message"]["tool_calls"][0]["function"]["name"],
+            "f"
+        );
         assert_eq!(c["choices"][0]["finish_reason"], "length");
         assert_eq!(c["usage"]["prompt_tokens"], 5);
         assert_eq!(c["usage"]["total_tokens"], 9);
