@@ -164,6 +164,12 @@ pub async fn start(state: &Arc<AppState>, req: TurnRequest) -> Result<StartedTur
         Some(meta) => meta.cli_session_id,
         None => key,
     };
+    // A continuation of client tool calls starts with no process of the session running (such
+    // turns leave none), so its transcript is final: a failed one is cut back to this length.
+    let continuation_length = match (&existing, &req.deferred) {
+        (Some(_), Some(_)) => sessions.transcript_len(&req.tenant, assigned)?,
+        _ => None,
+    };
     let process = match live {
         Some(mut process) => {
             process.set_deadline(tokio::time::Instant::now() + state.runner.run_timeout);
@@ -281,7 +287,8 @@ pub async fn start(state: &Arc<AppState>, req: TurnRequest) -> Result<StartedTur
     let on_failure = {
         let state = state.clone();
         let tenant = req.tenant.clone();
-        let checkpoint = crate::sessions::Checkpoint::new(assigned, had_turns);
+        let checkpoint =
+            crate::sessions::Checkpoint::new(assigned, had_turns).at_length(continuation_length);
         Box::new(move |prompt: &Value| {
             if let Err(e) = state.sessions.roll_back(&tenant, checkpoint, prompt) {
                 tracing::error!(error = %e, "could not put the session back after a failed turn");

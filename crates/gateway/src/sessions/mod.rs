@@ -93,6 +93,9 @@ pub struct Checkpoint {
     /// Whether the session had completed turns (its transcript may not be on disk yet: a live
     /// CLI writes it shortly after answering).
     existed: bool,
+    /// The transcript's length before the turn, when that is known to be final (no process of
+    /// the session is running): the turn is cut back to it, whatever it began with.
+    length: Option<u64>,
 }
 
 impl Checkpoint {
@@ -100,7 +103,14 @@ impl Checkpoint {
         Self {
             cli_session,
             existed,
+            length: None,
         }
+    }
+
+    /// A checkpoint at the transcript's current `length`.
+    pub fn at_length(mut self, length: Option<u64>) -> Self {
+        self.length = length;
+        self
     }
 }
 
@@ -270,10 +280,25 @@ impl SessionStore {
         let bytes = projects
             .read(&path, MAX_TRANSCRIPT_BYTES)
             .map_err(storage)?;
-        if let Some(offset) = transcript::turn_start(&bytes, prompt) {
-            projects.truncate(&path, offset as u64).map_err(storage)?;
+        let cut = match checkpoint.length {
+            Some(length) => Some(length).filter(|l| *l < bytes.len() as u64),
+            None => transcript::turn_start(&bytes, prompt).map(|o| o as u64),
+        };
+        if let Some(offset) = cut {
+            projects.truncate(&path, offset).map_err(storage)?;
         }
         Ok(())
+    }
+
+    /// The length of a session's transcript (none yet: `None`).
+    pub fn transcript_len(
+        &self,
+        tenant: &TenantId,
+        cli_session: Uuid,
+    ) -> Result<Option<u64>, SessionError> {
+        Ok(self
+            .read_transcript(tenant, cli_session)?
+            .map(|bytes| bytes.len() as u64))
     }
 
     /// Records the client's results for every deferred call of a session's last turn but the

@@ -410,3 +410,45 @@ async fn parallel_calls_end_one_response_and_their_results_continue_it_together(
         "{error}"
     );
 }
+
+#[tokio::test]
+async fn a_failed_continuation_leaves_the_session_as_it_was_and_its_retry_goes_on() {
+    let gw = Gateway::start().await;
+    let mut first = asks_for_weather("marker-ct-retry");
+    first["session_id"] = json!("agent-run-retry");
+    let message: Value = gw
+        .messages(TENANT, first.clone())
+        .await
+        .json()
+        .await
+        .expect("json");
+    let call = the_call(&message);
+    let continuation = |beside: Option<&str>| {
+        let mut content =
+            vec![json!({"type": "tool_result", "tool_use_id": call["id"], "content": "hail"})];
+        if let Some(text) = beside {
+            content.push(json!({"type": "text", "text": text}));
+        }
+        let mut next = first.clone();
+        next["messages"] = json!([first["messages"][0],
+            {"role": "assistant", "content": message["content"]},
+            {"role": "user", "content": content}]);
+        next
+    };
+    // The model call after the result fails (the text beside it scripts an upstream 500).
+    let failing = scripted("marker-ct-retry-fails", json!({"error": {"status": 500}}));
+    let res = gw.messages(TENANT, continuation(Some(&failing))).await;
+    assert_eq!(res.status(), 502);
+    // The same continuation again goes on from the result, as if the failure had not been.
+    let res = gw.messages(TENANT, continuation(None)).await;
+    assert_eq!(res.status(), 200);
+    let answer: Value = res.json().await.expect("json");
+    assert_eq!(answer["content"][0]["text"], "done", "{answer}");
+    let last = gw.upstream_with("marker-ct-retry");
+    let text = last.last().expect("a model call").body_text();
+    assert!(
+        !text.contains("marker-ct-retry-fails"),
+        "the failed try is gone: {text}"
+    );
+    assert_eq!(text.matches("hail").count(), 1, "one result: {text}");
+}
