@@ -258,6 +258,39 @@ fn estimate_tokens(bytes: usize) -> u64 {
     (bytes as u64 / 4).max(1)
 }
 
+/// The model's context window, in tokens, as the fake counts them.
+const CONTEXT_WINDOW: u64 = 200_000;
+
+/// The tokens of a request's text (system and message text; images and documents are counted
+/// by the API otherwise and left out), a token per four bytes.
+fn text_tokens(request: &Value) -> u64 {
+    fn walk(value: &Value, total: &mut usize) {
+        match value {
+            Value::Object(map) => {
+                if let Some(Value::String(text)) = map.get("text") {
+                    *total += text.len();
+                }
+                for (key, inner) in map {
+                    if key != "source" {
+                        walk(inner, total);
+                    }
+                }
+            }
+            Value::Array(items) => items.iter().for_each(|i| walk(i, total)),
+            _ => {}
+        }
+    }
+    let mut total = 0;
+    for key in ["system", "messages"] {
+        match request.get(key) {
+            Some(Value::String(text)) => total += text.len(),
+            Some(other) => walk(other, &mut total),
+            None => {}
+        }
+    }
+    (total / 4) as u64
+}
+
 async fn messages(headers: HeaderMap, body: Bytes) -> Response {
     if check_auth(&headers).is_none() {
         return unauthorized();
@@ -282,6 +315,17 @@ async fn messages(headers: HeaderMap, body: Bytes) -> Response {
         .get("stream")
         .and_then(Value::as_bool)
         .unwrap_or(false);
+    // Past the window: the API's own refusal (a CLI may send such a prompt rather than refuse
+    // it itself).
+    let tokens = text_tokens(&request);
+    if tokens > CONTEXT_WINDOW {
+        return error_response(
+            StatusCode::BAD_REQUEST,
+            "invalid_request_error",
+            &format!("prompt is too long: {tokens} tokens > {CONTEXT_WINDOW} maximum"),
+            None,
+        );
+    }
     let Plan { mut turn, script } = script::plan(&request);
     if let (false, Some(retry), Turn::Text(_)) = (stream, &script.retry_reply, &turn) {
         turn = Turn::Text(retry.clone());

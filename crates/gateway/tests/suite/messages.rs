@@ -316,7 +316,7 @@ async fn ready_health_and_models_answer() {
     let ready = gw.get("/ready").send().await.expect("sent");
     assert_eq!(ready.status(), 200);
     let ready: Value = ready.json().await.expect("json");
-    assert_eq!(ready["claude_code_version"], "2.1.197");
+    assert_eq!(ready["claude_code_version"], crate::common::cli_version());
     let checks: Vec<(&str, &str)> = ready["checks"]
         .as_array()
         .expect("checks")

@@ -39,6 +39,19 @@ pub fn claude_bin() -> PathBuf {
     bin
 }
 
+/// The version of the CLI under test (`2.1.197`), as it reports it.
+pub fn cli_version() -> String {
+    let out = std::process::Command::new(claude_bin())
+        .arg("--version")
+        .output()
+        .expect("the CLI runs");
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .next()
+        .unwrap_or_default()
+        .to_owned()
+}
+
 pub struct Gateway {
     pub url: String,
     pub fake: FakeHandle,
