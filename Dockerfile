@@ -8,7 +8,8 @@ COPY Cargo.toml Cargo.lock ./
 COPY crates ./crates
 RUN cargo build --release --locked -p claude-gateway
 
-FROM node:20-bookworm-slim AS cli
+# The CLI asks for node 22 (its install script picks the native binary).
+FROM node:22-bookworm-slim AS cli
 WORKDIR /opt/gateway
 COPY package.json package-lock.json ./
 RUN npm ci --omit=dev --no-audit --no-fund \

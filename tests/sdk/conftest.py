@@ -57,17 +57,14 @@ def upstream():
     proc.wait(timeout=10)
 
 
-@pytest.fixture(scope="session")
-def gateway(upstream):
-    data = tempfile.mkdtemp(prefix="gw-sdk-")
+def launch(upstream_url, data, log):
+    """The gateway binary on `data`, until its process is terminated; its URL."""
     env = {
         "PATH": os.environ.get("PATH", ""),
-        "ANTHROPIC_BASE_URL": upstream.url,
+        "ANTHROPIC_BASE_URL": upstream_url,
         "RUST_LOG": "debug",
     }
-    log_path = pathlib.Path(data) / "gateway.log"
-    log = open(log_path, "w")
-    proc, url = _start(
+    return _start(
         [
             str(TARGET / "claude-gateway"),
             "serve",
@@ -84,6 +81,14 @@ def gateway(upstream):
         env=env,
         log=log,
     )
+
+
+@pytest.fixture(scope="session")
+def gateway(upstream):
+    data = tempfile.mkdtemp(prefix="gw-sdk-")
+    log_path = pathlib.Path(data) / "gateway.log"
+    log = open(log_path, "w")
+    proc, url = launch(upstream.url, data, log)
     yield url
     proc.terminate()
     proc.wait(timeout=15)
@@ -93,3 +98,28 @@ def gateway(upstream):
     leaked = [m for m in re.findall(r"sk-ant-[A-Za-z0-9_.\[\]-]{0,30}", text) if not m.startswith("sk-ant-[redacted]")]
     assert "request finished" in text
     assert not leaked, f"credentials in the gateway's logs: {leaked}"
+
+
+@pytest.fixture
+def restartable(upstream):
+    """A gateway of the test's own: `restartable.start()` (again) on the same data dir."""
+
+    class Restartable:
+        def __init__(self):
+            self.data = tempfile.mkdtemp(prefix="gw-sdk-restart-")
+            self.log = open(pathlib.Path(self.data) / "gateway.log", "w")
+            self.proc = None
+
+        def start(self):
+            if self.proc:
+                self.proc.terminate()
+                self.proc.wait(timeout=15)
+            self.proc, url = launch(upstream.url, self.data, self.log)
+            return url
+
+    r = Restartable()
+    yield r
+    if r.proc:
+        r.proc.terminate()
+        r.proc.wait(timeout=15)
+    r.log.close()

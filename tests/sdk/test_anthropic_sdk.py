@@ -196,3 +196,71 @@ def test_parse_with_a_pydantic_model_gets_structured_output(gateway, upstream):
     tools = upstream.messages_containing("marker-sdk-parse")[0]["body"]["tools"]
     offered = next(t for t in tools if t["name"] == "StructuredOutput")
     assert set(offered["input_schema"]["properties"]) == {"answer", "n"}
+
+
+TIME = {"name": "get_time", "description": "The time in a city",
+        "input_schema": {"type": "object", "properties": {"city": {"type": "string"}}}}
+
+
+def test_parallel_tool_calls_round_trip(gateway, upstream):
+    client = anthropic.Anthropic(base_url=gateway, auth_token=TOKEN, max_retries=0)
+    prompt = script("marker-sdk-parallel", reply="done", tools=[
+        {"name": "get_weather", "input": {"city": "Paris"}, "with": [{"name": "get_time", "input": {"city": "Oslo"}}]}])
+    messages = [{"role": "user", "content": prompt}]
+    first = client.messages.create(model="sonnet", max_tokens=256, tools=[WEATHER, TIME], messages=messages)
+    assert first.stop_reason == "tool_use"
+    calls = [b for b in first.content if b.type == "tool_use"]
+    assert [c.name for c in calls] == ["get_weather", "get_time"]
+    messages += [
+        {"role": "assistant", "content": first.content},
+        {"role": "user", "content": [
+            {"type": "tool_result", "tool_use_id": calls[0].id, "content": "sunny"},
+            {"type": "tool_result", "tool_use_id": calls[1].id, "content": "noon"}]},
+    ]
+    second = client.messages.create(model="sonnet", max_tokens=256, tools=[WEATHER, TIME], messages=messages)
+    assert second.content[0].text == "done"
+    last = upstream.messages_containing("marker-sdk-parallel")[-1]["body"]["messages"]
+    results = [b for m in last if isinstance(m["content"], list) for b in m["content"] if b["type"] == "tool_result"]
+    assert [r["tool_use_id"] for r in results[-2:]] == [calls[0].id, calls[1].id]
+
+
+def test_a_continuation_after_a_gateway_restart(restartable, upstream):
+    url = restartable.start()
+    client = anthropic.Anthropic(base_url=url, auth_token=TOKEN, max_retries=0)
+    prompt = script("marker-sdk-restart", reply="done", tools=[{"name": "get_weather", "input": {"city": "Paris"}}])
+    messages = [{"role": "user", "content": prompt}]
+    first = client.messages.create(model="sonnet", max_tokens=256, tools=[WEATHER], messages=messages,
+                                   extra_body={"session_id": "sdk-restart"})
+    call = next(b for b in first.content if b.type == "tool_use")
+    # A new gateway process on the same data: nothing of the first is in memory.
+    url = restartable.start()
+    client = anthropic.Anthropic(base_url=url, auth_token=TOKEN, max_retries=0)
+    messages += [
+        {"role": "assistant", "content": first.content},
+        {"role": "user", "content": [{"type": "tool_result", "tool_use_id": call.id, "content": "foggy"}]},
+    ]
+    second = client.messages.create(model="sonnet", max_tokens=256, tools=[WEATHER], messages=messages,
+                                    extra_body={"session_id": "sdk-restart"})
+    assert second.content[0].text == "done"
+    assert "foggy" in json.dumps(upstream.messages_containing("marker-sdk-restart")[-1]["body"]["messages"])
+
+
+def test_langchain_bind_tools_gets_tool_calls_and_goes_on_with_the_result(gateway, upstream):
+    from langchain_anthropic import ChatAnthropic
+    from langchain_core.messages import HumanMessage, ToolMessage
+    from langchain_core.tools import tool
+
+    @tool
+    def get_weather(city: str) -> str:
+        """The weather in a city."""
+        return "sunny"
+
+    llm = ChatAnthropic(model="sonnet", base_url=gateway, api_key=API_KEY, max_retries=0, max_tokens=256)
+    bound = llm.bind_tools([get_weather])
+    prompt = HumanMessage(script("marker-lc-tools", reply="done",
+                                 tools=[{"name": "get_weather", "input": {"city": "Paris"}}]))
+    ai = bound.invoke([prompt])
+    assert [(c["name"], c["args"]) for c in ai.tool_calls] == [("get_weather", {"city": "Paris"})]
+    final = bound.invoke([prompt, ai, ToolMessage("sunny", tool_call_id=ai.tool_calls[0]["id"])])
+    assert final.content == "done" or final.content[0]["text"] == "done"
+    assert "sunny" in json.dumps(upstream.messages_containing("marker-lc-tools")[-1]["body"]["messages"])

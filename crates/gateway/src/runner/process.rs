@@ -187,6 +187,18 @@ impl CliProcess {
         tokio::time::timeout(grace, drained).await.unwrap_or(false)
     }
 
+    /// Kills the process group and waits, at most `wait`, for the CLI (or its sandbox, whose
+    /// processes the kernel ends with it) to be gone.
+    pub async fn put_down(&mut self, wait: std::time::Duration) {
+        if let Some(pgid) = self.pgid {
+            let _ = killpg(pgid, Signal::SIGKILL);
+        }
+        let _ = self.child.start_kill();
+        if tokio::time::timeout(wait, self.child.wait()).await.is_err() {
+            tracing::warn!("a killed CLI run did not exit in time");
+        }
+    }
+
     /// Waits for the process to exit after its output ended and describes how it ended.
     pub async fn exit_description(&mut self) -> String {
         let status =

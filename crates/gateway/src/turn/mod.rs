@@ -48,6 +48,8 @@ pub enum Item {
 
 /// How long the CLI may take to exit after its result (writing its transcript).
 const FINISH_GRACE: std::time::Duration = std::time::Duration::from_secs(10);
+/// How long a killed CLI (and its sandbox) may take to be gone.
+const KILL_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Called with a turn's result and, where the gateway's upstream proxy read it, the usage the
 /// upstream itself reported for the run (which the metrics prefer to the CLI's word).
@@ -97,9 +99,12 @@ pub fn start(
                 keep,
                 on_failure,
             } = hooks;
-            // `drive` owns the process: by the time it returns, the process is killed (or
-            // kept), so nothing writes to the session behind the roll-back.
-            if !drive(process, input.as_ref(), shape, &tx, on_result, keep).await {
+            // A failed turn's process is killed and waited for before the roll-back, so nothing
+            // writes to the session behind it (a CLI may flush its transcript late).
+            if let Err(mut process) =
+                drive(process, input.as_ref(), shape, &tx, on_result, keep).await
+            {
+                process.put_down(KILL_WAIT).await;
                 on_failure(input.as_ref().map_or(&Value::Null, UserInput::content));
             }
             drop(hold);
@@ -109,6 +114,8 @@ pub fn start(
     rx
 }
 
+/// Drives the turn to its end: `Ok` once its result is in (the process kept or finished),
+/// else the process, for the caller to put down before it rolls the session back.
 async fn drive(
     mut process: CliProcess,
     input: Option<&UserInput>,
@@ -116,13 +123,13 @@ async fn drive(
     tx: &mpsc::Sender<Item>,
     on_result: OnResult,
     keep: Option<Box<dyn FnOnce(CliProcess) + Send>>,
-) -> bool {
+) -> Result<(), CliProcess> {
     {
         let mut assembler = Assembler::new(shape.show_tools).structured(shape.structured);
         if let Some(input) = input {
             if let Err(e) = process.send(input).await {
                 let _ = tx.send(Item::Failed(e.into())).await;
-                return false;
+                return Err(process);
             }
         }
         // Input stays open until the result has been read whole, even when no further turn
@@ -134,7 +141,7 @@ async fn drive(
         let mut first_output = false;
         loop {
             let line = tokio::select! {
-                _ = tx.closed() => return false,
+                _ = tx.closed() => return Err(process),
                 line = process.next_line() => line,
             };
             let item = match line {
@@ -166,7 +173,7 @@ async fn drive(
                     started = true;
                     let usage = assembler.start_usage;
                     if tx.send(Item::Started { model, usage }).await.is_err() {
-                        return false;
+                        return Err(process);
                     }
                 }
             }
@@ -184,16 +191,16 @@ async fn drive(
                 let _ = tx.send(item).await;
                 if let Some(keep) = keep {
                     keep(process);
-                    return true;
+                    return Ok(());
                 }
                 if !process.finish(FINISH_GRACE).await {
                     tracing::warn!("the CLI did not exit after its result; killing it");
                 }
-                return true;
+                return Ok(());
             }
             let last = matches!(item, Item::Failed(_));
             if tx.send(item).await.is_err() || last {
-                return false;
+                return Err(process);
             }
         }
     }
