@@ -29,8 +29,10 @@ fi
 node_modules/.bin/claude --version
 
 if [ "${1:-}" = "--tests" ]; then
-  # Headless Chromium for the documentation page test; curl and setpriv for the deploy check.
+  # Headless Chromium for the documentation page test; curl and setpriv for the deploy check;
+  # a Redis server for the shared-state tests (each test starts its own on a loopback port).
   need_apt=()
+  command -v redis-server >/dev/null 2>&1 || need_apt+=(redis-server)
   command -v chromium >/dev/null 2>&1 || need_apt+=(chromium)
   command -v curl >/dev/null 2>&1 || need_apt+=(curl)
   command -v setpriv >/dev/null 2>&1 || need_apt+=(util-linux)

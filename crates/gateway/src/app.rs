@@ -32,6 +32,8 @@ pub struct AppState {
     pub live: LivePool,
     pub admission: Admission,
     pub rate: RateLimits,
+    /// Redis shared by every instance, when configured.
+    pub shared: Option<crate::shared::Redis>,
     pub install_key: Arc<InstallKey>,
     pub levels: LevelPolicy,
     pub mcp: McpPolicy,
@@ -70,6 +72,8 @@ pub enum StartupError {
     Bridge(std::net::SocketAddr, std::io::Error),
     #[error("{0}; refusing to start without a sandbox (pass --insecure-no-sandbox to run PARANOID-only without one)")]
     Sandbox(SandboxError),
+    #[error("--redis-url: {0}")]
+    Shared(crate::shared::SharedError),
 }
 
 fn private_dir(path: &Path) -> Result<(), StartupError> {
@@ -97,10 +101,22 @@ impl AppState {
                 "removed run dirs left behind by an earlier process"
             );
         }
-        let install_key = Arc::new(
-            InstallKey::load_or_create(&data_dir.join("install.key"))
-                .map_err(|e| StartupError::DataDir(data_dir.clone(), e))?,
-        );
+        let shared = config
+            .redis_url
+            .as_ref()
+            .map(crate::shared::Redis::new)
+            .transpose()
+            .map_err(StartupError::Shared)?;
+        let install_key = InstallKey::load_or_create(&data_dir.join("install.key"))
+            .map_err(|e| StartupError::DataDir(data_dir.clone(), e))?;
+        // Instances sharing a Redis name tenants alike: they share the key that names them.
+        let install_key = Arc::new(match &shared {
+            Some(redis) => install_key
+                .shared(redis)
+                .await
+                .map_err(StartupError::Shared)?,
+            None => install_key,
+        });
 
         let ClaudeInfo { bin, version } = claude_info(config.claude_bin.as_deref()).await;
         match &version {
@@ -203,7 +219,14 @@ impl AppState {
             std::time::Duration::from_secs(config.mcp_timeout_secs),
         );
         let admission = Admission::new(config.concurrency_limits());
-        let rate = RateLimits::new(config.rate_limit_per_ip, config.rate_limit_per_tenant);
+        let rate = match &shared {
+            Some(redis) => RateLimits::shared(
+                config.rate_limit_per_ip,
+                config.rate_limit_per_tenant,
+                redis.clone(),
+            ),
+            None => RateLimits::new(config.rate_limit_per_ip, config.rate_limit_per_tenant),
+        };
         Ok(Self {
             config,
             runner,
@@ -223,6 +246,7 @@ impl AppState {
             stopping: Default::default(),
             volumes,
             upstream,
+            shared,
         })
     }
 

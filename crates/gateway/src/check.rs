@@ -289,6 +289,23 @@ async fn sandbox_probe(config: &Config, cli: Option<&Path>) -> Check {
 
 /// Whether the upstream answers at all: any HTTP status counts, since only reaching it is in
 /// question (credentials are the tenants').
+/// The shared Redis, when configured: whether it answers now, and holds the key this
+/// instance names tenants by (put back if Redis lost it).
+pub async fn shared(
+    redis: Option<&crate::shared::Redis>,
+    key: &crate::tenant::identity::InstallKey,
+) -> Option<Check> {
+    let redis = redis?;
+    Some(match key.reassert(redis).await {
+        Ok(true) => Check::ok("redis", "shared state reachable"),
+        Ok(false) => Check::fail(
+            "redis",
+            "Redis holds another install key than this instance: restart the instances so they name tenants alike",
+        ),
+        Err(e) => Check::fail("redis", e.to_string()),
+    })
+}
+
 pub async fn upstream(base_url: &str, timeout: Duration) -> Check {
     let client = match crate::tls::client_builder()
         .timeout(timeout)

@@ -293,6 +293,11 @@ pub struct Config {
     #[arg(long, env = "CLAUDE_GATEWAY_QUEUE_TIMEOUT_SECS", default_value_t = 30)]
     pub queue_timeout_secs: u64,
 
+    /// Redis shared by every instance (`redis://`, `rediss://` for TLS, a password in the URL):
+    /// rate limits then hold across instances. Unset: this instance's memory only.
+    #[arg(long, env = "CLAUDE_GATEWAY_REDIS_URL", hide_env_values = true, value_parser = secret)]
+    pub redis_url: Option<secrecy::SecretString>,
+
     /// Requests per minute per tenant (0: no limit).
     #[arg(
         long,

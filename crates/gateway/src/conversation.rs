@@ -122,7 +122,7 @@ pub async fn start(state: &Arc<AppState>, req: TurnRequest) -> Result<StartedTur
     })?;
     tracing::Span::current().record("tenant", req.tenant.fingerprint());
     let mcp = state.mcp.resolve(req.level, &req.mcp)?;
-    state.rate.check_tenant(&req.tenant)?;
+    state.rate.check_tenant(&req.tenant).await?;
     let id = req
         .session
         .clone()

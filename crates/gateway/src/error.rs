@@ -216,6 +216,21 @@ impl From<crate::admission::RateLimited> for ApiError {
     }
 }
 
+impl From<crate::admission::RateError> for ApiError {
+    fn from(e: crate::admission::RateError) -> Self {
+        match e {
+            crate::admission::RateError::Limited(limited) => limited.into(),
+            crate::admission::RateError::Unavailable(e) => e.into(),
+        }
+    }
+}
+
+impl From<crate::shared::SharedError> for ApiError {
+    fn from(e: crate::shared::SharedError) -> Self {
+        ApiError::Unavailable(format!("{e}; try again shortly"))
+    }
+}
+
 impl From<crate::admission::AdmissionError> for ApiError {
     fn from(e: crate::admission::AdmissionError) -> Self {
         match e {

@@ -18,6 +18,7 @@ pub mod runner;
 pub mod sandbox;
 pub mod serve;
 pub mod sessions;
+pub mod shared;
 pub mod telemetry;
 pub mod tenant;
 pub mod tls;

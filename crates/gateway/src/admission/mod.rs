@@ -5,4 +5,4 @@ pub mod queue;
 pub mod rate;
 
 pub use queue::{Admission, AdmissionError, ConcurrencyLimits, Permit};
-pub use rate::{client_ip, RateLimited, RateLimits};
+pub use rate::{client_ip, RateError, RateLimited, RateLimits};

@@ -17,11 +17,11 @@ pub async fn health() -> impl IntoResponse {
 
 /// Readiness: the checks of `claude-gateway check` that need no network: the CLI (its version
 /// from start-up), the sandbox (probed at start-up) and the data dir (permissions and free
-/// space, measured now: a few system calls).
+/// space, measured now: a few system calls); and the shared Redis, when there is one (a PING).
 #[utoipa::path(get, path = "/ready", tag = "Operations", security(),
     responses((status = 200, body = Object), (status = 503, description = "Not ready, with reasons", body = Object)))]
 pub async fn ready(State(state): State<SharedState>) -> impl IntoResponse {
-    let checks = [
+    let mut checks = vec![
         check::cli(&state.claude),
         check::sandbox_state(
             state.runner.sandbox.as_ref(),
@@ -29,6 +29,7 @@ pub async fn ready(State(state): State<SharedState>) -> impl IntoResponse {
         ),
         check::data_dir(&state.config.data_dir),
     ];
+    checks.extend(check::shared(state.shared.as_ref(), &state.install_key).await);
     if !check::verdict(&checks).passed {
         let reasons: Vec<&str> = checks
             .iter()

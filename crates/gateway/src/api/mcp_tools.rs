@@ -45,7 +45,7 @@ pub async fn list(
         .resolve(requested_level(&headers, body.security_level.as_deref()))?;
     // Listing starts servers and opens connections like a run does, so it counts like one:
     // against the tenant's rate and, while it lasts, a run slot.
-    state.rate.check_tenant(&tenant)?;
+    state.rate.check_tenant(&tenant).await?;
     let _permit = state.admission.admit(&tenant).await?;
     let workspace = state.workspace(&tenant)?;
     let listed = crate::mcp::tools::list(

@@ -232,7 +232,7 @@ pub async fn limit_client_ip(
             .get("x-forwarded-for")
             .and_then(|v| v.to_str().ok());
         let ip = crate::admission::client_ip(peer, forwarded, &state.config.trusted_proxies);
-        if let Err(limited) = state.rate.check_ip(ip) {
+        if let Err(limited) = state.rate.check_ip(ip).await {
             return in_dialect_of(path, ApiError::from(limited));
         }
     }

@@ -57,6 +57,45 @@ impl InstallKey {
         Ok(Self(key))
     }
 
+    /// The key every instance sharing `redis` uses: the first to start stores its own, the
+    /// others adopt it, so a tenant has the same name (and limits, and sessions) everywhere.
+    pub async fn shared(
+        self,
+        redis: &crate::shared::Redis,
+    ) -> Result<Self, crate::shared::SharedError> {
+        let name = format!("{}install-key", redis.prefix);
+        let mine = self.0.to_vec();
+        let stored: Vec<u8> = redis
+            .run(|mut c| async move {
+                let _: Option<String> = redis::cmd("SET")
+                    .arg(&name)
+                    .arg(mine)
+                    .arg("NX")
+                    .query_async(&mut c)
+                    .await?;
+                redis::cmd("GET").arg(&name).query_async(&mut c).await
+            })
+            .await?;
+        let key: [u8; 32] = stored.try_into().map_err(|_| {
+            crate::shared::SharedError::Unavailable("the shared install key is not 32 bytes".into())
+        })?;
+        Ok(Self(key))
+    }
+
+    /// Puts this key back in `redis` if it lost it (a restart without persistence), and says
+    /// whether the key stored there is this one: if not, instances name tenants differently.
+    pub async fn reassert(
+        &self,
+        redis: &crate::shared::Redis,
+    ) -> Result<bool, crate::shared::SharedError> {
+        let same = self.clone_key().shared(redis).await?;
+        Ok(same.0 == self.0)
+    }
+
+    fn clone_key(&self) -> Self {
+        Self(self.0)
+    }
+
     #[cfg(test)]
     pub fn from_bytes(key: [u8; 32]) -> Self {
         Self(key)

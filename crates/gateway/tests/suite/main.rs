@@ -18,3 +18,4 @@ mod messages;
 mod operations;
 mod router;
 mod sessions;
+mod shared;

@@ -47,7 +47,7 @@ pub async fn count(
     check_body(&body)?;
     // The same door as a message: a verified credential, within the tenant's rate.
     let tenant = state.identity.resolve(&credential).await?;
-    state.rate.check_tenant(&tenant)?;
+    state.rate.check_tenant(&tenant).await?;
     state
         .upstream
         .call(&credential, "/v1/messages/count_tokens", &headers, body)

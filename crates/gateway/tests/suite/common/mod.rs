@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod alone;
+pub mod redis_server;
 pub mod remote_mcp;
 
 use std::path::PathBuf;

@@ -1,0 +1,124 @@
+//! Several instances on one Redis (`--redis-url`), a real `redis-server` on loopback: what
+//! must hold across instances does, and a Redis that is away is a 503, never a local stand-in.
+
+use std::time::Duration;
+
+use crate::common::redis_server::RedisServer;
+use crate::common::Gateway;
+use claude_gateway::admission::{RateError, RateLimits};
+use claude_gateway::shared::Redis;
+use claude_gateway::tenant::identity::TenantId;
+use serde_json::{json, Value};
+
+const TENANT: &str = "sk-ant-oat01-sharedalpha.token";
+const OTHER: &str = "sk-ant-oat01-sharedbeta.token";
+
+async fn instance(redis: &RedisServer, per_minute: &str) -> Gateway {
+    Gateway::builder()
+        .args(&[
+            "--redis-url",
+            &redis.url(),
+            "--rate-limit-per-tenant",
+            per_minute,
+        ])
+        .start()
+        .await
+}
+
+/// A request that passes the tenant's rate check and needs no CLI run: token counting.
+async fn count(gw: &Gateway, token: &str) -> reqwest::Response {
+    gw.post("/v1/messages/count_tokens")
+        .bearer_auth(token)
+        .json(&json!({"model": "sonnet", "messages": [{"role": "user", "content": "hi"}]}))
+        .send()
+        .await
+        .expect("sent")
+}
+
+#[tokio::test]
+async fn a_tenants_rate_limit_holds_across_instances() {
+    let redis = RedisServer::start();
+    let a = instance(&redis, "3").await;
+    let b = instance(&redis, "3").await;
+    // Three a minute in all, wherever they land.
+    for gw in [&a, &b, &a] {
+        assert_eq!(count(gw, TENANT).await.status(), 200);
+    }
+    let refused = count(&b, TENANT).await;
+    assert_eq!(refused.status(), 429);
+    let retry_after: u64 = refused
+        .headers()
+        .get("retry-after")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
+        .expect("retry-after");
+    assert!((1..=60).contains(&retry_after), "{retry_after}");
+    let error: Value = refused.json().await.expect("json");
+    assert_eq!(error["error"]["type"], "rate_limit_error");
+    // Another tenant has its own count.
+    assert_eq!(count(&a, OTHER).await.status(), 200);
+}
+
+#[tokio::test]
+async fn without_redis_requests_that_need_it_are_503_until_it_returns() {
+    let mut redis = RedisServer::start();
+    let gw = instance(&redis, "100").await;
+    assert_eq!(count(&gw, TENANT).await.status(), 200);
+    redis.stop();
+    let res = count(&gw, TENANT).await;
+    assert_eq!(res.status(), 503);
+    let error: Value = res.json().await.expect("json");
+    let message = error["error"]["message"].as_str().unwrap_or_default();
+    assert!(message.contains("Redis"), "{message}");
+    assert!(!message.contains("127.0.0.1"), "no address: {message}");
+    // /ready says why.
+    let (status, ready) = gw.get_json("/ready").await;
+    assert_eq!(status, 503);
+    assert!(ready.to_string().contains("redis"), "{ready}");
+    // Back by itself once Redis is.
+    redis.resume();
+    let deadline = std::time::Instant::now() + crate::common::SETTLE;
+    while count(&gw, TENANT).await.status() != 200 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "service did not resume"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(gw.get_json("/ready").await.0, 200);
+}
+
+/// What every rate-limit store does, local or shared: a tenant's burst passes, the next is
+/// refused with when to retry, other tenants and the off limit are unaffected.
+async fn rate_limit_contract(limits: RateLimits, run: &str) {
+    let tenant = TenantId::from_dir_name(format!("contract-{run}-a"));
+    let other = TenantId::from_dir_name(format!("contract-{run}-b"));
+    for _ in 0..2 {
+        assert!(limits.check_tenant(&tenant).await.is_ok(), "{run}");
+    }
+    match limits.check_tenant(&tenant).await {
+        Err(RateError::Limited(refused)) => {
+            assert_eq!(refused.per_minute, 2, "{run}");
+            assert!(refused.retry_after > Duration::ZERO, "{run}");
+            assert!(refused.retry_after <= Duration::from_secs(30), "{run}");
+        }
+        other => panic!("{run}: the third is refused, not {other:?}"),
+    }
+    assert!(limits.check_tenant(&other).await.is_ok(), "{run}");
+    assert!(
+        limits
+            .check_ip("127.0.0.1".parse().expect("ip"))
+            .await
+            .is_ok(),
+        "{run}: the IP limit is off"
+    );
+}
+
+#[tokio::test]
+async fn local_and_shared_rate_limits_keep_one_contract() {
+    rate_limit_contract(RateLimits::new(0, 2), "local").await;
+    let redis = RedisServer::start();
+    let url = secrecy::SecretString::from(redis.url());
+    let shared = Redis::new(&url).expect("a valid URL");
+    rate_limit_contract(RateLimits::shared(0, 2, shared), "redis").await;
+}
