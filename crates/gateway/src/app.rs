@@ -172,7 +172,8 @@ impl AppState {
             }),
             config.oauth_client_id.clone(),
             install_key.clone(),
-        );
+        )
+        .with_shared(shared.clone());
         let identity = IdentityResolver::new(
             config.tenant_identity,
             &config.anthropic_base_url,

@@ -185,6 +185,7 @@ impl From<crate::tenant::refresh::RefreshError> for ApiError {
             crate::tenant::refresh::RefreshError::Rejected => {
                 ApiError::Authentication(e.to_string())
             }
+            crate::tenant::refresh::RefreshError::Shared(_) => ApiError::Unavailable(e.to_string()),
             other => ApiError::BadGateway(other.to_string()),
         }
     }

@@ -122,3 +122,45 @@ async fn local_and_shared_rate_limits_keep_one_contract() {
     let shared = Redis::new(&url).expect("a valid URL");
     rate_limit_contract(RateLimits::shared(0, 2, shared), "redis").await;
 }
+
+#[tokio::test]
+async fn a_refresh_racing_on_two_instances_spends_the_token_once_and_both_get_it() {
+    let redis = RedisServer::start();
+    let a = instance(&redis, "100").await;
+    // Both instances refresh against one token endpoint (A's upstream), as they would in life.
+    let token_url = format!("{}/v1/oauth/token", a.fake.base_url());
+    let b = Gateway::builder()
+        .args(&["--redis-url", &redis.url(), "--oauth-token-url", &token_url])
+        .start()
+        .await;
+    // The exchange is slow, so the second request arrives while the first instance runs it.
+    let send = |gw: &Gateway, marker: &str| {
+        let mut req = crate::common::body(marker);
+        req["oauth_credentials"] = json!({"access_token": "sk-ant-oat01-hal.old",
+            "refresh_token": "sk-ant-ort01-hal.slow-r1", "expires_at": 1_000_000_000_000u64});
+        gw.post("/v1/messages").json(&req).send()
+    };
+    let (ra, rb) = tokio::join!(
+        send(&a, "marker-shared-refresh-a"),
+        send(&b, "marker-shared-refresh-b")
+    );
+    let (ra, rb) = (ra.expect("sent"), rb.expect("sent"));
+    assert_eq!((ra.status().as_u16(), rb.status().as_u16()), (200, 200));
+    let ra: Value = ra.json().await.expect("json");
+    let rb: Value = rb.json().await.expect("json");
+    let rotated = &ra["refreshed_oauth_credentials"]["refresh_token"];
+    assert!(
+        rotated.as_str().is_some_and(|t| t.contains("rotated")),
+        "{ra}"
+    );
+    assert_eq!(rotated, &rb["refreshed_oauth_credentials"]["refresh_token"]);
+    let spent = a
+        .upstream()
+        .iter()
+        .filter(|r| r.path == "/v1/oauth/token")
+        .count();
+    assert_eq!(spent, 1, "the rotating refresh token was spent once");
+    // What Redis held for the waiting instance was sealed: no token in it.
+    let logs = b.stop().await;
+    assert!(!logs.contains("hal.rotated") && !logs.contains("hal.slow-r1"));
+}
