@@ -180,7 +180,8 @@ impl AppState {
             install_key.clone(),
             std::time::Duration::from_secs(config.identity_cache_secs),
             std::time::Duration::from_secs(config.identity_negative_cache_secs),
-        );
+        )
+        .with_shared(shared.clone());
         let runner = Runner {
             settings: RunnerSettings {
                 claude_bin: bin.clone().unwrap_or_else(|| PathBuf::from("claude")),

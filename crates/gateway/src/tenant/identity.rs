@@ -189,6 +189,8 @@ pub struct IdentityResolver {
     ttl: Duration,
     negative_ttl: Duration,
     cache: Mutex<HashMap<String, (Verdict, Instant)>>,
+    /// The same cache, shared by every instance on this Redis.
+    shared: Option<crate::shared::Redis>,
 }
 
 impl IdentityResolver {
@@ -210,6 +212,53 @@ impl IdentityResolver {
             ttl,
             negative_ttl,
             cache: Mutex::new(HashMap::new()),
+            shared: None,
+        }
+    }
+
+    /// Shares verdicts with every instance on `redis`, so a credential is checked with the
+    /// upstream once across them. A cache: when Redis is away, the upstream is asked instead.
+    pub fn with_shared(mut self, redis: Option<crate::shared::Redis>) -> Self {
+        self.shared = redis;
+        self
+    }
+
+    async fn shared_verdict(&self, cache_key: &str) -> Option<Verdict> {
+        let redis = self.shared.as_ref()?;
+        let name = format!("{}identity:{cache_key}", redis.prefix);
+        let stored: Option<String> = redis
+            .run(|mut c| async move { redis::cmd("GET").arg(&name).query_async(&mut c).await })
+            .await
+            .ok()?;
+        match stored?.as_str() {
+            "rejected" => Some(Verdict::Rejected),
+            other => other
+                .strip_prefix("tenant:")
+                .map(|t| Verdict::Tenant(TenantId(t.to_owned()))),
+        }
+    }
+
+    async fn share(&self, cache_key: &str, verdict: &Verdict) {
+        let Some(redis) = &self.shared else { return };
+        let (value, ttl) = match verdict {
+            Verdict::Tenant(t) => (format!("tenant:{}", t.as_dir_name()), self.ttl),
+            Verdict::Rejected => ("rejected".to_owned(), self.negative_ttl),
+        };
+        let name = format!("{}identity:{cache_key}", redis.prefix);
+        let millis = ttl.as_millis().max(1) as u64;
+        let stored = redis
+            .run(|mut c| async move {
+                redis::cmd("SET")
+                    .arg(&name)
+                    .arg(value)
+                    .arg("PX")
+                    .arg(millis)
+                    .query_async::<()>(&mut c)
+                    .await
+            })
+            .await;
+        if let Err(e) = stored {
+            tracing::debug!(error = %e, "could not share an identity verdict");
         }
     }
 
@@ -222,7 +271,17 @@ impl IdentityResolver {
             &format!("identity-cache:{}", credential.kind().as_str()),
             credential.secret().expose_secret().as_bytes(),
         );
-        match self.cached(&cache_key) {
+        let known = match self.cached(&cache_key) {
+            Some(verdict) => Some(verdict),
+            None => {
+                let shared = self.shared_verdict(&cache_key).await;
+                if let Some(verdict) = &shared {
+                    self.remember(cache_key.clone(), verdict.clone());
+                }
+                shared
+            }
+        };
+        match known {
             Some(Verdict::Tenant(tenant)) => return Ok(tenant),
             Some(Verdict::Rejected) => return Err(IdentityError::Rejected),
             None => {}
@@ -234,11 +293,15 @@ impl IdentityResolver {
                 .await
                 .map(|()| TenantId::from_credential(&self.key, credential)),
         };
-        match &outcome {
-            Ok(tenant) => self.remember(cache_key, Verdict::Tenant(tenant.clone())),
-            Err(IdentityError::Rejected) => self.remember(cache_key, Verdict::Rejected),
+        let verdict = match &outcome {
+            Ok(tenant) => Some(Verdict::Tenant(tenant.clone())),
+            Err(IdentityError::Rejected) => Some(Verdict::Rejected),
             // The upstream did not say: nothing to remember, the next request asks again.
-            Err(IdentityError::Unavailable(_)) => {}
+            Err(IdentityError::Unavailable(_)) => None,
+        };
+        if let Some(verdict) = verdict {
+            self.share(&cache_key, &verdict).await;
+            self.remember(cache_key, verdict);
         }
         outcome
     }

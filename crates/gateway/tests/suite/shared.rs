@@ -164,3 +164,24 @@ async fn a_refresh_racing_on_two_instances_spends_the_token_once_and_both_get_it
     let logs = b.stop().await;
     assert!(!logs.contains("hal.rotated") && !logs.contains("hal.slow-r1"));
 }
+
+#[tokio::test]
+async fn a_credential_is_checked_with_the_upstream_once_across_instances() {
+    let redis = RedisServer::start();
+    let a = instance(&redis, "100").await;
+    let b = instance(&redis, "100").await;
+    let checks = |gw: &Gateway| {
+        gw.upstream()
+            .iter()
+            .filter(|r| r.path == "/api/oauth/profile" || r.path == "/v1/models")
+            .count()
+    };
+    // A made-up key: refused by A's upstream, then by B from the shared verdict.
+    let made_up = "sk-ant-api03-invalid-made-up";
+    assert_eq!(count(&a, made_up).await.status(), 401);
+    assert_eq!(count(&b, made_up).await.status(), 401);
+    // A good token: accepted once, the same tenant on B without asking again.
+    assert_eq!(count(&a, TENANT).await.status(), 200);
+    assert_eq!(count(&b, TENANT).await.status(), 200);
+    assert_eq!((checks(&a), checks(&b)), (2, 0));
+}
