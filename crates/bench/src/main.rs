@@ -8,6 +8,7 @@
 mod gateway;
 mod load;
 mod report;
+mod shared;
 mod stats;
 
 use std::time::Duration;
@@ -82,6 +83,13 @@ enum Bench {
         #[arg(long, default_value_t = 40)]
         runs: usize,
     },
+    /// Shared state through Redis vs local: a request's latency, and rate checks per second.
+    Shared {
+        #[arg(long, default_value_t = 200)]
+        requests: usize,
+        #[arg(long, default_value_t = 3)]
+        seconds: u64,
+    },
 }
 
 impl Bench {
@@ -107,6 +115,10 @@ impl Bench {
                 Bench::Sessions { turns: 2, live: 1 },
                 Bench::Growth { turns: 1 },
                 Bench::Sandbox { runs: 2 },
+                Bench::Shared {
+                    requests: 10,
+                    seconds: 1,
+                },
             ]
         } else {
             [
@@ -116,6 +128,7 @@ impl Bench {
                 "sessions",
                 "growth",
                 "sandbox",
+                "shared",
             ]
             .into_iter()
             .map(default)
@@ -135,6 +148,7 @@ impl Bench {
             Bench::Sessions { .. } => vec!["sessions"],
             Bench::Growth { .. } => vec!["growth"],
             Bench::Sandbox { .. } => vec!["sandbox"],
+            Bench::Shared { .. } => vec!["shared"],
         }
     }
 }
@@ -358,6 +372,9 @@ async fn run(args: &Args, bench: Bench) -> anyhow::Result<Vec<Block>> {
         }
         Bench::Growth { turns } => load::growth(gw, claude, turns.clamp(1, 100)).await,
         Bench::Sandbox { runs } => sandbox_setup(gw, claude, runs.clamp(1, 1000)).await,
+        Bench::Shared { requests, seconds } => {
+            shared::shared(gw, claude, requests.clamp(1, 10_000), seconds.clamp(1, 60)).await
+        }
     }
 }
 

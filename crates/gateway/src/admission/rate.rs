@@ -66,11 +66,11 @@ fn limiter<K: std::hash::Hash + Eq + Clone>(per_minute: u32) -> Option<Keyed<K>>
     NonZeroU32::new(per_minute).map(|n| RateLimiter::keyed(Quota::per_minute(n)))
 }
 
-/// One GCRA check on `KEYS[1]`, by Redis's own clock (instances' clocks may differ): the
-/// milliseconds to wait, 0 when the request passes (and is counted).
+/// One GCRA check on `KEYS[1]`, by Redis's own clock (instances' clocks may differ), in
+/// microseconds: the microseconds to wait, 0 when the request passes (and is counted).
 const GCRA: &str = r"
 local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 local interval = tonumber(ARGV[1])
 local burst = tonumber(ARGV[2])
 local tat = tonumber(redis.call('GET', KEYS[1]) or '0')
@@ -78,7 +78,7 @@ if tat < now then tat = now end
 local new_tat = tat + interval
 local allow_at = new_tat - interval * burst
 if allow_at > now then return allow_at - now end
-redis.call('SET', KEYS[1], new_tat, 'PX', new_tat - now)
+redis.call('SET', KEYS[1], string.format('%.0f', new_tat), 'PX', math.max(1, math.ceil((new_tat - now) / 1000)))
 return 0
 ";
 
@@ -111,25 +111,25 @@ impl RateLimits {
         per_minute: u32,
         scope: &'static str,
     ) -> Result<(), RateError> {
-        let interval_ms = 60_000 / u64::from(per_minute.max(1));
+        let interval_us = 60_000_000 / u64::from(per_minute.max(1));
         let key = format!("{}rate:{key}", redis.prefix);
-        let wait_ms: u64 = redis
+        let wait_us: u64 = redis
             .run(|mut c| async move {
                 redis::Script::new(GCRA)
                     .key(key)
-                    .arg(interval_ms)
+                    .arg(interval_us.max(1))
                     .arg(per_minute)
                     .invoke_async(&mut c)
                     .await
             })
             .await?;
-        if wait_ms == 0 {
+        if wait_us == 0 {
             return Ok(());
         }
         Err(RateLimited {
             scope,
             per_minute,
-            retry_after: Duration::from_millis(wait_ms),
+            retry_after: Duration::from_micros(wait_us),
         }
         .into())
     }
