@@ -220,7 +220,7 @@ impl AppState {
             &config.mcp_allowed_hosts,
             std::time::Duration::from_secs(config.mcp_timeout_secs),
         );
-        let admission = Admission::new(config.concurrency_limits());
+        let admission = Admission::new(config.concurrency_limits()).with_shared(shared.clone());
         let rate = match &shared {
             Some(redis) => RateLimits::shared(
                 config.rate_limit_per_ip,

@@ -241,6 +241,9 @@ impl From<crate::admission::AdmissionError> for ApiError {
                 limit: None,
             },
             crate::admission::AdmissionError::Overloaded(_) => ApiError::Overloaded(e.to_string()),
+            crate::admission::AdmissionError::Shared(_) => {
+                ApiError::Unavailable(format!("{e}; try again shortly"))
+            }
         }
     }
 }

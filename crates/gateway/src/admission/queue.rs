@@ -17,6 +17,66 @@ pub enum AdmissionError {
     TenantBusy(usize),
     #[error("the gateway is at capacity ({0} concurrent runs) and its queue is full or the wait expired; retry shortly")]
     Overloaded(usize),
+    /// The shared per-tenant count could not be checked (Redis away).
+    #[error("{0}")]
+    Shared(String),
+}
+
+/// How long a shared slot stays taken without renewal: an instance that dies frees its
+/// tenants' slots within this.
+const SLOT_LEASE: Duration = Duration::from_secs(30);
+
+/// Takes a slot in `KEYS[1]` (a sorted set of holders by lease expiry, in ms by Redis's clock)
+/// when fewer than `ARGV[1]` hold one: 1 if taken, 0 if full.
+const TAKE_SLOT: &str = r"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[1]) then return 0 end
+redis.call('ZADD', KEYS[1], now + tonumber(ARGV[3]), ARGV[2])
+redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[3]))
+return 1
+";
+
+/// Renews a holder's lease, if it still holds its slot.
+const RENEW_SLOT: &str = r"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+if redis.call('ZSCORE', KEYS[1], ARGV[1]) then
+  redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), ARGV[1])
+  redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[2]))
+end
+return 1
+";
+
+/// A tenant's slot counted in Redis across instances: renewed while held, given back when
+/// dropped.
+struct SharedSlot {
+    redis: crate::shared::Redis,
+    key: String,
+    holder: String,
+    renew: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for SharedSlot {
+    fn drop(&mut self) {
+        self.renew.abort();
+        let (redis, key, holder) = (self.redis.clone(), self.key.clone(), self.holder.clone());
+        // Given back at once; were this lost, the lease would free it.
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(async move {
+                let _ = redis
+                    .run(|mut c| async move {
+                        redis::cmd("ZREM")
+                            .arg(&key)
+                            .arg(&holder)
+                            .query_async::<()>(&mut c)
+                            .await
+                    })
+                    .await;
+            });
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, serde::Serialize)]
@@ -59,6 +119,7 @@ fn memory_limit_bytes() -> Option<u64> {
 pub struct Permit {
     _tenant: OwnedSemaphorePermit,
     _global: OwnedSemaphorePermit,
+    _shared: Option<SharedSlot>,
 }
 
 pub struct Admission {
@@ -66,6 +127,8 @@ pub struct Admission {
     global: Arc<Semaphore>,
     tenants: Mutex<HashMap<TenantId, Arc<Semaphore>>>,
     queued: AtomicUsize,
+    /// Per-tenant slots counted across instances, when they share a Redis.
+    shared: Option<crate::shared::Redis>,
 }
 
 /// Counts a waiting request for as long as it waits.
@@ -85,7 +148,79 @@ impl Admission {
             tenants: Mutex::new(HashMap::new()),
             queued: AtomicUsize::new(0),
             limits,
+            shared: None,
         }
+    }
+
+    /// Counts each tenant's runs across every instance on `redis` (global slots stay per
+    /// instance: they follow this machine's memory).
+    pub fn with_shared(mut self, redis: Option<crate::shared::Redis>) -> Self {
+        self.shared = redis;
+        self
+    }
+
+    /// Waits (until `deadline`) for one of the tenant's slots across instances.
+    async fn shared_slot(
+        &self,
+        redis: &crate::shared::Redis,
+        tenant: &TenantId,
+        deadline: tokio::time::Instant,
+    ) -> Result<SharedSlot, AdmissionError> {
+        let key = format!("{}slots:{}", redis.prefix, tenant.as_dir_name());
+        let holder = uuid::Uuid::new_v4().to_string();
+        let max = self.limits.max_runs_per_tenant.max(1);
+        let lease = SLOT_LEASE.as_millis() as u64;
+        let mut pause = Duration::from_millis(20);
+        loop {
+            let (k, h) = (key.clone(), holder.clone());
+            let taken: i64 = redis
+                .run(|mut c| async move {
+                    redis::Script::new(TAKE_SLOT)
+                        .key(k)
+                        .arg(max)
+                        .arg(h)
+                        .arg(lease)
+                        .invoke_async(&mut c)
+                        .await
+                })
+                .await
+                .map_err(|e| AdmissionError::Shared(e.to_string()))?;
+            if taken == 1 {
+                break;
+            }
+            if tokio::time::Instant::now() + pause > deadline {
+                return Err(AdmissionError::TenantBusy(max));
+            }
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(Duration::from_millis(250));
+        }
+        let renew = {
+            let (redis, key, holder) = (redis.clone(), key.clone(), holder.clone());
+            tokio::spawn(async move {
+                let mut every = tokio::time::interval(SLOT_LEASE / 3);
+                every.tick().await;
+                loop {
+                    every.tick().await;
+                    let (k, h) = (key.clone(), holder.clone());
+                    let _ = redis
+                        .run(|mut c| async move {
+                            redis::Script::new(RENEW_SLOT)
+                                .key(k)
+                                .arg(h)
+                                .arg(lease)
+                                .invoke_async::<i64>(&mut c)
+                                .await
+                        })
+                        .await;
+                }
+            })
+        };
+        Ok(SharedSlot {
+            redis: redis.clone(),
+            key,
+            holder,
+            renew,
+        })
     }
 
     pub fn limits(&self) -> ConcurrencyLimits {
@@ -133,6 +268,12 @@ impl Admission {
                     .map_err(|_| tenant_busy.clone())?
             }
         };
+        // The tenant's slot here is held; now its count across instances (before a global slot,
+        // which a wait for this tenant must not keep from others).
+        let shared = match &self.shared {
+            Some(redis) => Some(self.shared_slot(redis, tenant, deadline).await?),
+            None => None,
+        };
         let global_permit = match self.global.clone().try_acquire_owned() {
             Ok(p) => p,
             Err(_) => {
@@ -150,6 +291,7 @@ impl Admission {
         Ok(Permit {
             _tenant: tenant_permit,
             _global: global_permit,
+            _shared: shared,
         })
     }
 

@@ -185,3 +185,50 @@ async fn a_credential_is_checked_with_the_upstream_once_across_instances() {
     assert_eq!(count(&b, TENANT).await.status(), 200);
     assert_eq!((checks(&a), checks(&b)), (2, 0));
 }
+
+#[tokio::test]
+async fn a_tenants_concurrency_holds_across_instances() {
+    let redis = RedisServer::start();
+    let limits = [
+        "--redis-url",
+        &redis.url(),
+        "--max-concurrent-runs-per-tenant",
+        "1",
+        "--queue-timeout-secs",
+        "1",
+    ];
+    let a = Gateway::builder().args(&limits).start().await;
+    let b = Gateway::builder().args(&limits).start().await;
+    let slow = |marker: &str| {
+        crate::common::body(&crate::common::scripted(
+            marker,
+            json!({"reply": "slow", "chunks": 3, "chunk_delay_ms": 700}),
+        ))
+    };
+    // One run of the tenant's on A; the same tenant on B waits, then is refused; another
+    // tenant on B runs.
+    let (on_a, on_b, other) = tokio::join!(
+        a.messages(TENANT, slow("marker-shared-conc-a")),
+        async {
+            a.until_running(1).await;
+            b.messages(TENANT, slow("marker-shared-conc-b")).await
+        },
+        async {
+            a.until_running(1).await;
+            b.messages(OTHER, slow("marker-shared-conc-other")).await
+        }
+    );
+    assert_eq!(on_a.status(), 200);
+    assert_eq!(on_b.status(), 429, "one run at a time across instances");
+    assert_eq!(other.status(), 200, "another tenant is not held up");
+    // Once A's run is over (its process gone), the tenant's slot is free on B too.
+    let deadline = std::time::Instant::now() + crate::common::SETTLE;
+    while a.running_runs().await > 0 {
+        assert!(std::time::Instant::now() < deadline, "A's run never ended");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let res = b
+        .messages(TENANT, crate::common::body("marker-shared-conc-after"))
+        .await;
+    assert_eq!(res.status(), 200);
+}
