@@ -34,6 +34,8 @@ pub struct AppState {
     pub rate: RateLimits,
     /// Redis shared by every instance, when configured.
     pub shared: Option<crate::shared::Redis>,
+    /// The operator's access keys (`--access-keys-file`); `None`: access control is off.
+    pub access: Option<crate::access::AccessKeys>,
     pub install_key: Arc<InstallKey>,
     pub levels: LevelPolicy,
     pub mcp: McpPolicy,
@@ -74,6 +76,8 @@ pub enum StartupError {
     Sandbox(SandboxError),
     #[error("--redis-url: {0}")]
     Shared(crate::shared::SharedError),
+    #[error("--access-keys-file: {0}")]
+    Access(crate::access::AccessError),
 }
 
 fn private_dir(path: &Path) -> Result<(), StartupError> {
@@ -220,6 +224,12 @@ impl AppState {
             &config.mcp_allowed_hosts,
             std::time::Duration::from_secs(config.mcp_timeout_secs),
         );
+        let access = config
+            .access_keys_file
+            .as_deref()
+            .map(crate::access::AccessKeys::load)
+            .transpose()
+            .map_err(StartupError::Access)?;
         let admission = Admission::new(config.concurrency_limits()).with_shared(shared.clone());
         let rate = match &shared {
             Some(redis) => RateLimits::shared(
@@ -249,6 +259,7 @@ impl AppState {
             volumes,
             upstream,
             shared,
+            access,
         })
     }
 
@@ -345,6 +356,11 @@ pub fn router(state: SharedState) -> Router {
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             api::limit_client_ip,
+        ))
+        // Outside the IP limit: an unknown caller is refused before it is even counted.
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            api::require_access_key,
         ))
         .layer(DefaultBodyLimit::max(body_limit))
         // gzip bodies are read as what they decompress to (the body limit applies to that);

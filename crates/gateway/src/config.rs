@@ -36,6 +36,9 @@ pub enum Command {
     /// Check the configuration, the CLI, the sandbox, the data dir and the upstream (the same
     /// flags and variables as `serve`); one line per check, exit code 0 when all pass.
     Check(Box<Config>),
+    /// Access keys: `keys new NAME` prints a fresh key and its line for --access-keys-file.
+    #[command(subcommand)]
+    Keys(KeysCommand),
     /// Inside a sandbox: relay loopback ports to the gateway's sockets, then run a command.
     #[command(hide = true)]
     SandboxRelay(RelayArgs),
@@ -45,6 +48,15 @@ pub enum Command {
     /// Inside a sandbox: the CLI's PreToolUse hook for client-defined tools.
     #[command(hide = true)]
     ClientToolHook(ClientToolsArgs),
+}
+
+#[derive(Debug, Clone, clap::Subcommand)]
+pub enum KeysCommand {
+    /// Print a new key (give it to its user) and the line that admits it (add it to the file).
+    New {
+        /// The key's name, as logs and metrics show it.
+        name: String,
+    },
 }
 
 #[derive(Debug, Clone, Args)]
@@ -413,6 +425,11 @@ pub struct Config {
     #[arg(long, env = "CLAUDE_GATEWAY_MCP_ALLOWED_HOSTS", value_delimiter = ',')]
     pub mcp_allowed_hosts: Vec<String>,
 
+    /// Gateway keys the operator issues, one `name:sha256-hex-of-key` per line (`claude-gateway
+    /// keys new NAME` prints one): every API request then needs `X-Gateway-Key`. Unset: off.
+    #[arg(long, env = "CLAUDE_GATEWAY_ACCESS_KEYS_FILE")]
+    pub access_keys_file: Option<PathBuf>,
+
     /// A JSON file of operator-defined MCP servers `{name: config}`, which a request enables
     /// with `{"<server>": {"preset": "<name>"}}`.
     #[arg(long, env = "CLAUDE_GATEWAY_MCP_PRESETS_FILE")]
@@ -517,9 +534,8 @@ impl Config {
             Command::Check(_)
             | Command::SandboxRelay(_)
             | Command::ClientTools(_)
-            | Command::ClientToolHook(_) => {
-                Err(clap::Error::new(clap::error::ErrorKind::InvalidSubcommand))
-            }
+            | Command::ClientToolHook(_)
+            | Command::Keys(_) => Err(clap::Error::new(clap::error::ErrorKind::InvalidSubcommand)),
         }
     }
 }
@@ -710,6 +726,13 @@ impl Config {
             false,
             "--mcp-presets-file",
             "CLAUDE_GATEWAY_MCP_PRESETS_FILE",
+        )?;
+        self.access_keys_file = readable_setting(
+            cwd,
+            self.access_keys_file.as_deref(),
+            false,
+            "--access-keys-file",
+            "CLAUDE_GATEWAY_ACCESS_KEYS_FILE",
         )?;
         Ok(())
     }

@@ -4,6 +4,7 @@
 //! ([`runner`]) → its output assembled into Anthropic message events ([`turn`]) → the HTTP
 //! response. [`error`] maps every failure to Anthropic's error shape in one place.
 
+pub mod access;
 pub mod admission;
 pub mod api;
 pub mod app;

@@ -24,6 +24,16 @@ fn main() -> anyhow::Result<()> {
             println!("{}", verdict.line);
             std::process::exit(verdict.exit_code());
         }
+        Command::Keys(claude_gateway::config::KeysCommand::New { name }) => {
+            let (key, line) = claude_gateway::access::new_key(&name);
+            // The printed line must be one the gateway reads back.
+            if let Err(e) = claude_gateway::access::AccessKeys::parse(&line) {
+                eprintln!("{e}");
+                std::process::exit(2);
+            }
+            println!("key (give it to {name}; shown once): {key}");
+            println!("line (add it to the --access-keys-file): {line}");
+        }
         Command::ClientTools(args) => {
             std::process::exit(claude_gateway::runner::client_tools::serve(&args.file));
         }

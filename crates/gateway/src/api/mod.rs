@@ -239,6 +239,39 @@ pub async fn limit_client_ip(
     next.run(request).await
 }
 
+/// With `--access-keys-file`, every API route (`/v1/…`, the operator's `/v1/security` aside)
+/// needs a gateway key in `X-Gateway-Key`: a missing or unknown one is 401 in the dialect's
+/// error shape, before the body is read, a limit counted or anything spawned. The key's name
+/// (never the key) goes into the request's log line and a metric.
+pub async fn require_access_key(
+    axum::extract::State(state): axum::extract::State<crate::app::SharedState>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let path = request.uri().path();
+    let guarded = path.starts_with("/v1/") && path != "/v1/security";
+    if let (true, Some(keys)) = (guarded, state.access.as_ref()) {
+        let presented = request
+            .headers()
+            .get(crate::access::HEADER)
+            .and_then(|v| v.to_str().ok());
+        match presented.and_then(|key| keys.check(key)) {
+            Some(name) => {
+                tracing::Span::current().record("access_key", name);
+                metrics::counter!("gateway_requests_by_access_key_total", "access_key" => name.to_owned())
+                    .increment(1);
+            }
+            None => {
+                let refusal = ApiError::Authentication(
+                    "this gateway needs a gateway key: X-Gateway-Key (ask its operator)".into(),
+                );
+                return in_dialect_of(path, refusal);
+            }
+        }
+    }
+    next.run(request).await
+}
+
 /// Guards the operator's routes (`/metrics`, `/v1/security`) with `--admin-token`, when set.
 pub async fn require_admin(
     axum::extract::State(state): axum::extract::State<crate::app::SharedState>,

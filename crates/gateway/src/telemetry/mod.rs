@@ -33,7 +33,8 @@ pub async fn request_span(request: Request, next: Next) -> Response {
         "request",
         request_id = %id,
         trace = tracing::field::Empty,
-        tenant = tracing::field::Empty
+        tenant = tracing::field::Empty,
+        access_key = tracing::field::Empty
     );
     if let Some(trace) = logging::trace_of(request.headers()) {
         span.record("trace", trace.as_str());

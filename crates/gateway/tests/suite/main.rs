@@ -4,6 +4,7 @@
 
 mod common;
 
+mod access;
 mod admission;
 mod client_tools;
 mod credentials;
