@@ -189,7 +189,7 @@ impl Refresher {
             let sealed = seal.seal(&outcome);
             let (lock_key, outcome_key) = (lock.clone(), sealed_at.clone());
             // The outcome is stored before the lock goes: whoever saw the lock finds it.
-            redis
+            let stored = redis
                 .run(|mut c| async move {
                     redis::pipe()
                         .atomic()
@@ -205,8 +205,12 @@ impl Refresher {
                         .query_async::<()>(&mut c)
                         .await
                 })
-                .await
-                .map_err(shared)?;
+                .await;
+            if let Err(e) = stored {
+                // The token is spent: this client must still get what it was exchanged for.
+                // The others waiting on it fail when the lock's lease ends.
+                tracing::warn!(error = %e, "could not share a refresh outcome");
+            }
             return outcome;
         }
         // Another instance is exchanging this very token: wait for its outcome (never take the
