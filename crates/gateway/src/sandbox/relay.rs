@@ -56,6 +56,12 @@ pub fn run(
     env_file: Option<&std::path::Path>,
     command: &[std::ffi::OsString],
 ) -> i32 {
+    // The relay holds the CLI's output pipe to the gateway: non-dumpable, no tool of the run
+    // (the same uid) may open it through /proc/<relay>/fd and write lines into it.
+    if let Err(e) = nix::sys::prctl::set_dumpable(false) {
+        eprintln!("sandbox-relay: cannot make the relay non-dumpable: {e}");
+        return 125;
+    }
     let env = match read_env(env_file) {
         Ok(env) => env,
         Err(e) => {
