@@ -63,13 +63,6 @@ impl Redis {
             Err(_) => Err(SharedError::Unavailable("no answer in time".into())),
         }
     }
-
-    /// Whether Redis answers (for `/ready`).
-    pub async fn ping(&self) -> Result<(), SharedError> {
-        self.run(|mut c| async move { redis::cmd("PING").query_async::<String>(&mut c).await })
-            .await
-            .map(|_| ())
-    }
 }
 
 /// What went wrong, without the server's address or credentials.
