@@ -433,6 +433,13 @@ pub async fn serve(mut config: Config) -> Result<(), StartupError> {
             grace_secs = grace.as_secs(),
             "shutdown grace expired; ending the requests still running"
         );
+    } else if tokio::time::timeout(grace, state.admission.idle())
+        .await
+        .is_err()
+    {
+        // Every response went out; what is left are CLIs recording their turn's end (a client
+        // tool call's deferral among it), which the next request of the session needs.
+        tracing::warn!("shutdown grace expired with CLI runs still finishing; ending them");
     }
     // Whatever still runs (requests past the grace, live sessions) is killed with its process
     // group as its owner is dropped; run dirs are removed the same way.

@@ -199,6 +199,7 @@ impl From<crate::sessions::SessionError> for ApiError {
             S::Busy(_) => ApiError::Conflict(e.to_string()),
             S::NotFound(_) => ApiError::NotFound(e.to_string()),
             S::Storage(_) => ApiError::Internal(e.to_string()),
+            S::NotAwaiting(_) => ApiError::InvalidRequest(e.to_string()),
         }
     }
 }

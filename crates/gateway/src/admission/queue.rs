@@ -237,6 +237,13 @@ impl Admission {
         self.limits.max_runs.max(1) - self.global.available_permits()
     }
 
+    /// Waits until no run is going on: each one's CLI has exited (a finished run's CLI writes
+    /// the last of its transcript after the response) or was kept as a live process.
+    pub async fn idle(&self) {
+        let all = u32::try_from(self.limits.max_runs.max(1)).unwrap_or(u32::MAX);
+        let _ = self.global.acquire_many(all).await;
+    }
+
     fn tenant_semaphore(&self, tenant: &TenantId) -> Arc<Semaphore> {
         let mut tenants = self.tenants.lock().unwrap_or_else(|e| e.into_inner());
         if tenants.len() > 10_000 {

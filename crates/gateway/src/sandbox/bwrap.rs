@@ -178,6 +178,9 @@ impl Bwrap {
             "sandbox",
             "--die-with-parent",
             "--new-session",
+            // The relay is pid 1, not bubblewrap's init: that init keeps the gateway's pipes
+            // and is dumpable, so a tool could write into them through /proc/1/fd.
+            "--as-pid-1",
             "--cap-drop",
             "ALL",
             "--ro-bind",

@@ -44,6 +44,8 @@ pub enum SessionError {
     NotFound(String),
     #[error("session storage failed: {0}")]
     Storage(String),
+    #[error("messages: {0}")]
+    NotAwaiting(transcript::NotAwaiting),
 }
 
 impl ClientSessionId {
@@ -311,14 +313,18 @@ impl SessionStore {
     ) -> Result<(), SessionError> {
         let projects = self.projects(tenant)?;
         let Some(path) = Self::find_transcript(&projects, cli_session) else {
-            return Ok(());
+            let id = deferred.call.get("id").and_then(serde_json::Value::as_str);
+            return Err(SessionError::NotAwaiting(transcript::NotAwaiting(
+                id.unwrap_or_default().to_owned(),
+            )));
         };
         let bytes = projects
             .read(&path, MAX_TRANSCRIPT_BYTES)
             .map_err(storage)?;
         match transcript::answer_deferred(&bytes, deferred) {
-            Some(more) => projects.append(&path, &more).map_err(storage),
-            None => Ok(()),
+            Ok(Some(more)) => projects.append(&path, &more).map_err(storage),
+            Ok(None) => Ok(()),
+            Err(e) => Err(SessionError::NotAwaiting(e)),
         }
     }
 

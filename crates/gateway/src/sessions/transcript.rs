@@ -194,54 +194,113 @@ pub fn seed(
     joined(lines)
 }
 
+/// Why a session cannot go on from a client's tool results.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("the session's last turn did not end in the client tool call {0:?}; send the conversation from its last answer on")]
+pub struct NotAwaiting(pub String);
+
 /// What to append to a session's transcript, which ends in client tool calls the CLI deferred,
 /// so that a resume goes on from the client's results for all of them: the CLI runs only the
 /// last deferred call again, so the others' results are recorded before it is deferred anew.
-/// `None` when nothing is missing (one call, or results recorded by an earlier try).
-pub fn answer_deferred(transcript: &[u8], deferred: &Deferred) -> Option<Vec<u8>> {
+/// `Ok(None)` when nothing is missing (one call, or results recorded by an earlier try).
+///
+/// A transcript whose last model turn made the calls but whose CLI was stopped before it
+/// recorded their deferral (the gateway shut down right after the response) gets that
+/// deferral written here, so the continuation goes on all the same. A transcript that is not
+/// waiting for these calls at all is refused: resumed, the CLI would wait for a result that
+/// never comes.
+pub fn answer_deferred(
+    transcript: &[u8],
+    deferred: &Deferred,
+) -> Result<Option<Vec<u8>>, NotAwaiting> {
     let text = String::from_utf8_lossy(transcript);
     let records: Vec<Value> = text
         .lines()
         .filter_map(|l| serde_json::from_str(l).ok())
         .collect();
-    let last = records.iter().rev().find(|r| {
-        r.get("type").and_then(Value::as_str) == Some("attachment")
+    let wanted = deferred
+        .call
+        .get("id")
+        .and_then(Value::as_str)
+        .unwrap_or_default();
+    let not_awaiting = || NotAwaiting(wanted.to_owned());
+    let is_kind = |r: &Value, kind: &str| r.get("type").and_then(Value::as_str) == Some(kind);
+    let last_model = records.iter().rposition(|r| is_kind(r, "assistant"));
+    let last_deferral = records.iter().rposition(|r| {
+        is_kind(r, "attachment")
             && r.pointer("/attachment/type").and_then(Value::as_str) == Some("hook_deferred_tool")
-    })?;
-    let id = last
-        .pointer("/attachment/toolUseID")
-        .and_then(Value::as_str)?;
-    let recorded = |r: &Value| {
-        r.get("tool_use_id")
-            .and_then(Value::as_str)
-            .is_some_and(|other| text.contains(&format!("\"tool_use_id\":\"{other}\"")))
+    });
+    let recorded = |id: &str| text.contains(&format!("\"tool_use_id\":\"{id}\""));
+    let answered = |id: &str| {
+        deferred
+            .results
+            .iter()
+            .any(|r| r.get("tool_use_id").and_then(Value::as_str) == Some(id))
     };
+    // The call the resumed CLI will run again, and the record that carries the context.
+    let (id, call, context_record, written) = match (last_deferral, last_model) {
+        (Some(d), m) if m.is_none_or(|m| m < d) => {
+            let last = &records[d];
+            let id = last
+                .pointer("/attachment/toolUseID")
+                .and_then(Value::as_str)
+                .ok_or_else(not_awaiting)?;
+            let call = json!({"id": id, "name": last.pointer("/attachment/toolName"),
+                "input": last.pointer("/attachment/toolInput")});
+            (id.to_owned(), call, last, true)
+        }
+        (_, Some(m)) => {
+            // The model's calls, recorded one block per record, with no deferral after them.
+            let call = records[m]
+                .pointer("/message/content")
+                .and_then(Value::as_array)
+                .and_then(|blocks| blocks.iter().rev().find(|b| b["type"] == "tool_use"))
+                .ok_or_else(not_awaiting)?;
+            let id = call["id"].as_str().ok_or_else(not_awaiting)?;
+            if recorded(id) {
+                return Err(not_awaiting());
+            }
+            (id.to_owned(), call.clone(), &records[m], false)
+        }
+        _ => return Err(not_awaiting()),
+    };
+    if !answered(&id) {
+        return Err(NotAwaiting(id));
+    }
     let missing: Vec<Value> = deferred
-        .others(id)
+        .others(&id)
         .into_iter()
-        .filter(|r| !recorded(r))
+        .filter(|r| {
+            !r.get("tool_use_id")
+                .and_then(Value::as_str)
+                .is_some_and(recorded)
+        })
         .collect();
-    if missing.is_empty() {
-        return None;
+    if written && missing.is_empty() {
+        return Ok(None);
     }
     let leaf = records
         .iter()
         .rev()
-        .find_map(|r| r.get("uuid").and_then(Value::as_str))?;
-    let field = |k: &str| last.get(k).and_then(Value::as_str).unwrap_or_default();
+        .find_map(|r| r.get("uuid").and_then(Value::as_str))
+        .ok_or_else(not_awaiting)?;
+    let field = |k: &str| {
+        context_record
+            .get(k)
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+    };
     let context = Context {
         session: field("sessionId").to_owned(),
         cwd: field("cwd"),
         version: field("version"),
     };
-    let call = json!({"id": id, "name": last.pointer("/attachment/toolName"),
-        "input": last.pointer("/attachment/toolInput")});
-    Some(joined(context.deferral(
+    Ok(Some(joined(context.deferral(
         Some(leaf.to_owned()),
         &clock::iso8601(clock::now_ms() as i64),
         &call,
         missing,
-    )))
+    ))))
 }
 
 fn has_tool_use(content: &Value) -> bool {
@@ -378,7 +437,7 @@ mod tests {
         assert_eq!(records[3]["attachment"]["toolUseID"], "t2");
         assert!(!text.contains("\"tool_use_id\":\"t2\""));
         // Already recorded: nothing to add.
-        assert!(answer_deferred(&seeded, &deferred).is_none());
+        assert_eq!(answer_deferred(&seeded, &deferred), Ok(None));
 
         // A transcript the CLI wrote, with both calls deferred: t1's result and t2 again.
         let without: Vec<&Value> = records
@@ -390,7 +449,9 @@ mod tests {
             cli.push_str(&r.to_string());
             cli.push('\n');
         }
-        let more = answer_deferred(cli.as_bytes(), &deferred).expect("the missing result");
+        let more = answer_deferred(cli.as_bytes(), &deferred)
+            .expect("awaiting")
+            .expect("the missing result");
         let added: Vec<Value> = String::from_utf8_lossy(&more)
             .lines()
             .filter_map(|l| serde_json::from_str(l).ok())
@@ -401,6 +462,60 @@ mod tests {
     }
 
     use super::*;
+
+    fn one_call(id: &str) -> Deferred {
+        Deferred {
+            call: json!({"type": "tool_use", "id": id, "name": "get_weather", "input": {}}),
+            results: vec![json!({"type": "tool_result", "tool_use_id": id, "content": "sunny"})],
+        }
+    }
+
+    #[test]
+    fn a_session_whose_cli_stopped_before_deferring_its_call_gets_the_deferral_written() {
+        let lines = [
+            r#"{"type":"user","uuid":"u1","sessionId":"s","cwd":"/w","version":"2.1","message":{"role":"user","content":"weather?"}}"#,
+            r#"{"type":"assistant","uuid":"a1","parentUuid":"u1","sessionId":"s","cwd":"/w","version":"2.1","message":{"id":"m1","role":"assistant","content":[{"type":"tool_use","id":"t1","name":"mcp__client__get_weather","input":{"city":"Oslo"}}]}}"#,
+        ];
+        let transcript = format!("{}\n", lines.join("\n"));
+        let added = answer_deferred(transcript.as_bytes(), &one_call("t1"))
+            .expect("awaiting")
+            .expect("the deferral");
+        let record: Value = serde_json::from_slice(added.trim_ascii()).expect("one record");
+        assert_eq!(record["parentUuid"], "a1");
+        assert_eq!(record["sessionId"], "s");
+        assert_eq!(record["attachment"]["toolUseID"], "t1");
+        // The call as the CLI knows it, under its own name for the client's tool.
+        assert_eq!(record["attachment"]["toolName"], "mcp__client__get_weather");
+        assert_eq!(record["attachment"]["toolInput"]["city"], "Oslo");
+    }
+
+    #[test]
+    fn results_for_a_session_not_waiting_for_them_are_refused() {
+        let answered = [
+            r#"{"type":"user","uuid":"u1","message":{"role":"user","content":"hi"}}"#,
+            r#"{"type":"assistant","uuid":"a1","message":{"id":"m1","role":"assistant","content":[{"type":"text","text":"hello"}]}}"#,
+        ];
+        let transcript = format!("{}\n", answered.join("\n"));
+        assert_eq!(
+            answer_deferred(transcript.as_bytes(), &one_call("t1")),
+            Err(NotAwaiting("t1".into()))
+        );
+        // Deferred, but another call than the one the client answers.
+        let deferred = [
+            answered[0],
+            r#"{"type":"assistant","uuid":"a1","message":{"id":"m1","role":"assistant","content":[{"type":"tool_use","id":"t9","name":"x","input":{}}]}}"#,
+            r#"{"type":"attachment","uuid":"d1","attachment":{"type":"hook_deferred_tool","toolUseID":"t9","toolName":"x","toolInput":{}}}"#,
+        ];
+        let transcript = format!("{}\n", deferred.join("\n"));
+        assert_eq!(
+            answer_deferred(transcript.as_bytes(), &one_call("t1")),
+            Err(NotAwaiting("t9".into()))
+        );
+        assert_eq!(
+            answer_deferred(transcript.as_bytes(), &one_call("t9")),
+            Ok(None)
+        );
+    }
 
     #[test]
     fn a_failed_turn_is_found_from_its_prompt_on() {

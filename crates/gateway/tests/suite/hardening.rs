@@ -381,3 +381,25 @@ async fn a_workspace_from_before_the_quota_moves_into_its_image_whole() {
         "the workspace is its own 32 MiB file system: {out}"
     );
 }
+
+/// The sandbox's pid 1 is the gateway's relay: it reaps the orphans a tool leaves behind (no
+/// zombie piles up in a long session) and a tool cannot signal it away.
+#[tokio::test]
+async fn the_sandboxs_pid_1_reaps_orphans_and_outlives_a_tools_signals() {
+    let gw = gateway().await;
+    let probe = [
+        "sh -c 'sleep 0.2 & echo $! > /tmp/orphan'",
+        "o=$(cat /tmp/orphan); i=0",
+        "while [ -e /proc/$o ] && [ $i -lt 200 ]; do i=$((i+1)); sleep 0.05; done",
+        "[ -e /proc/$o ] && echo \"orphan-left $(grep State /proc/$o/status)\" || echo orphan-reaped",
+        "kill -KILL 1; kill -TERM 1; kill -INT 1",
+        "echo pid1=$(tr '\\0' ' ' < /proc/1/cmdline)",
+    ]
+    .join("; ");
+    let out = inside(&gw, "marker-pid1", &probe).await;
+    assert!(out.contains("orphan-reaped"), "{out}");
+    assert!(
+        out.contains("pid1=/opt/gateway/claude-gateway sandbox-relay"),
+        "{out}"
+    );
+}

@@ -473,6 +473,14 @@ impl Drop for Gateway {
     /// Every test doubles as a log scan: whatever the test did, no credential reached the
     /// gateway's log output (debug level included).
     fn drop(&mut self) {
+        // The gateway is gone before its data dir is removed: left running a moment longer
+        // (kill-on-drop does not wait), it re-creates directories the removal went past and
+        // leaves them behind, a copy of the CLI among them.
+        let _ = self.child.start_kill();
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while matches!(self.child.try_wait(), Ok(None)) && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+        }
         if std::thread::panicking() {
             // The failed test's output then shows what the gateway itself said.
             let logs = self.logs();
