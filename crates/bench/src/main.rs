@@ -83,12 +83,16 @@ enum Bench {
         #[arg(long, default_value_t = 40)]
         runs: usize,
     },
-    /// Shared state through Redis vs local: a request's latency, and rate checks per second.
+    /// Shared state through Redis vs local: a request's latency, rate checks per second, a
+    /// session turn on disk vs in Redis, transcript commit and fetch by size.
     Shared {
         #[arg(long, default_value_t = 200)]
         requests: usize,
         #[arg(long, default_value_t = 3)]
         seconds: u64,
+        /// Turns per session measured (after the first).
+        #[arg(long, default_value_t = 12)]
+        turns: usize,
     },
 }
 
@@ -118,6 +122,7 @@ impl Bench {
                 Bench::Shared {
                     requests: 10,
                     seconds: 1,
+                    turns: 2,
                 },
             ]
         } else {
@@ -148,7 +153,7 @@ impl Bench {
             Bench::Sessions { .. } => vec!["sessions"],
             Bench::Growth { .. } => vec!["growth"],
             Bench::Sandbox { .. } => vec!["sandbox"],
-            Bench::Shared { .. } => vec!["shared"],
+            Bench::Shared { .. } => vec!["shared", "shared-sessions", "shared-transcripts"],
         }
     }
 }
@@ -372,8 +377,19 @@ async fn run(args: &Args, bench: Bench) -> anyhow::Result<Vec<Block>> {
         }
         Bench::Growth { turns } => load::growth(gw, claude, turns.clamp(1, 100)).await,
         Bench::Sandbox { runs } => sandbox_setup(gw, claude, runs.clamp(1, 1000)).await,
-        Bench::Shared { requests, seconds } => {
-            shared::shared(gw, claude, requests.clamp(1, 10_000), seconds.clamp(1, 60)).await
+        Bench::Shared {
+            requests,
+            seconds,
+            turns,
+        } => {
+            shared::shared(
+                gw,
+                claude,
+                requests.clamp(1, 10_000),
+                seconds.clamp(1, 60),
+                turns.clamp(1, 200),
+            )
+            .await
         }
     }
 }

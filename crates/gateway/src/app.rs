@@ -203,10 +203,16 @@ impl AppState {
             config.workspace_quota_mb << 20,
             config.transcript_quota_mb << 20,
         ));
-        let sessions = SessionStore::new(
-            volumes.clone(),
-            std::time::Duration::from_secs(config.session_lock_wait_secs),
-        );
+        let lock_wait = std::time::Duration::from_secs(config.session_lock_wait_secs);
+        let records = match &shared {
+            Some(redis) => crate::sessions::Records::redis(
+                redis.clone(),
+                std::time::Duration::from_secs(config.session_ttl_secs.max(1)),
+                lock_wait,
+            ),
+            None => crate::sessions::Records::disk(volumes.tenants_dir().to_path_buf(), lock_wait),
+        };
+        let sessions = SessionStore::new(volumes.clone(), records);
         let live = LivePool::new(LiveLimits {
             max_total: config.live_sessions_max,
             max_per_tenant: config.live_sessions_per_tenant,
@@ -473,10 +479,7 @@ async fn expire_sessions(state: SharedState) {
     let mut tick = tokio::time::interval(every);
     loop {
         tick.tick().await;
-        let state = state.clone();
-        let removed = tokio::task::spawn_blocking(move || state.sessions.expire(ttl))
-            .await
-            .unwrap_or(0);
+        let removed = state.sessions.expire(ttl).await;
         if removed > 0 {
             tracing::info!(removed, "expired idle sessions");
         }

@@ -128,9 +128,9 @@ pub async fn start(state: &Arc<AppState>, req: TurnRequest) -> Result<StartedTur
         .clone()
         .unwrap_or_else(ClientSessionId::generate);
     let key = sessions.key(&req.tenant, &id);
-    let guard = sessions.lock(key, &id).await?;
+    let guard = Arc::new(sessions.lock(&req.tenant, key, &id).await?);
     let permit = state.admission.admit(&req.tenant).await?;
-    let existing = sessions.load(&req.tenant, &id)?;
+    let existing = sessions.load(&req.tenant, &id).await?;
     let projects = sessions.projects_dir(&req.tenant)?;
     let cli_cwd = state.runner.cli_cwd(&workspace);
 
@@ -153,8 +153,14 @@ pub async fn start(state: &Arc<AppState>, req: TurnRequest) -> Result<StartedTur
     // A turn with client tools ends at a deferred call, which only a resumed process picks up:
     // such turns neither use nor leave a live process.
     let client_tools = req.client_tools.is_some();
+    // A live process holds the conversation as it was after its own last turn: it serves
+    // only that very session state (a turn since, on another instance, or the session
+    // deleted and begun anew, leaves it behind).
+    let generation = |created_at: u64, turns: u64| format!("{fingerprint}:{created_at}:{turns}");
     let live = match &existing {
-        Some(_) if !client_tools => state.live.take(key, &fingerprint),
+        Some(meta) if !client_tools => state
+            .live
+            .take(key, &generation(meta.created_at, meta.turns)),
         _ => None,
     };
     let reused = live.is_some();
@@ -163,12 +169,6 @@ pub async fn start(state: &Arc<AppState>, req: TurnRequest) -> Result<StartedTur
     let assigned = match &existing {
         Some(meta) => meta.cli_session_id,
         None => key,
-    };
-    // A continuation of client tool calls starts with no process of the session running (such
-    // turns leave none), so its transcript is final: a failed one is cut back to this length.
-    let continuation_length = match (&existing, &req.deferred) {
-        (Some(_), Some(_)) => sessions.transcript_len(&req.tenant, assigned)?,
-        _ => None,
     };
     let process = match live {
         Some(mut process) => {
@@ -181,13 +181,21 @@ pub async fn start(state: &Arc<AppState>, req: TurnRequest) -> Result<StartedTur
             let offered =
                 crate::mcp::connect_all(&mcp, &state.mcp_connector, &state.mcp_bridge).await?;
             let session_arg = match &existing {
-                Some(_) => {
+                Some(meta) => {
+                    // The last turn may have run on another instance.
+                    sessions
+                        .restore_transcript(&req.tenant, &cli_cwd, meta)
+                        .await?;
                     if let Some(deferred) = &req.deferred {
                         sessions.answer_deferred(&req.tenant, assigned, deferred)?;
                     }
                     SessionArg::Resume(assigned)
                 }
-                None => seed_session(state, &req, key, &cli_cwd, version)?,
+                None => {
+                    // What this instance kept of a session since deleted elsewhere.
+                    sessions.forget_local(&req.tenant, key, None)?;
+                    seed_session(state, &req, key, &cli_cwd, version)?
+                }
             };
             let spec = RunSpec {
                 credential: req.credential,
@@ -211,6 +219,12 @@ pub async fn start(state: &Arc<AppState>, req: TurnRequest) -> Result<StartedTur
             process
         }
     };
+    // A continuation of client tool calls starts with no process of the session running (such
+    // turns leave none), so its transcript is final: a failed one is cut back to this length.
+    let continuation_length = match (&existing, &req.deferred) {
+        (Some(_), Some(_)) => sessions.transcript_len(&req.tenant, assigned)?,
+        _ => None,
+    };
     tracing::info!(
         tenant = req.tenant.fingerprint(),
         model = %req.model,
@@ -220,10 +234,7 @@ pub async fn start(state: &Arc<AppState>, req: TurnRequest) -> Result<StartedTur
         "starting CLI run"
     );
 
-    let state_for_hook = state.clone();
     let tenant = req.tenant.clone();
-    let session_id = id.clone();
-    let model = req.model.clone();
     let model_label = crate::telemetry::metrics::model_label(&req.model, &state.config.models);
     let on_result = Box::new(
         move |result: &crate::runner::protocol::ResultLine,
@@ -239,7 +250,6 @@ pub async fn start(state: &Arc<AppState>, req: TurnRequest) -> Result<StartedTur
                 None => result.usage.clone().unwrap_or_default(),
             };
             crate::telemetry::metrics::record_usage(&model_label, &usage, result.total_cost_usd);
-            let now = now_secs();
             // The CLI's output is untrusted (a tool in the sandbox may be able to write to it):
             // the session keeps the id the gateway assigned, whatever a result line claims.
             if result.session_id.as_deref() != Some(assigned.to_string().as_str()) {
@@ -248,29 +258,54 @@ pub async fn start(state: &Arc<AppState>, req: TurnRequest) -> Result<StartedTur
                     "the CLI reported another session id than the one assigned; keeping ours"
                 );
             }
-            let cli_session_id = assigned;
-            let meta = match existing {
-                Some(meta) => SessionMeta {
-                    cli_session_id,
-                    last_used_at: now,
-                    turns: meta.turns + 1,
-                    model,
-                    ..meta
-                },
-                None => SessionMeta {
-                    id: session_id.as_str().to_owned(),
-                    cli_session_id,
-                    created_at: now,
-                    last_used_at: now,
-                    turns: 1,
-                    model,
-                },
-            };
-            if let Err(e) = state_for_hook.sessions.save(&tenant, &meta) {
-                tracing::error!(error = %e, "could not record the session's turn");
-            }
         },
     );
+    let now = now_secs();
+    let meta = match &existing {
+        Some(meta) => SessionMeta {
+            cli_session_id: assigned,
+            last_used_at: now,
+            turns: meta.turns + 1,
+            model: req.model.clone(),
+            ..meta.clone()
+        },
+        None => SessionMeta {
+            id: id.as_str().to_owned(),
+            cli_session_id: assigned,
+            created_at: now,
+            last_used_at: now,
+            turns: 1,
+            model: req.model.clone(),
+            transcript_sha256: None,
+            transcript_len: None,
+        },
+    };
+    let kept_generation = generation(meta.created_at, meta.turns);
+    let commit: turn::Commit = {
+        let state = state.clone();
+        let tenant = req.tenant.clone();
+        let lock = guard.clone();
+        Box::new(move |last_record: Option<String>| {
+            Box::pin(async move {
+                let sessions = &state.sessions;
+                let mut meta = meta;
+                let transcript = if sessions.keeps_transcripts() {
+                    let bytes = sessions
+                        .settled_transcript(&tenant, assigned, last_record.as_deref())
+                        .await?;
+                    meta.transcript_sha256 = Some(crate::sessions::sha256_hex(&bytes));
+                    meta.transcript_len = Some(bytes.len() as u64);
+                    Some(bytes)
+                } else {
+                    None
+                };
+                sessions
+                    .commit(&tenant, &meta, transcript.as_deref(), &lock)
+                    .await?;
+                Ok(())
+            })
+        })
+    };
     // Only a session the client named is likely to be continued; a generated one gets a
     // process that exits after its turn.
     let named = req.session.is_some() && !client_tools;
@@ -279,7 +314,7 @@ pub async fn start(state: &Arc<AppState>, req: TurnRequest) -> Result<StartedTur
             let state = state.clone();
             let tenant = req.tenant.clone();
             Some(Box::new(move |process| {
-                state.live.put(key, tenant, fingerprint, process)
+                state.live.put(key, tenant, kept_generation, process)
             }))
         } else {
             None
@@ -297,6 +332,7 @@ pub async fn start(state: &Arc<AppState>, req: TurnRequest) -> Result<StartedTur
     };
     let hooks = turn::Hooks {
         on_result,
+        commit,
         on_failure,
         // The session stays locked until its process has exited or been kept.
         hold: Box::new((guard, permit)),

@@ -200,6 +200,7 @@ impl From<crate::sessions::SessionError> for ApiError {
             S::NotFound(_) => ApiError::NotFound(e.to_string()),
             S::Storage(_) => ApiError::Internal(e.to_string()),
             S::NotAwaiting(_) => ApiError::InvalidRequest(e.to_string()),
+            S::Unavailable(_) => ApiError::Unavailable(format!("{e}; try again shortly")),
         }
     }
 }
@@ -318,6 +319,7 @@ impl From<TurnError> for ApiError {
                 redact(&message)
             )),
             TurnError::Run(e) => e.into(),
+            TurnError::Session(e) => e.into(),
         }
     }
 }

@@ -30,7 +30,7 @@ pub async fn list(
     headers: HeaderMap,
 ) -> Result<Json<Value>, ApiError> {
     let tenant = authenticate(&state, &headers).await?;
-    let sessions = state.sessions.list(&tenant)?;
+    let sessions = state.sessions.list(&tenant).await?;
     Ok(Json(json!({
         "object": "list",
         "data": sessions.iter().map(summary).collect::<Vec<_>>(),
@@ -52,9 +52,16 @@ pub async fn get(
     let id = ClientSessionId::parse(&id)?;
     let meta = state
         .sessions
-        .load(&tenant, &id)?
+        .load(&tenant, &id)
+        .await?
         .ok_or_else(|| SessionError::NotFound(id.as_str().to_owned()))?;
-    let messages = settled_messages(&state, &tenant, &meta).await?;
+    let messages = if state.sessions.keeps_transcripts() {
+        // Committed whole with the last turn, wherever it ran.
+        let bytes = state.sessions.committed_transcript(&tenant, &id).await?;
+        bytes.map(|b| transcript::messages(&b)).unwrap_or_default()
+    } else {
+        settled_messages(&state, &tenant, &meta).await?
+    };
     let mut body = summary(&meta);
     body["messages"] = Value::Array(messages);
     Ok(Json(body))
@@ -109,9 +116,9 @@ pub async fn delete(
     let id = ClientSessionId::parse(&id)?;
     // Not while a turn is running: wait for it (bounded), then delete.
     let key = state.sessions.key(&tenant, &id);
-    let _guard = state.sessions.lock(key, &id).await?;
+    let _guard = state.sessions.lock(&tenant, key, &id).await?;
     state.live.end(key).await;
-    if state.sessions.delete(&tenant, &id)? {
+    if state.sessions.delete(&tenant, &id).await? {
         Ok(StatusCode::NO_CONTENT)
     } else {
         Err(SessionError::NotFound(id.as_str().to_owned()).into())

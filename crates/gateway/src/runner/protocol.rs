@@ -50,6 +50,9 @@ pub struct MessageLine {
     pub message: Value,
     #[serde(default)]
     pub session_id: Option<String>,
+    /// The record's uuid in the session's transcript, once the CLI has written it there.
+    #[serde(default)]
+    pub uuid: Option<String>,
     #[serde(default)]
     pub parent_tool_use_id: Option<String>,
 }

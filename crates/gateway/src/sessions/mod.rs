@@ -8,25 +8,26 @@
 //! `<key>` is a UUIDv5 of the client's id under a per-tenant namespace: the same client id used
 //! by two tenants names two different sessions, and no request text becomes a path.
 
+pub mod records;
 pub mod transcript;
 pub mod tree;
 
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
-use tokio::sync::OwnedMutexGuard;
 use uuid::Uuid;
+
+pub use records::{Records, TurnLock};
 
 use crate::tenant::identity::TenantId;
 use crate::tenant::volumes::{Volume, Volumes};
 
 /// Namespace of the per-tenant session namespaces (fixed; any uuid would do).
 const SESSIONS_NAMESPACE: Uuid = Uuid::from_u128(0x6a1f_3c2e_98b4_4d0a_b1e7_5c93_2f8d_0e41);
-/// Most idle lock entries kept before pruning.
-const MAX_IDLE_LOCKS: usize = 4096;
+/// How long a turn's commit waits for the CLI to write the turn into its transcript.
+const SETTLE_WAIT: Duration = Duration::from_secs(5);
 /// The largest transcript the gateway reads back (the tenant's runs write them).
 const MAX_TRANSCRIPT_BYTES: u64 = 64 << 20;
 
@@ -46,6 +47,9 @@ pub enum SessionError {
     Storage(String),
     #[error("messages: {0}")]
     NotAwaiting(transcript::NotAwaiting),
+    /// The shared store (Redis) could not be reached: nothing was changed.
+    #[error("session storage is unavailable: {0}")]
+    Unavailable(String),
 }
 
 impl ClientSessionId {
@@ -83,6 +87,14 @@ pub struct SessionMeta {
     pub last_used_at: u64,
     pub turns: u64,
     pub model: String,
+    /// SHA-256 (hex) of the transcript committed with the last turn, where the records keep
+    /// transcripts (Redis): an instance whose own copy differs fetches it before resuming.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub transcript_sha256: Option<String>,
+    /// That transcript's length: a local copy that begins with it is the same conversation
+    /// (the CLI adds bookkeeping records after a turn's last message).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub transcript_len: Option<u64>,
 }
 
 pub use crate::clock::now_secs;
@@ -122,27 +134,23 @@ fn storage(e: std::io::Error) -> SessionError {
 
 pub struct SessionStore {
     volumes: Arc<Volumes>,
-    lock_wait: Duration,
-    locks: Mutex<HashMap<Uuid, Arc<tokio::sync::Mutex<()>>>>,
+    records: Records,
 }
 
 impl SessionStore {
-    pub fn new(volumes: Arc<Volumes>, lock_wait: Duration) -> Self {
-        Self {
-            volumes,
-            lock_wait,
-            locks: Mutex::new(HashMap::new()),
-        }
+    pub fn new(volumes: Arc<Volumes>, records: Records) -> Self {
+        Self { volumes, records }
+    }
+
+    /// Whether each turn's transcript is committed to the records (Redis) as well.
+    pub fn keeps_transcripts(&self) -> bool {
+        self.records.keeps_transcripts()
     }
 
     /// The session's stable key: also the CLI session uuid it starts with.
     pub fn key(&self, tenant: &TenantId, id: &ClientSessionId) -> Uuid {
         let namespace = Uuid::new_v5(&SESSIONS_NAMESPACE, tenant.as_dir_name().as_bytes());
         Uuid::new_v5(&namespace, id.as_str().as_bytes())
-    }
-
-    fn tenant_dir(&self, tenant: &TenantId) -> PathBuf {
-        self.volumes.tenants_dir().join(tenant.as_dir_name())
     }
 
     /// The tenant's CLI projects directory (created, and mounted, on first use).
@@ -195,56 +203,120 @@ impl SessionStore {
             .map_err(storage)
     }
 
-    fn meta_path(&self, tenant: &TenantId, key: Uuid) -> PathBuf {
-        self.tenant_dir(tenant)
-            .join("sessions")
-            .join(format!("{key}.json"))
-    }
-
-    pub fn load(
+    pub async fn load(
         &self,
         tenant: &TenantId,
         id: &ClientSessionId,
     ) -> Result<Option<SessionMeta>, SessionError> {
-        let path = self.meta_path(tenant, self.key(tenant, id));
-        match std::fs::read(&path) {
-            Ok(bytes) => serde_json::from_slice(&bytes)
-                .map(Some)
-                .map_err(|e| SessionError::Storage(format!("corrupt session metadata: {e}"))),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(storage(e)),
-        }
+        self.records.load(tenant, self.key(tenant, id)).await
     }
 
-    /// Writes the metadata atomically (a crash leaves the old or the new file, never half).
-    pub fn save(&self, tenant: &TenantId, meta: &SessionMeta) -> Result<(), SessionError> {
+    /// Records a turn of the session `lock` holds: its metadata and, where the records keep
+    /// transcripts, `transcript` (the whole of it as the turn left it).
+    pub async fn commit(
+        &self,
+        tenant: &TenantId,
+        meta: &SessionMeta,
+        transcript: Option<&[u8]>,
+        lock: &TurnLock,
+    ) -> Result<(), SessionError> {
         let id = ClientSessionId::parse(&meta.id)?;
-        let path = self.meta_path(tenant, self.key(tenant, &id));
-        let dir = path.parent().unwrap_or(Path::new("."));
-        std::fs::create_dir_all(dir).map_err(storage)?;
-        let tmp = dir.join(format!(".{}.tmp", Uuid::new_v4()));
-        let bytes =
-            serde_json::to_vec_pretty(meta).map_err(|e| SessionError::Storage(e.to_string()))?;
-        std::fs::write(&tmp, bytes).map_err(storage)?;
-        std::fs::rename(&tmp, &path).map_err(storage)
+        self.records
+            .commit(tenant, self.key(tenant, &id), meta, transcript, lock)
+            .await
     }
 
     /// The tenant's sessions, most recently used first.
-    pub fn list(&self, tenant: &TenantId) -> Result<Vec<SessionMeta>, SessionError> {
-        let dir = self.tenant_dir(tenant).join("sessions");
-        let entries = match std::fs::read_dir(&dir) {
-            Ok(e) => e,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-            Err(e) => return Err(storage(e)),
+    pub async fn list(&self, tenant: &TenantId) -> Result<Vec<SessionMeta>, SessionError> {
+        self.records.list(tenant).await
+    }
+
+    /// The transcript the session's last turn committed, where the records keep transcripts.
+    pub async fn committed_transcript(
+        &self,
+        tenant: &TenantId,
+        id: &ClientSessionId,
+    ) -> Result<Option<Vec<u8>>, SessionError> {
+        self.records.transcript(tenant, self.key(tenant, id)).await
+    }
+
+    /// The session's transcript once it holds the turn that ended with the record
+    /// `last_record` (the CLI writes it a few tens of milliseconds after printing it), up to
+    /// its last whole line: what a turn commits.
+    pub async fn settled_transcript(
+        &self,
+        tenant: &TenantId,
+        cli_session: Uuid,
+        last_record: Option<&str>,
+    ) -> Result<Vec<u8>, SessionError> {
+        let wanted = last_record.map(|uuid| format!("\"uuid\":\"{uuid}\""));
+        let deadline = tokio::time::Instant::now() + SETTLE_WAIT;
+        let mut pause = Duration::from_millis(5);
+        loop {
+            let mut bytes = self
+                .read_transcript(tenant, cli_session)?
+                .unwrap_or_default();
+            let whole = bytes.iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1);
+            bytes.truncate(whole);
+            let settled = wanted
+                .as_ref()
+                .is_none_or(|w| String::from_utf8_lossy(&bytes).contains(w.as_str()));
+            if settled {
+                return Ok(bytes);
+            }
+            if tokio::time::Instant::now() >= deadline {
+                tracing::warn!("the CLI had not recorded its turn's last message in time");
+                return Ok(bytes);
+            }
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(Duration::from_millis(50));
+        }
+    }
+
+    /// Makes this instance's copy of the session's transcript the one its last turn committed
+    /// (fetched from the records when it differs or is missing: that turn ran elsewhere), so
+    /// the CLI resumes the conversation as it stands. Nothing to do where the records keep no
+    /// transcripts (the CLI's own file is the transcript).
+    pub async fn restore_transcript(
+        &self,
+        tenant: &TenantId,
+        cwd: &Path,
+        meta: &SessionMeta,
+    ) -> Result<(), SessionError> {
+        let (Some(wanted), Some(len)) = (&meta.transcript_sha256, meta.transcript_len) else {
+            return Ok(());
         };
-        let mut sessions: Vec<SessionMeta> = entries
-            .filter_map(|e| e.ok())
-            .filter(|e| e.path().extension().is_some_and(|x| x == "json"))
-            .filter_map(|e| std::fs::read(e.path()).ok())
-            .filter_map(|b| serde_json::from_slice(&b).ok())
-            .collect();
-        sessions.sort_by_key(|s| std::cmp::Reverse(s.last_used_at));
-        Ok(sessions)
+        let local = self.read_transcript(tenant, meta.cli_session_id)?;
+        let committed_here = local.as_deref().is_some_and(|bytes| {
+            usize::try_from(len)
+                .ok()
+                .and_then(|len| bytes.get(..len))
+                .is_some_and(|prefix| sha256_hex(prefix) == *wanted)
+        });
+        if committed_here {
+            return Ok(());
+        }
+        let id = ClientSessionId::parse(&meta.id)?;
+        let bytes = self
+            .committed_transcript(tenant, &id)
+            .await?
+            .ok_or_else(|| {
+                SessionError::Storage("the session's committed transcript is missing".into())
+            })?;
+        if sha256_hex(&bytes) != *wanted {
+            return Err(SessionError::Storage(
+                "the session's committed transcript does not match its metadata".into(),
+            ));
+        }
+        let projects = self.projects(tenant)?;
+        let path = Self::find_transcript(&projects, meta.cli_session_id)
+            .unwrap_or_else(|| Self::transcript_name(cwd, meta.cli_session_id));
+        if let Some(dir) = path.parent() {
+            if projects.exists(dir) && !projects.is_dir(dir) {
+                projects.remove(dir).map_err(storage)?;
+            }
+        }
+        projects.write_new(&path, &bytes).map_err(storage)
     }
 
     /// Where the CLI keeps the transcript of `cli_session` (a regular file), if anywhere.
@@ -345,23 +417,38 @@ impl SessionStore {
             .map_err(storage)
     }
 
-    /// Removes a session's metadata and transcripts; `false` if there was none.
-    pub fn delete(&self, tenant: &TenantId, id: &ClientSessionId) -> Result<bool, SessionError> {
-        let Some(meta) = self.load(tenant, id)? else {
-            return Ok(false);
-        };
+    /// Removes a session's records and this instance's transcripts of it; `false` if there
+    /// was none. Call with the session locked.
+    pub async fn delete(
+        &self,
+        tenant: &TenantId,
+        id: &ClientSessionId,
+    ) -> Result<bool, SessionError> {
         let key = self.key(tenant, id);
+        let meta = self.records.load(tenant, key).await?;
+        self.forget_local(tenant, key, meta.as_ref().map(|m| m.cli_session_id))?;
+        if meta.is_none() {
+            return Ok(false);
+        }
+        self.records.remove(tenant, key).await
+    }
+
+    /// Removes what this instance keeps of a session's transcripts: the CLI session id is
+    /// derived from the client id, so anything left would be inherited by the next
+    /// conversation under that id (here, or when another instance deleted the session).
+    pub fn forget_local(
+        &self,
+        tenant: &TenantId,
+        key: Uuid,
+        cli_session: Option<Uuid>,
+    ) -> Result<(), SessionError> {
         let projects = self.projects(tenant)?;
-        for cli_session in [meta.cli_session_id, key] {
+        for cli_session in cli_session.into_iter().chain([key]) {
             for path in Self::derived_files(&projects, cli_session) {
                 projects.remove(&path).map_err(storage)?;
             }
         }
-        match std::fs::remove_file(self.meta_path(tenant, key)) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(storage(e)),
-            _ => {}
-        }
-        Ok(true)
+        Ok(())
     }
 
     /// Everything the CLI keeps for one session, in every project dir: the transcript
@@ -379,26 +466,23 @@ impl SessionStore {
             .collect()
     }
 
-    /// Waits (a bounded time) until no other request runs a turn of this session.
+    /// Waits (a bounded time) until no other request, on any instance, runs a turn of this
+    /// session.
     pub async fn lock(
         &self,
+        tenant: &TenantId,
         key: Uuid,
         id: &ClientSessionId,
-    ) -> Result<OwnedMutexGuard<()>, SessionError> {
-        let lock = {
-            let mut locks = self.locks.lock().unwrap_or_else(|e| e.into_inner());
-            if locks.len() >= MAX_IDLE_LOCKS {
-                locks.retain(|_, l| Arc::strong_count(l) > 1);
-            }
-            locks.entry(key).or_default().clone()
-        };
-        tokio::time::timeout(self.lock_wait, lock.lock_owned())
-            .await
-            .map_err(|_| SessionError::Busy(id.as_str().to_owned()))
+    ) -> Result<TurnLock, SessionError> {
+        self.records.lock(tenant, key, id).await
     }
 
-    /// Removes sessions idle for longer than `ttl`; returns how many.
-    pub fn expire(&self, ttl: Duration) -> usize {
+    /// Removes sessions idle for longer than `ttl`; returns how many. Records that expire by
+    /// themselves (Redis keys) are left to do so.
+    pub async fn expire(&self, ttl: Duration) -> usize {
+        if self.records.expire_by_themselves() {
+            return 0;
+        }
         let cutoff = now_secs().saturating_sub(ttl.as_secs());
         let Ok(tenants) = std::fs::read_dir(self.volumes.tenants_dir()) else {
             return 0;
@@ -409,7 +493,7 @@ impl SessionStore {
                 continue;
             };
             let tenant = TenantId::from_dir_name(name);
-            for meta in self.list(&tenant).unwrap_or_default() {
+            for meta in self.list(&tenant).await.unwrap_or_default() {
                 if meta.last_used_at >= cutoff {
                     continue;
                 }
@@ -417,12 +501,10 @@ impl SessionStore {
                     continue;
                 };
                 // A session in use is not idle, whatever its metadata says.
-                let key = self.key(&tenant, &id);
-                let busy = {
-                    let locks = self.locks.lock().unwrap_or_else(|e| e.into_inner());
-                    locks.get(&key).is_some_and(|l| l.try_lock().is_err())
-                };
-                if !busy && self.delete(&tenant, &id).unwrap_or(false) {
+                if self.records.is_busy(self.key(&tenant, &id)) {
+                    continue;
+                }
+                if self.delete(&tenant, &id).await.unwrap_or(false) {
                     removed += 1;
                 }
             }
@@ -431,12 +513,31 @@ impl SessionStore {
     }
 }
 
+/// SHA-256 of `bytes`, in hex.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(bytes))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn volumes(tenants_dir: impl Into<PathBuf>) -> Arc<Volumes> {
         Arc::new(Volumes::new(tenants_dir.into(), 0, 0))
+    }
+
+    fn store(tenants_dir: &Path, lock_wait: Duration) -> SessionStore {
+        SessionStore::new(
+            volumes(tenants_dir),
+            Records::disk(tenants_dir.into(), lock_wait),
+        )
+    }
+
+    async fn save(store: &SessionStore, t: &TenantId, meta: &SessionMeta) {
+        let id = ClientSessionId::parse(&meta.id).expect("valid");
+        let lock = store.lock(t, store.key(t, &id), &id).await.expect("lock");
+        store.commit(t, meta, None, &lock).await.expect("commit");
     }
 
     fn tenant(name: &str) -> TenantId {
@@ -471,16 +572,16 @@ mod tests {
 
     #[test]
     fn one_client_id_names_different_sessions_for_different_tenants() {
-        let store = SessionStore::new(volumes("/nonexistent"), Duration::from_secs(1));
+        let store = store(Path::new("/nonexistent"), Duration::from_secs(1));
         let id = ClientSessionId::parse("conv-1").expect("valid");
         assert_ne!(store.key(&tenant("a"), &id), store.key(&tenant("b"), &id));
         assert_eq!(store.key(&tenant("a"), &id), store.key(&tenant("a"), &id));
     }
 
-    #[test]
-    fn metadata_round_trips_lists_expires_and_deletes() {
+    #[tokio::test]
+    async fn metadata_round_trips_lists_expires_and_deletes() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let store = SessionStore::new(volumes(dir.path()), Duration::from_secs(1));
+        let store = store(dir.path(), Duration::from_secs(1));
         let t = tenant("t1");
         let id = ClientSessionId::parse("conv").expect("valid");
         let meta = SessionMeta {
@@ -490,25 +591,27 @@ mod tests {
             last_used_at: now_secs(),
             turns: 1,
             model: "sonnet".into(),
+            transcript_sha256: None,
+            transcript_len: None,
         };
-        store.save(&t, &meta).expect("save");
-        assert_eq!(store.load(&t, &id).expect("load"), Some(meta.clone()));
-        assert_eq!(store.list(&t).expect("list").len(), 1);
-        assert_eq!(store.expire(Duration::from_secs(3600)), 0);
+        save(&store, &t, &meta).await;
+        assert_eq!(store.load(&t, &id).await.expect("load"), Some(meta.clone()));
+        assert_eq!(store.list(&t).await.expect("list").len(), 1);
+        assert_eq!(store.expire(Duration::from_secs(3600)).await, 0);
         let old = SessionMeta {
             last_used_at: 1,
             ..meta
         };
-        store.save(&t, &old).expect("save");
-        assert_eq!(store.expire(Duration::from_secs(3600)), 1);
-        assert_eq!(store.load(&t, &id).expect("load"), None);
-        assert!(!store.delete(&t, &id).expect("delete"));
+        save(&store, &t, &old).await;
+        assert_eq!(store.expire(Duration::from_secs(3600)).await, 1);
+        assert_eq!(store.load(&t, &id).await.expect("load"), None);
+        assert!(!store.delete(&t, &id).await.expect("delete"));
     }
 
-    #[test]
-    fn deleting_a_session_removes_its_transcript_and_the_files_derived_from_it() {
+    #[tokio::test]
+    async fn deleting_a_session_removes_its_transcript_and_the_files_derived_from_it() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let store = SessionStore::new(volumes(dir.path()), Duration::from_secs(1));
+        let store = store(dir.path(), Duration::from_secs(1));
         let t = tenant("t1");
         let id = ClientSessionId::parse("conv").expect("valid");
         let uuid = store.key(&t, &id);
@@ -519,9 +622,11 @@ mod tests {
             last_used_at: now_secs(),
             turns: 1,
             model: "sonnet".into(),
+            transcript_sha256: None,
+            transcript_len: None,
         };
-        store.save(&t, &meta).expect("save");
-        let projects = store.tenant_dir(&t).join("projects");
+        save(&store, &t, &meta).await;
+        let projects = store.projects_dir(&t).expect("projects");
         let other = Uuid::new_v4();
         for project in ["-workspace", "-elsewhere"] {
             let tool_results = projects
@@ -535,7 +640,7 @@ mod tests {
             std::fs::write(projects.join(project).join(format!("{other}.jsonl")), "{}")
                 .expect("write");
         }
-        assert!(store.delete(&t, &id).expect("delete"));
+        assert!(store.delete(&t, &id).await.expect("delete"));
         for project in ["-workspace", "-elsewhere"] {
             let left: Vec<String> = std::fs::read_dir(projects.join(project))
                 .expect("project dir")
@@ -544,20 +649,21 @@ mod tests {
                 .collect();
             assert_eq!(left, [format!("{other}.jsonl")], "{project}");
         }
-        assert_eq!(store.load(&t, &id).expect("load"), None);
+        assert_eq!(store.load(&t, &id).await.expect("load"), None);
     }
 
     #[tokio::test]
     async fn a_second_turn_on_a_busy_session_waits_then_is_refused() {
-        let store = SessionStore::new(volumes("/nonexistent"), Duration::from_millis(100));
+        let store = store(Path::new("/nonexistent"), Duration::from_millis(100));
+        let t = tenant("t1");
         let id = ClientSessionId::parse("conv").expect("valid");
         let key = Uuid::new_v4();
-        let held = store.lock(key, &id).await.expect("first");
+        let held = store.lock(&t, key, &id).await.expect("first");
         assert!(matches!(
-            store.lock(key, &id).await,
+            store.lock(&t, key, &id).await,
             Err(SessionError::Busy(_))
         ));
         drop(held);
-        assert!(store.lock(key, &id).await.is_ok());
+        assert!(store.lock(&t, key, &id).await.is_ok());
     }
 }

@@ -5,6 +5,8 @@
 //! reached the requests that need it fail with 503: never a silent local fallback, which
 //! would multiply limits by the number of instances.
 
+pub mod lease;
+
 use std::time::Duration;
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
@@ -12,7 +14,7 @@ use secrecy::ExposeSecret;
 
 /// How long one Redis command may take, connecting included: a slow Redis must not hang
 /// requests.
-const COMMAND_TIMEOUT: Duration = Duration::from_secs(2);
+pub const COMMAND_TIMEOUT: Duration = Duration::from_secs(2);
 
 #[derive(Debug, thiserror::Error)]
 pub enum SharedError {

@@ -11,7 +11,7 @@ pub mod event;
 use serde_json::Value;
 use tokio::sync::mpsc;
 
-use crate::runner::protocol::{ResultLine, UserInput};
+use crate::runner::protocol::{CliLine, ResultLine, UserInput};
 use crate::runner::{CliProcess, RunError};
 use assemble::{Assembler, Step};
 use event::{TurnEvent, Usage};
@@ -31,6 +31,9 @@ pub enum TurnError {
     Cli(String),
     #[error(transparent)]
     Run(#[from] RunError),
+    /// The turn could not be recorded in its session.
+    #[error(transparent)]
+    Session(#[from] crate::sessions::SessionError),
 }
 
 /// What the driving task reports.
@@ -56,11 +59,19 @@ const KILL_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 pub type OnResult =
     Box<dyn FnOnce(&ResultLine, Option<crate::sandbox::usage::UpstreamUsage>) + Send>;
 
+/// Records the turn in its session once its result is in, before the client hears of it, so
+/// that the session is current when the client moves on; called with the transcript uuid of
+/// the last record the CLI printed (the transcript holds the turn once it holds that record).
+/// A turn that cannot be recorded fails, and its session is put back.
+pub type Commit = Box<
+    dyn FnOnce(Option<String>) -> futures::future::BoxFuture<'static, Result<(), TurnError>> + Send,
+>;
+
 /// What a turn's owner hooks into its end.
 pub struct Hooks {
-    /// Called with the result as soon as it arrives, before the client hears of it, so that
-    /// whatever records the turn (session metadata) is current when the client moves on.
+    /// Called with the result as soon as it arrives (the turn's usage).
     pub on_result: OnResult,
+    pub commit: Commit,
     /// Dropped only once the CLI has exited or been kept (a session lock).
     pub hold: Box<dyn Send>,
     /// Takes the process after a successful turn to keep it for the next one (live sessions);
@@ -95,14 +106,22 @@ pub fn start(
         async move {
             let Hooks {
                 on_result,
+                commit,
                 hold,
                 keep,
                 on_failure,
             } = hooks;
             // A failed turn's process is killed and waited for before the roll-back, so nothing
             // writes to the session behind it (a CLI may flush its transcript late).
-            if let Err(mut process) =
-                drive(process, input.as_ref(), shape, &tx, on_result, keep).await
+            if let Err(mut process) = drive(
+                process,
+                input.as_ref(),
+                shape,
+                &tx,
+                (on_result, commit),
+                keep,
+            )
+            .await
             {
                 process.put_down(KILL_WAIT).await;
                 on_failure(input.as_ref().map_or(&Value::Null, UserInput::content));
@@ -121,7 +140,7 @@ async fn drive(
     input: Option<&UserInput>,
     shape: Shape,
     tx: &mpsc::Sender<Item>,
-    on_result: OnResult,
+    (on_result, commit): (OnResult, Commit),
     keep: Option<Box<dyn FnOnce(CliProcess) + Send>>,
 ) -> Result<(), CliProcess> {
     {
@@ -139,11 +158,18 @@ async fn drive(
         let mut started = false;
         let began = std::time::Instant::now();
         let mut first_output = false;
+        // The transcript uuid of the last record of the main conversation the CLI printed.
+        let mut last_record: Option<String> = None;
         loop {
             let line = tokio::select! {
                 _ = tx.closed() => return Err(process),
                 line = process.next_line() => line,
             };
+            if let Ok(Some(CliLine::Assistant(m) | CliLine::User(m))) = &line {
+                if m.parent_tool_use_id.is_none() && m.uuid.is_some() {
+                    last_record.clone_from(&m.uuid);
+                }
+            }
             let item = match line {
                 Ok(Some(line)) => match assembler.on_line(line) {
                     Step::Continue(events) if events.is_empty() => None,
@@ -188,6 +214,11 @@ async fn drive(
             if let Item::Done(_, result) = &item {
                 // A result counts even if the client has gone: the transcript holds the turn.
                 on_result(result, process.observed.as_ref().and_then(|o| o.usage()));
+                if let Err(e) = commit(last_record).await {
+                    tracing::error!(error = %e, "could not record the session's turn");
+                    let _ = tx.send(Item::Failed(e)).await;
+                    return Err(process);
+                }
                 let _ = tx.send(item).await;
                 if let Some(keep) = keep {
                     keep(process);

@@ -8,13 +8,13 @@ use std::time::Duration;
 
 const TENANT: &str = "sk-ant-oat01-agent.client-tools";
 
-fn weather_tool() -> Value {
+pub fn weather_tool() -> Value {
     json!({"name": "get_weather", "description": "The weather in a city",
         "input_schema": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}})
 }
 
 /// A request offering the weather tool, whose scripted model calls it once, then says `reply`.
-fn asks_for_weather(marker: &str) -> Value {
+pub fn asks_for_weather(marker: &str) -> Value {
     let script =
         json!({"tools": [{"name": "get_weather", "input": {"city": "Paris"}}], "reply": "done"});
     let mut req = body(&scripted(marker, script));
@@ -23,7 +23,7 @@ fn asks_for_weather(marker: &str) -> Value {
 }
 
 /// The model's call, from a complete response that ended at it.
-fn the_call(message: &Value) -> Value {
+pub fn the_call(message: &Value) -> Value {
     assert_eq!(message["stop_reason"], "tool_use", "{message}");
     let calls: Vec<&Value> = message["content"]
         .as_array()
@@ -36,7 +36,7 @@ fn the_call(message: &Value) -> Value {
 }
 
 /// The tool_result the model saw last in its most recent call carrying `marker`.
-fn result_the_model_saw(gw: &Gateway, marker: &str) -> Option<String> {
+pub fn result_the_model_saw(gw: &Gateway, marker: &str) -> Option<String> {
     let calls = gw.upstream_with(marker);
     let last = calls.last()?;
     last.body["messages"]

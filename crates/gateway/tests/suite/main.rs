@@ -20,3 +20,4 @@ mod operations;
 mod router;
 mod sessions;
 mod shared;
+mod shared_sessions;

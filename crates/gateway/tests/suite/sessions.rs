@@ -31,7 +31,7 @@ async fn turn(
 }
 
 /// The user/assistant turns of the model call that carried `marker`, as (role, text) pairs.
-fn conversation(request: &RecordedRequest) -> Vec<(String, String)> {
+pub fn conversation(request: &RecordedRequest) -> Vec<(String, String)> {
     request.body["messages"]
         .as_array()
         .cloned()

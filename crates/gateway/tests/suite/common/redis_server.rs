@@ -42,6 +42,23 @@ impl RedisServer {
             && &reply == b"+PONG\r\n"
     }
 
+    /// Sends one command; its first reply line (`+OK`, `:1`, …).
+    pub fn command(&self, args: &[&str]) -> String {
+        let mut s = TcpStream::connect(("127.0.0.1", self.port)).expect("redis answers");
+        let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
+        let mut request = format!("*{}\r\n", args.len());
+        for arg in args {
+            request.push_str(&format!("${}\r\n{arg}\r\n", arg.len()));
+        }
+        s.write_all(request.as_bytes()).expect("sent");
+        let mut reply = Vec::new();
+        let mut byte = [0u8; 1];
+        while s.read_exact(&mut byte).is_ok() && byte[0] != b'\n' {
+            reply.push(byte[0]);
+        }
+        String::from_utf8_lossy(&reply).trim_end().to_owned()
+    }
+
     /// Starts it (again, on the same port) and waits until it answers.
     pub fn resume(&mut self) {
         let child = Command::new("redis-server")
