@@ -5,7 +5,8 @@
 //! tenant can attack: new namespaces (`unshare`, `setns`, `clone` with namespace flags), mounts
 //! (old and new API), `bpf`, `perf_event_open`, the key rings, kernel modules and `kexec`,
 //! `userfaultfd`, `io_uring`, `personality` changes and terminal injection (`ioctl` `TIOCSTI`,
-//! `TIOCLINUX`): refused with `EPERM`. `clone3` is refused with `ENOSYS`, its flags being out of
+//! `TIOCLINUX`) and making a process dumpable again (`prctl(PR_SET_DUMPABLE, 1)`): refused with
+//! `EPERM`. `clone3` is refused with `ENOSYS`, its flags being out of
 //! a filter's reach in memory: the C library then falls back to `clone`, whose flags are checked.
 //! `ptrace` stays allowed: a run's pid namespace holds only its own processes, and the CLI itself
 //! is not traceable (see [`super::bwrap::execute_only_copy`]).
@@ -128,6 +129,16 @@ pub fn programs() -> Result<Vec<Vec<u8>>, SeccompError> {
                 .map_err(|e| SeccompError::Compile(e.to_string()))?])
             })
             .collect::<Result<_, _>>()?,
+    );
+    // Nothing in a run may make itself dumpable again: the processes that hold the gateway's
+    // pipes (the CLI, the relay) are non-dumpable so that the run's tools, of the same uid,
+    // cannot open their descriptors through /proc; one that turned dumpable would lend them.
+    rules.insert(
+        libc::SYS_prctl,
+        vec![rule(vec![
+            condition(0, SeccompCmpOp::Eq, libc::PR_SET_DUMPABLE as u64)?,
+            condition(1, SeccompCmpOp::Ne, 0)?,
+        ])?],
     );
     let refused = compile(rules, libc::EPERM)?;
     let clone3 = compile(

@@ -55,6 +55,10 @@ async fn a_run_has_a_syscall_filter_and_no_nested_namespaces_or_mounts() {
         raw_syscall("perf_event_open", 298),
         raw_syscall("io_uring_setup", 425),
         raw_syscall("userfaultfd", 323),
+        // prctl(PR_SET_DUMPABLE, 1): what would lend a non-dumpable process's pipes to a tool.
+        "python3 -c \"import ctypes; c=ctypes.CDLL(None, use_errno=True); \
+         print('set_dumpable', c.prctl(4, 1, 0, 0, 0), ctypes.get_errno())\""
+            .to_owned(),
         // What a run needs still works: threads, processes, git, node.
         "python3 -c 'import threading; t=threading.Thread(target=print, args=(\"thread-ok\",)); t.start(); t.join()'".to_owned(),
         "git init -q /tmp/repo && echo git-ok".to_owned(),
@@ -75,6 +79,7 @@ async fn a_run_has_a_syscall_filter_and_no_nested_namespaces_or_mounts() {
         "perf_event_open",
         "io_uring_setup",
         "userfaultfd",
+        "set_dumpable",
     ] {
         let line = out
             .lines()

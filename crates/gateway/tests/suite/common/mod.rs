@@ -40,7 +40,7 @@ pub fn claude_bin() -> PathBuf {
     bin
 }
 
-/// The version of the CLI under test (`2.1.197`), as it reports it.
+/// The version of the CLI under test (`2.1.332` at the pin), as it reports it.
 pub fn cli_version() -> String {
     let out = std::process::Command::new(claude_bin())
         .arg("--version")
