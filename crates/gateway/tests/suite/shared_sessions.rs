@@ -345,3 +345,26 @@ async fn a_client_tool_call_made_on_one_instance_is_answered_on_another() {
     let seen = result_the_model_saw(&b, "marker-xt").expect("a tool_result");
     assert!(seen.contains("hail"), "{seen}");
 }
+
+#[tokio::test]
+async fn sessions_in_redis_expire_after_their_ttl_as_on_disk() {
+    let redis = RedisServer::start();
+    let a = instance(&redis, &["--session-ttl-secs", "1"]).await;
+    assert_eq!(turn(&a, "brief", "marker-xe-1 first").await.status(), 200);
+    assert_eq!(a.get_json_as(TENANT, "/v1/sessions/brief").await.0, 200);
+    let deadline = std::time::Instant::now() + crate::common::SETTLE;
+    while a.get_json_as(TENANT, "/v1/sessions/brief").await.0 != 404 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the session never expired"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(
+        a.get_json_as(TENANT, "/v1/sessions").await.1["data"],
+        json!([])
+    );
+    // Its id starts afresh.
+    assert_eq!(turn(&a, "brief", "marker-xe-2 again").await.status(), 200);
+    assert_eq!(prompts_seen(&a, "marker-xe-2"), ["marker-xe-2"]);
+}
