@@ -10,6 +10,7 @@ mod load;
 mod report;
 mod shared;
 mod stats;
+mod warm;
 
 use std::time::Duration;
 
@@ -83,6 +84,11 @@ enum Bench {
         #[arg(long, default_value_t = 40)]
         runs: usize,
     },
+    /// New conversations of a recently active tenant with and without warm processes.
+    Warm {
+        #[arg(long, default_value_t = 12)]
+        conversations: usize,
+    },
     /// Shared state through Redis vs local: a request's latency, rate checks per second, a
     /// session turn on disk vs in Redis, transcript commit and fetch by size.
     Shared {
@@ -124,6 +130,7 @@ impl Bench {
                     seconds: 1,
                     turns: 2,
                 },
+                Bench::Warm { conversations: 2 },
             ]
         } else {
             [
@@ -134,6 +141,7 @@ impl Bench {
                 "growth",
                 "sandbox",
                 "shared",
+                "warm",
             ]
             .into_iter()
             .map(default)
@@ -154,6 +162,7 @@ impl Bench {
             Bench::Growth { .. } => vec!["growth"],
             Bench::Sandbox { .. } => vec!["sandbox"],
             Bench::Shared { .. } => vec!["shared", "shared-sessions", "shared-transcripts"],
+            Bench::Warm { .. } => vec!["warm"],
         }
     }
 }
@@ -377,6 +386,7 @@ async fn run(args: &Args, bench: Bench) -> anyhow::Result<Vec<Block>> {
         }
         Bench::Growth { turns } => load::growth(gw, claude, turns.clamp(1, 100)).await,
         Bench::Sandbox { runs } => sandbox_setup(gw, claude, runs.clamp(1, 1000)).await,
+        Bench::Warm { conversations } => warm::warm(gw, claude, conversations.clamp(1, 200)).await,
         Bench::Shared {
             requests,
             seconds,

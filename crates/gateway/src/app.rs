@@ -30,6 +30,9 @@ pub struct AppState {
     pub refresher: Refresher,
     pub sessions: SessionStore,
     pub live: LivePool,
+    /// CLI processes started ahead of a recently active tenant's next new conversation, keyed
+    /// by [`crate::conversation::warm_key`].
+    pub warm: LivePool,
     pub admission: Admission,
     pub rate: RateLimits,
     /// Redis shared by every instance, when configured.
@@ -213,6 +216,11 @@ impl AppState {
             None => crate::sessions::Records::disk(volumes.tenants_dir().to_path_buf(), lock_wait),
         };
         let sessions = SessionStore::new(volumes.clone(), records);
+        let warm = LivePool::new(LiveLimits {
+            max_total: config.warm_processes_max,
+            max_per_tenant: config.warm_processes_per_tenant,
+            idle: std::time::Duration::from_secs(config.warm_idle_secs),
+        });
         let live = LivePool::new(LiveLimits {
             max_total: config.live_sessions_max,
             max_per_tenant: config.live_sessions_per_tenant,
@@ -250,6 +258,7 @@ impl AppState {
             runner,
             sessions,
             live,
+            warm,
             admission,
             rate,
             mcp,
@@ -450,6 +459,7 @@ pub async fn serve(mut config: Config) -> Result<(), StartupError> {
     // Whatever still runs (requests past the grace, live sessions) is killed with its process
     // group as its owner is dropped; run dirs are removed the same way.
     state.live.clear();
+    state.warm.clear();
     tracing::info!("stopped");
     Ok(())
 }
@@ -486,9 +496,15 @@ async fn expire_sessions(state: SharedState) {
     }
 }
 
-/// Retires live CLI processes that sat idle too long.
+/// Retires live and warm CLI processes that sat idle too long.
 async fn reap_live_sessions(state: SharedState) {
-    let idle = std::time::Duration::from_secs(state.config.live_session_idle_secs.max(1));
+    let idle = std::time::Duration::from_secs(
+        state
+            .config
+            .live_session_idle_secs
+            .min(state.config.warm_idle_secs)
+            .max(1),
+    );
     let every = (idle / 4).clamp(
         std::time::Duration::from_secs(1),
         std::time::Duration::from_secs(30),
@@ -497,9 +513,9 @@ async fn reap_live_sessions(state: SharedState) {
     loop {
         tick.tick().await;
         state.rate.prune();
-        let retired = state.live.reap();
+        let retired = state.live.reap() + state.warm.reap();
         if retired > 0 {
-            tracing::debug!(retired, "retired idle live sessions");
+            tracing::debug!(retired, "retired idle live and warm processes");
         }
     }
 }

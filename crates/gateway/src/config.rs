@@ -284,6 +284,25 @@ pub struct Config {
     )]
     pub live_session_idle_secs: u64,
 
+    /// Warm CLI processes across all tenants: started, sandboxed and waiting, each for the
+    /// next new conversation of a tenant active within `--warm-idle-secs`, with the settings of
+    /// its last one (0, the default, disables them). Each holds what a live session does.
+    #[arg(long, env = "CLAUDE_GATEWAY_WARM_PROCESSES_MAX", default_value_t = 0)]
+    pub warm_processes_max: usize,
+
+    /// Warm processes one tenant may hold.
+    #[arg(
+        long,
+        env = "CLAUDE_GATEWAY_WARM_PROCESSES_PER_TENANT",
+        default_value_t = 1
+    )]
+    pub warm_processes_per_tenant: usize,
+
+    /// A warm process unused this long is retired, in seconds: the window in which a tenant
+    /// counts as recently active.
+    #[arg(long, env = "CLAUDE_GATEWAY_WARM_IDLE_SECS", default_value_t = 300)]
+    pub warm_idle_secs: u64,
+
     /// CLI runs going on at once across all tenants (default: from memory and cores, ~300 MiB
     /// per cold run).
     #[arg(long, env = "CLAUDE_GATEWAY_MAX_CONCURRENT_RUNS")]

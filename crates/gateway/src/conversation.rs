@@ -86,6 +86,49 @@ fn seed_session(
     Ok(SessionArg::Resume(key))
 }
 
+/// Where a tenant's warm process for `req`'s settings waits, and what it was started with
+/// (never the credential: the process's placeholder is bound to the next request's).
+fn warm_key(state: &AppState, req: &TurnRequest) -> (uuid::Uuid, String) {
+    let settings = state.install_key.keyed_hash(
+        "warm-process",
+        serde_json::json!([
+            req.model,
+            req.system_prompt.as_ref().map(|(text, mode)| (text, mode)),
+            req.level.as_str(),
+            req.max_output_tokens,
+            // Which variable the CLI reads its credential from.
+            format!("{:?}", req.credential.kind()),
+        ])
+        .to_string()
+        .as_bytes(),
+    );
+    let slot = uuid::Uuid::new_v5(
+        &uuid::Uuid::NAMESPACE_OID,
+        format!("{}:{settings}", req.tenant.as_dir_name()).as_bytes(),
+    );
+    (slot, settings)
+}
+
+/// Starts a CLI for the tenant's next new conversation, in the background, unless the host is
+/// busy with runs (a warm process is an optimisation, never a run's competitor).
+fn prepare_warm(
+    state: Arc<AppState>,
+    tenant: TenantId,
+    slot: uuid::Uuid,
+    settings: String,
+    spec: RunSpec,
+) {
+    if state.admission.running() >= state.admission.limits().max_runs {
+        return;
+    }
+    tokio::spawn(async move {
+        match state.runner.start(&spec).await {
+            Ok(process) => state.warm.put(slot, tenant, settings, process),
+            Err(e) => tracing::warn!(error = %e, "could not prepare a warm CLI process"),
+        }
+    });
+}
+
 pub struct StartedTurn {
     pub session: ClientSessionId,
     pub events: mpsc::Receiver<Item>,
@@ -164,15 +207,61 @@ pub async fn start(state: &Arc<AppState>, req: TurnRequest) -> Result<StartedTur
         _ => None,
     };
     let reused = live.is_some();
-    // The CLI session this turn continues or starts; a live process continues its own.
-    let had_turns = existing.is_some();
-    let assigned = match &existing {
-        Some(meta) => meta.cli_session_id,
-        None => key,
+    // A new conversation with nothing but its first prompt, in settings a warm process can
+    // have been started with, begins in one when the tenant has it ready; either way, one is
+    // made ready for its next.
+    let warm_for = (existing.is_none()
+        && req.history.is_empty()
+        && req.deferred.is_none()
+        && !client_tools
+        && req.output_schema.is_none()
+        && mcp.servers.is_empty()
+        && state.warm.enabled())
+    .then(|| warm_key(state, &req));
+    let warm = match &warm_for {
+        Some((slot, settings)) => {
+            let taken = state.warm.take(*slot, settings);
+            let outcome = if taken.is_some() { "hit" } else { "miss" };
+            metrics::counter!("gateway_warm_starts_total", "outcome" => outcome).increment(1);
+            taken
+        }
+        None => None,
     };
-    let process = match live {
+    let warmed = warm.is_some();
+    // The CLI session this turn continues or starts; a live process continues its own, and a
+    // warm one begins the session it was started with.
+    let had_turns = existing.is_some();
+    let assigned = match (&existing, warm.as_ref().and_then(|p| p.cli_session)) {
+        (Some(meta), _) => meta.cli_session_id,
+        (None, Some(started)) => started,
+        (None, None) => key,
+    };
+    let next_warm = warm_for.map(|(slot, settings)| {
+        let spec = RunSpec {
+            credential: req.credential.clone(),
+            tenant: req.tenant.fingerprint().to_owned(),
+            model: req.model.clone(),
+            system_prompt: req.system_prompt.clone(),
+            workspace: workspace.clone(),
+            session: Some(SessionArg::New(uuid::Uuid::new_v4())),
+            projects_dir: Some(projects.clone()),
+            max_output_tokens: req.max_output_tokens,
+            level: req.level,
+            mcp: None,
+            call: req.call.clone(),
+            client_tools: None,
+            output_schema: None,
+        };
+        (slot, settings, spec, req.tenant.clone())
+    });
+    let process = match live.or(warm) {
         Some(mut process) => {
             process.set_deadline(tokio::time::Instant::now() + state.runner.run_timeout);
+            // A warm process was started with an earlier request's credential and settings.
+            process.rebind(&req.credential, req.call.clone());
+            if warmed {
+                sessions.forget_local(&req.tenant, key, None)?;
+            }
             process
         }
         None => {
@@ -231,10 +320,12 @@ pub async fn start(state: &Arc<AppState>, req: TurnRequest) -> Result<StartedTur
         security_level = req.level.as_str(),
         resumed = existing.is_some(),
         live = reused,
+        warm = warmed,
         "starting CLI run"
     );
 
     let tenant = req.tenant.clone();
+    let warm_state = state.clone();
     let model_label = crate::telemetry::metrics::model_label(&req.model, &state.config.models);
     let on_result = Box::new(
         move |result: &crate::runner::protocol::ResultLine,
@@ -250,6 +341,9 @@ pub async fn start(state: &Arc<AppState>, req: TurnRequest) -> Result<StartedTur
                 None => result.usage.clone().unwrap_or_default(),
             };
             crate::telemetry::metrics::record_usage(&model_label, &usage, result.total_cost_usd);
+            if let Some((slot, settings, spec, tenant)) = next_warm {
+                prepare_warm(warm_state, tenant, slot, settings, spec);
+            }
             // The CLI's output is untrusted (a tool in the sandbox may be able to write to it):
             // the session keeps the id the gateway assigned, whatever a result line claims.
             if result.session_id.as_deref() != Some(assigned.to_string().as_str()) {

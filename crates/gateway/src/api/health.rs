@@ -63,6 +63,7 @@ pub async fn metrics(State(state): State<SharedState>) -> impl IntoResponse {
     ::metrics::gauge!("gateway_running_runs").set(state.admission.running() as f64);
     ::metrics::gauge!("gateway_queued_requests_now").set(state.admission.queued() as f64);
     ::metrics::gauge!("gateway_live_sessions").set(state.live.len() as f64);
+    ::metrics::gauge!("gateway_warm_processes").set(state.warm.len() as f64);
     ::metrics::gauge!("gateway_mcp_bridged_servers").set(state.mcp_bridge.len() as f64);
     (
         [("content-type", "text/plain; version=0.0.4")],

@@ -274,7 +274,10 @@ impl Runner {
         };
         let deadline = tokio::time::Instant::now() + self.run_timeout;
         let mut process = CliProcess::spawn(cmd, dir, deadline, self.max_line_bytes).await?;
-        process.hold(Box::new(lease));
+        process.hold_placeholder(lease);
+        process.cli_session = spec.session.map(|s| match s {
+            SessionArg::New(id) | SessionArg::Resume(id) => id,
+        });
         process.observed = observed;
         if let Some(schema) = &spec.output_schema {
             process

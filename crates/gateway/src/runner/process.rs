@@ -31,6 +31,10 @@ pub struct CliProcess {
     _dir: RunDir,
     /// What must live exactly as long as the process (e.g. its MCP bridge routes).
     held: Vec<Box<dyn Send>>,
+    /// The run's credential placeholder (it stops working with the process).
+    placeholder: Option<crate::sandbox::masking::Lease>,
+    /// The CLI session the process was started to begin or resume.
+    pub cli_session: Option<uuid::Uuid>,
     /// What the gateway's upstream proxy saw of this run's calls (isolated network only).
     pub observed: Option<std::sync::Arc<crate::sandbox::net::Observed>>,
     /// Ends the run when the kernel kills one of its processes for want of memory.
@@ -91,6 +95,8 @@ impl CliProcess {
             line: Vec::new(),
             _dir: dir,
             held: Vec::new(),
+            placeholder: None,
+            cli_session: None,
             observed: None,
             oom_watch,
         })
@@ -99,6 +105,22 @@ impl CliProcess {
     /// Keeps `value` until the process is gone.
     pub fn hold(&mut self, value: Box<dyn Send>) {
         self.held.push(value);
+    }
+
+    /// Keeps the run's credential placeholder until the process is gone.
+    pub fn hold_placeholder(&mut self, lease: crate::sandbox::masking::Lease) {
+        self.placeholder = Some(lease);
+    }
+
+    /// Makes the process's placeholder stand for `credential` and `call` from now on.
+    pub fn rebind(
+        &self,
+        credential: &crate::tenant::credential::Credential,
+        call: crate::sandbox::masking::CallSettings,
+    ) {
+        if let Some(lease) = &self.placeholder {
+            lease.rebind(credential, call);
+        }
     }
 
     /// Sends one user turn.

@@ -58,6 +58,23 @@ impl Lease {
     pub fn placeholder(&self) -> &SecretString {
         &self.placeholder
     }
+
+    /// Makes the placeholder stand for `credential` (of the same kind) and `call` from now on:
+    /// a process started ahead of its request (warm) serves the credential that request
+    /// presents, a refreshed token included.
+    pub fn rebind(&self, credential: &Credential, call: CallSettings) {
+        let mut issued = self
+            .registry
+            .issued
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if let Some(entry) = issued.get_mut(self.placeholder.expose_secret()) {
+            *entry = Issued {
+                credential: credential.clone(),
+                call: Arc::new(call),
+            };
+        }
+    }
 }
 
 impl Drop for Lease {

@@ -21,3 +21,4 @@ mod router;
 mod sessions;
 mod shared;
 mod shared_sessions;
+mod warm;
