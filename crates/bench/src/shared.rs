@@ -209,6 +209,7 @@ async fn transcript_block(url: &str) -> anyhow::Result<Block> {
     let records = Records::redis(
         claude_gateway::shared::Redis::new(&secrecy_url(url))?,
         Duration::from_secs(600),
+        0,
         Duration::from_secs(5),
     );
     let tenant = TenantId::from_dir_name("bench-transcripts".into());

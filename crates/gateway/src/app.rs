@@ -211,6 +211,7 @@ impl AppState {
             Some(redis) => crate::sessions::Records::redis(
                 redis.clone(),
                 std::time::Duration::from_secs(config.session_ttl_secs.max(1)),
+                config.transcript_quota_mb << 20,
                 lock_wait,
             ),
             None => crate::sessions::Records::disk(volumes.tenants_dir().to_path_buf(), lock_wait),

@@ -201,6 +201,7 @@ impl From<crate::sessions::SessionError> for ApiError {
             S::Storage(_) => ApiError::Internal(e.to_string()),
             S::NotAwaiting(_) => ApiError::InvalidRequest(e.to_string()),
             S::Unavailable(_) => ApiError::Unavailable(format!("{e}; try again shortly")),
+            S::QuotaExceeded(_) => ApiError::TooLarge(e.to_string()),
         }
     }
 }

@@ -47,6 +47,9 @@ pub enum SessionError {
     Storage(String),
     #[error("messages: {0}")]
     NotAwaiting(transcript::NotAwaiting),
+    /// The tenant's transcripts would take more than its quota (MiB) in the shared store.
+    #[error("this tenant's saved conversations would exceed its transcript quota ({0} MiB); delete sessions it no longer needs (DELETE /v1/sessions/{{id}}) to free space")]
+    QuotaExceeded(u64),
     /// The shared store (Redis) could not be reached: nothing was changed.
     #[error("session storage is unavailable: {0}")]
     Unavailable(String),

@@ -33,30 +33,54 @@ pub const TURN_LEASE: Duration = Duration::from_secs(30);
 const MAX_LISTED: isize = 1000;
 
 /// Writes a turn's metadata and transcript under the lock `KEYS[1]`, only while `ARGV[1]`
-/// holds it and not after the deadline `ARGV[6]` (ms, Redis's clock): 1 if written, 0 if the
-/// lock was lost, -1 if too late.
-/// KEYS: lock, meta, transcript, index. ARGV: holder, meta, ttl secs, member, score, deadline,
-/// [transcript].
+/// holds it, not after the deadline `ARGV[6]` (ms, Redis's clock), and only while the tenant's
+/// transcripts stay within its quota `ARGV[7]` (bytes; 0: none): 1 if written, 0 if the lock
+/// was lost, -1 if too late, -2 if over the quota.
+/// KEYS: lock, meta, transcript, index, sizes. ARGV: holder, meta, ttl secs, member, score,
+/// deadline, quota, meta key prefix, [transcript].
+///
+/// `sizes` holds each of the tenant's sessions' transcript size; sessions whose keys expired
+/// leave it here (their meta key is gone). Those keys share the tenant's hash slot.
 const COMMIT: &str = r"
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
 local t = redis.call('TIME')
 if tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) > tonumber(ARGV[6]) then return -1 end
-redis.call('SET', KEYS[2], ARGV[2], 'EX', ARGV[3])
-if #ARGV >= 7 then
-  redis.call('SET', KEYS[3], ARGV[7], 'EX', ARGV[3])
+if #ARGV >= 9 then
+  local quota = tonumber(ARGV[7])
+  if quota > 0 then
+    local total = string.len(ARGV[9])
+    local sizes = redis.call('HGETALL', KEYS[5])
+    for i = 1, #sizes, 2 do
+      local member = sizes[i]
+      if member ~= ARGV[4] then
+        if redis.call('EXISTS', ARGV[8] .. member .. ':meta') == 1 then
+          total = total + tonumber(sizes[i + 1])
+        else
+          redis.call('HDEL', KEYS[5], member)
+        end
+      end
+    end
+    if total > quota then return -2 end
+  end
+  redis.call('SET', KEYS[3], ARGV[9], 'EX', ARGV[3])
+  redis.call('HSET', KEYS[5], ARGV[4], string.len(ARGV[9]))
 else
   redis.call('EXPIRE', KEYS[3], ARGV[3])
 end
+redis.call('SET', KEYS[2], ARGV[2], 'EX', ARGV[3])
 redis.call('ZADD', KEYS[4], ARGV[5], ARGV[4])
 redis.call('EXPIRE', KEYS[4], ARGV[3])
+redis.call('EXPIRE', KEYS[5], ARGV[3])
 return 1
 ";
 
-/// Removes a session: 1 if its metadata was there. KEYS: meta, transcript, index. ARGV: member.
+/// Removes a session: 1 if its metadata was there. KEYS: meta, transcript, index, sizes.
+/// ARGV: member.
 const REMOVE: &str = r"
 local existed = redis.call('DEL', KEYS[1])
 redis.call('DEL', KEYS[2])
 redis.call('ZREM', KEYS[3], ARGV[1])
+redis.call('HDEL', KEYS[4], ARGV[1])
 return existed
 ";
 
@@ -81,8 +105,15 @@ fn commit_window() -> Duration {
 }
 
 enum Store {
-    Disk { tenants_dir: PathBuf },
-    Redis { redis: Redis, ttl: Duration },
+    Disk {
+        tenants_dir: PathBuf,
+    },
+    Redis {
+        redis: Redis,
+        ttl: Duration,
+        /// The most bytes of transcripts one tenant may keep here (0: no limit).
+        quota: u64,
+    },
 }
 
 pub struct Records {
@@ -106,9 +137,10 @@ impl Records {
         Self::with(Store::Disk { tenants_dir }, lock_wait)
     }
 
-    /// Records in Redis, kept `ttl` after a session's last turn.
-    pub fn redis(redis: Redis, ttl: Duration, lock_wait: Duration) -> Self {
-        Self::with(Store::Redis { redis, ttl }, lock_wait)
+    /// Records in Redis, kept `ttl` after a session's last turn; a tenant's transcripts there
+    /// take at most `quota` bytes (0: no limit), as its transcript volume does on disk.
+    pub fn redis(redis: Redis, ttl: Duration, quota: u64, lock_wait: Duration) -> Self {
+        Self::with(Store::Redis { redis, ttl, quota }, lock_wait)
     }
 
     fn with(store: Store, lock_wait: Duration) -> Self {
@@ -146,8 +178,17 @@ impl Records {
         )
     }
 
+    /// `what` of the tenant as a whole (`index`, `sizes`); `session_prefix` for its sessions.
+    fn tenant_key(redis: &Redis, tenant: &TenantId, what: &str) -> String {
+        format!(
+            "{}session:{{{}}}:{what}",
+            redis.prefix,
+            tenant.as_dir_name()
+        )
+    }
+
     fn index_key(redis: &Redis, tenant: &TenantId) -> String {
-        format!("{}session:{{{}}}:index", redis.prefix, tenant.as_dir_name())
+        Self::tenant_key(redis, tenant, "index")
     }
 
     fn meta_path(tenants_dir: &Path, tenant: &TenantId, key: Uuid) -> PathBuf {
@@ -251,7 +292,7 @@ impl Records {
                 std::fs::write(&tmp, bytes).map_err(super::storage)?;
                 std::fs::rename(&tmp, &path).map_err(super::storage)
             }
-            Store::Redis { redis, ttl } => {
+            Store::Redis { redis, ttl, quota } => {
                 let holder = lock.fence().unwrap_or_default();
                 let deadline = lock
                     .lease
@@ -264,12 +305,15 @@ impl Records {
                     .key(Self::redis_key(redis, tenant, key, "meta"))
                     .key(Self::redis_key(redis, tenant, key, "transcript"))
                     .key(Self::index_key(redis, tenant))
+                    .key(Self::tenant_key(redis, tenant, "sizes"))
                     .arg(holder)
                     .arg(bytes)
                     .arg(ttl.as_secs().max(1))
                     .arg(key.to_string())
                     .arg(meta.last_used_at)
-                    .arg(deadline);
+                    .arg(deadline)
+                    .arg(*quota)
+                    .arg(Self::tenant_key(redis, tenant, ""));
                 if let Some(transcript) = transcript {
                     script.arg(transcript);
                 }
@@ -282,6 +326,7 @@ impl Records {
                     0 => Err(SessionError::Unavailable(
                         "the session's lock was lost before its turn could be recorded".into(),
                     )),
+                    -2 => Err(SessionError::QuotaExceeded(*quota >> 20)),
                     _ => Err(SessionError::Unavailable(
                         "Redis did not record the turn in time".into(),
                     )),
@@ -405,6 +450,7 @@ impl Records {
                     .key(Self::redis_key(redis, tenant, key, "meta"))
                     .key(Self::redis_key(redis, tenant, key, "transcript"))
                     .key(Self::index_key(redis, tenant))
+                    .key(Self::tenant_key(redis, tenant, "sizes"))
                     .arg(key.to_string());
                 let existed: i64 = redis
                     .run(|mut c| async move { script.invoke_async(&mut c).await })

@@ -278,7 +278,7 @@ async fn disk_and_redis_session_records_keep_one_contract() {
     records_contract(Records::disk(dir.path().into(), wait), "disk").await;
     let redis = RedisServer::start();
     let ttl = Duration::from_secs(60);
-    records_contract(Records::redis(shared(&redis), ttl, wait), "redis").await;
+    records_contract(Records::redis(shared(&redis), ttl, 0, wait), "redis").await;
 }
 
 #[tokio::test]
@@ -287,6 +287,7 @@ async fn a_lock_left_by_a_dead_instance_frees_itself_and_its_holder_can_no_longe
     let records = Records::redis(
         shared(&redis),
         Duration::from_secs(60),
+        0,
         Duration::from_secs(5),
     );
     let tenant = TenantId::from_dir_name("contract-lease".into());
@@ -367,4 +368,82 @@ async fn sessions_in_redis_expire_after_their_ttl_as_on_disk() {
     // Its id starts afresh.
     assert_eq!(turn(&a, "brief", "marker-xe-2 again").await.status(), 200);
     assert_eq!(prompts_seen(&a, "marker-xe-2"), ["marker-xe-2"]);
+}
+
+/// The bytes of every transcript in the Redis (all tenants).
+fn transcript_bytes_in(redis: &RedisServer) -> u64 {
+    let reply = redis.command(&[
+        "EVAL",
+        "local t = 0 for _, k in ipairs(redis.call('KEYS', ARGV[1])) do t = t + redis.call('STRLEN', k) end return t",
+        "0",
+        "claude-gateway:session:*:transcript",
+    ]);
+    reply.trim_start_matches(':').parse().unwrap_or(u64::MAX)
+}
+
+/// Attack: a tenant's tools bloat its transcripts (which its runs may write) and drop the
+/// local copies, session after session, so the shared Redis fills with its bytes until every
+/// tenant's writes fail. A tenant's transcripts in Redis are bounded by its transcript quota.
+#[tokio::test]
+async fn a_tenant_cannot_fill_the_shared_store_with_bloated_transcripts() {
+    let redis = RedisServer::start();
+    let gw = instance(
+        &redis,
+        &[
+            "--max-security-level",
+            "DEVELOPER",
+            "--transcript-quota-mb",
+            "16",
+        ],
+    )
+    .await;
+    // Keep only the newest transcript on this instance's disk, then append 10 MB to it.
+    let bloat = "python3 -c \"import glob, os; \
+        fs = sorted(glob.glob(os.path.expanduser('~/.claude/projects/*/*.jsonl')), key=os.path.getmtime); \
+        [os.remove(f) for f in fs[:-1]]; \
+        open(fs[-1], 'a').write('{\\\"type\\\":\\\"junk\\\",\\\"x\\\":\\\"' + 'x' * 10000000 + '\\\"}\\n')\" && echo bloated";
+    let mut statuses = Vec::new();
+    for session in ["bloat-1", "bloat-2", "bloat-3"] {
+        let marker = format!("marker-xq-{session}");
+        let mut req = body(&scripted(
+            &marker,
+            json!({"tools": [crate::common::bash(bloat)], "reply": "ok"}),
+        ));
+        req["security_level"] = json!("DEVELOPER");
+        req["session_id"] = json!(session);
+        let res = gw.messages(TENANT, req).await;
+        statuses.push(res.status().as_u16());
+        if res.status() == 413 {
+            let error: Value = res.json().await.expect("json");
+            let message = error["error"]["message"].as_str().unwrap_or_default();
+            assert!(message.contains("quota"), "{message}");
+        }
+    }
+    let stored = transcript_bytes_in(&redis);
+    assert!(
+        stored <= 16 << 20,
+        "{stored} bytes in Redis, statuses {statuses:?}"
+    );
+    assert_eq!(statuses[0], 200, "{statuses:?}");
+    assert!(statuses[1..].contains(&413), "{statuses:?}");
+    // Another tenant is served meanwhile.
+    let mut other = body("marker-xq-other");
+    other["session_id"] = json!("fine");
+    assert_eq!(gw.messages(OTHER, other).await.status(), 200);
+    // The tenant frees space by deleting a session, and its next one is kept again.
+    let deleted = crate::common::client()
+        .delete(format!("{}/v1/sessions/bloat-1", gw.url))
+        .bearer_auth(TENANT)
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(deleted.status(), 204);
+    let mut again = body(&scripted(
+        "marker-xq-again",
+        json!({"tools": [crate::common::bash(bloat)], "reply": "ok"}),
+    ));
+    again["security_level"] = json!("DEVELOPER");
+    again["session_id"] = json!("bloat-4");
+    assert_eq!(gw.messages(TENANT, again).await.status(), 200);
+    assert!(transcript_bytes_in(&redis) <= 16 << 20);
 }
