@@ -6,6 +6,7 @@
 //! Markdown (`--write FILE` updates only its own block).
 
 mod gateway;
+mod lean;
 mod load;
 mod report;
 mod shared;
@@ -84,6 +85,11 @@ enum Bench {
         #[arg(long, default_value_t = 40)]
         runs: usize,
     },
+    /// Upstream input tokens per request kind: the API directly, the gateway, lean runs.
+    Lean {
+        #[arg(long, default_value_t = 5)]
+        runs: usize,
+    },
     /// New conversations of a recently active tenant with and without warm processes.
     Warm {
         #[arg(long, default_value_t = 12)]
@@ -131,6 +137,7 @@ impl Bench {
                     turns: 2,
                 },
                 Bench::Warm { conversations: 2 },
+                Bench::Lean { runs: 1 },
             ]
         } else {
             [
@@ -142,6 +149,7 @@ impl Bench {
                 "sandbox",
                 "shared",
                 "warm",
+                "lean",
             ]
             .into_iter()
             .map(default)
@@ -163,6 +171,7 @@ impl Bench {
             Bench::Sandbox { .. } => vec!["sandbox"],
             Bench::Shared { .. } => vec!["shared", "shared-sessions", "shared-transcripts"],
             Bench::Warm { .. } => vec!["warm"],
+            Bench::Lean { .. } => vec!["lean"],
         }
     }
 }
@@ -387,6 +396,7 @@ async fn run(args: &Args, bench: Bench) -> anyhow::Result<Vec<Block>> {
         Bench::Growth { turns } => load::growth(gw, claude, turns.clamp(1, 100)).await,
         Bench::Sandbox { runs } => sandbox_setup(gw, claude, runs.clamp(1, 1000)).await,
         Bench::Warm { conversations } => warm::warm(gw, claude, conversations.clamp(1, 200)).await,
+        Bench::Lean { runs } => lean::lean(gw, claude, runs.clamp(1, 100)).await,
         Bench::Shared {
             requests,
             seconds,

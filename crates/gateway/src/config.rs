@@ -131,6 +131,12 @@ pub struct Config {
     )]
     pub system_prompt_mode: SystemPromptMode,
 
+    /// Runs are lean unless a request says otherwise (`lean`): none of the CLI's own tools,
+    /// and the request's `system` (or none) in place of the CLI's agent prompt, so a request
+    /// pays upstream for about what it holds.
+    #[arg(long, env = "CLAUDE_GATEWAY_LEAN_BY_DEFAULT")]
+    pub lean_by_default: bool,
+
     /// The security level of a request that does not ask for one.
     #[arg(
         long,

@@ -45,6 +45,8 @@ pub struct TurnRequest {
     pub deferred: Option<transcript::Deferred>,
     /// The JSON schema the answer must match (`output_format`, OpenAI `response_format`).
     pub output_schema: Option<Value>,
+    /// None of the CLI's own tools, and no agent prompt of the CLI's ([`RunSpec::lean`]).
+    pub lean: bool,
 }
 
 /// Chooses how a new session starts: fresh, or resuming a transcript written from the
@@ -96,6 +98,7 @@ fn warm_key(state: &AppState, req: &TurnRequest) -> (uuid::Uuid, String) {
             req.system_prompt.as_ref().map(|(text, mode)| (text, mode)),
             req.level.as_str(),
             req.max_output_tokens,
+            req.lean,
             // Which variable the CLI reads its credential from.
             format!("{:?}", req.credential.kind()),
         ])
@@ -188,6 +191,7 @@ pub async fn start(state: &Arc<AppState>, req: TurnRequest) -> Result<StartedTur
             mcp.identity(),
             req.call,
             req.output_schema,
+            req.lean,
             req.credential.secret().expose_secret(),
         ])
         .to_string()
@@ -251,6 +255,7 @@ pub async fn start(state: &Arc<AppState>, req: TurnRequest) -> Result<StartedTur
             call: req.call.clone(),
             client_tools: None,
             output_schema: None,
+            lean: req.lean,
         };
         (slot, settings, spec, req.tenant.clone())
     });
@@ -300,6 +305,7 @@ pub async fn start(state: &Arc<AppState>, req: TurnRequest) -> Result<StartedTur
                 call: req.call.clone(),
                 client_tools: req.client_tools.clone(),
                 output_schema: req.output_schema.clone(),
+                lean: req.lean,
             };
             let mut process = state.runner.start(&spec).await?;
             for (_, route) in offered {

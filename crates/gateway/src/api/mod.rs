@@ -33,6 +33,11 @@ pub struct TurnExtensions {
     /// A stricter security level (`X-Security-Level` wins).
     #[serde(default)]
     pub security_level: Option<String>,
+    /// A lean run (`true`): none of the CLI's own tools (MCP servers and client tools are still
+    /// offered), and the request's `system`, or none, in place of the CLI's agent prompt. The
+    /// default is the gateway's `--lean-by-default`.
+    #[serde(default)]
+    pub lean: Option<bool>,
 }
 
 /// The sampling settings, thinking and stop sequences of a request, in either dialect: set on
@@ -142,6 +147,7 @@ pub struct TurnContext {
     pub session: Option<crate::sessions::ClientSessionId>,
     pub level: crate::sandbox::SecurityLevel,
     pub mcp: std::collections::BTreeMap<String, crate::mcp::ServerConfig>,
+    pub lean: bool,
 }
 
 impl TurnContext {
@@ -166,6 +172,7 @@ impl TurnContext {
             session,
             level,
             mcp,
+            lean: ext.lean.unwrap_or(state.config.lean_by_default),
         })
     }
 }

@@ -55,6 +55,31 @@ pub struct RunSpec {
     pub client_tools: Option<super::client_tools::ClientTools>,
     /// The JSON schema the answer must match, sent on the CLI's input as it starts.
     pub output_schema: Option<serde_json::Value>,
+    /// A lean run: none of the CLI's built-in tools, and the request's system prompt (or an
+    /// empty one) in place of the CLI's agent prompt, so the upstream sees about what the
+    /// request holds (the CLI still adds a line of its own and its environment notes).
+    pub lean: bool,
+}
+
+impl RunSpec {
+    /// The system prompt the run's file holds, if any: the request's, or an empty one in
+    /// place of the CLI's agent prompt for a lean run.
+    pub fn system_prompt_text(&self) -> Option<&str> {
+        match (&self.system_prompt, self.lean) {
+            (Some((text, _)), _) => Some(text),
+            (None, true) => Some(""),
+            (None, false) => None,
+        }
+    }
+
+    /// How that file combines with the CLI's agent prompt: a lean run replaces it.
+    pub fn system_prompt_mode(&self) -> Option<SystemPromptMode> {
+        match (&self.system_prompt, self.lean) {
+            (_, true) => Some(SystemPromptMode::Replace),
+            (Some((_, mode)), false) => Some(*mode),
+            (None, false) => None,
+        }
+    }
 }
 
 /// What is fixed for the gateway's lifetime.
@@ -127,7 +152,7 @@ pub fn build(
     .map(OsString::from)
     .collect();
     args.push(format!("--model={}", spec.model).into());
-    if let (Some((_, mode)), Some(file)) = (&spec.system_prompt, paths.system_prompt_file) {
+    if let (Some(mode), Some(file)) = (spec.system_prompt_mode(), paths.system_prompt_file) {
         let flag = match mode {
             SystemPromptMode::Append => "--append-system-prompt-file=",
             SystemPromptMode::Replace => "--system-prompt-file=",
@@ -137,6 +162,13 @@ pub fn build(
         args.push(arg);
     }
     let mut policy = spec.level.tool_policy();
+    if spec.lean {
+        // No built-in tool at all (`--tools=`); the request's MCP servers and client tools
+        // are still offered below.
+        policy.tools = Some(Vec::new());
+        policy.allowed.clear();
+        policy.disallowed.clear();
+    }
     if let Some(file) = paths.settings_file {
         let mut arg = OsString::from("--settings=");
         arg.push(file);
@@ -233,6 +265,7 @@ mod tests {
             call: Default::default(),
             client_tools: None,
             output_schema: None,
+            lean: false,
         }
     }
 
@@ -277,6 +310,32 @@ mod tests {
             .args
             .iter()
             .any(|a| a == "--resume=00000000-0000-0000-0000-000000000000"));
+    }
+
+    #[test]
+    fn a_lean_run_offers_no_builtin_tool_and_replaces_the_agent_prompt() {
+        let lean = RunSpec {
+            lean: true,
+            system_prompt: None,
+            ..spec("sk-ant-oat01-abc")
+        };
+        assert_eq!(lean.system_prompt_text(), Some(""));
+        let cmd = build(
+            &settings(),
+            &lean,
+            None,
+            &paths(),
+            &secrecy::SecretString::from("sk-ant-oat01-abc"),
+        );
+        let args: Vec<String> = cmd
+            .args
+            .iter()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect();
+        assert!(args.contains(&"--tools=".to_owned()), "{args:?}");
+        assert!(args.contains(&"--system-prompt-file=/run/x/system.txt".to_owned()));
+        assert!(!args.iter().any(|a| a.starts_with("--allowedTools")));
+        assert!(!args.iter().any(|a| a.starts_with("--append-system-prompt")));
     }
 
     #[test]

@@ -137,8 +137,8 @@ impl Runner {
         };
         // The CLI never holds the real credential: the upstream proxy swaps it in.
         let lease = self.placeholders.issue(&spec.credential, spec.call.clone());
-        let system_file = match &spec.system_prompt {
-            Some((text, _)) => Some(
+        let system_file = match spec.system_prompt_text() {
+            Some(text) => Some(
                 dir.write_file("system-prompt.txt", text.as_bytes())
                     .map_err(RunError::RunDir)?,
             ),

@@ -14,6 +14,7 @@ mod first_run;
 mod hardening;
 mod host_side;
 mod isolation;
+mod lean;
 mod mcp;
 mod messages;
 mod operations;

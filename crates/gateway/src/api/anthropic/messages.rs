@@ -197,6 +197,7 @@ pub async fn create(
             level: ctx.level,
             show_tools: req.tool_activity.unwrap_or_default() == ToolActivity::Blocks,
             mcp: ctx.mcp,
+            lean: ctx.lean,
             call,
             client_tools,
             deferred,

@@ -166,6 +166,7 @@ async fn handle(
             level: ctx.level,
             show_tools: false,
             mcp: ctx.mcp,
+            lean: ctx.lean,
             call,
             client_tools,
             deferred,

@@ -1,0 +1,132 @@
+//! Lean runs (`"lean": true`, or `--lean-by-default`): a request pays upstream for about what
+//! it holds: none of the CLI's own tools, and its own `system` in place of the CLI's agent
+//! prompt. Proven on what the fake upstream received from the real CLI.
+
+use crate::common::{body, Gateway};
+use serde_json::{json, Value};
+
+const TENANT: &str = "sk-ant-oat01-lean.tenant";
+
+/// The model call that carried `marker`, as the upstream received it.
+fn call_with(gw: &Gateway, marker: &str) -> Value {
+    gw.upstream_with(marker)
+        .pop()
+        .expect("the marker reached the upstream")
+        .body
+}
+
+fn system_text(call: &Value) -> String {
+    match &call["system"] {
+        Value::String(s) => s.clone(),
+        Value::Array(blocks) => blocks
+            .iter()
+            .filter_map(|b| b["text"].as_str())
+            .collect::<Vec<_>>()
+            .join("\n"),
+        _ => String::new(),
+    }
+}
+
+#[tokio::test]
+async fn a_lean_request_reaches_the_model_with_its_own_system_and_no_cli_tools() {
+    let gw = Gateway::start().await;
+    let mut full = body("marker-lean-full hi");
+    full["system"] = json!("Answer tersely.");
+    let res = gw.messages(TENANT, full).await;
+    assert_eq!(res.status(), 200);
+    let full_usage: Value = res.json().await.expect("json");
+
+    let mut lean = body("marker-lean-lean hi");
+    lean["system"] = json!("Answer tersely.");
+    lean["lean"] = json!(true);
+    let res = gw.messages(TENANT, lean).await;
+    assert_eq!(res.status(), 200);
+    let lean_usage: Value = res.json().await.expect("json");
+
+    let (full_call, lean_call) = (
+        call_with(&gw, "marker-lean-full"),
+        call_with(&gw, "marker-lean-lean"),
+    );
+    assert!(
+        full_call["tools"].as_array().is_some_and(|t| !t.is_empty()),
+        "the CLI's tools by default"
+    );
+    assert_eq!(lean_call["tools"].as_array().map_or(0, Vec::len), 0);
+    let system = system_text(&lean_call);
+    assert!(system.contains("Answer tersely."), "{system}");
+    assert!(
+        system.len() < system_text(&full_call).len() / 4,
+        "the CLI's agent prompt is gone: {system}"
+    );
+    // What the request pays: the usage reported is the upstream's own, and far smaller.
+    let (full_in, lean_in) = (
+        full_usage["usage"]["input_tokens"].as_u64().unwrap_or(0),
+        lean_usage["usage"]["input_tokens"]
+            .as_u64()
+            .unwrap_or(u64::MAX),
+    );
+    assert!(lean_in * 5 < full_in, "lean {lean_in} vs full {full_in}");
+}
+
+#[tokio::test]
+async fn lean_by_default_holds_for_both_dialects_and_a_request_may_opt_out() {
+    let gw = Gateway::builder().arg("--lean-by-default").start().await;
+    let res = gw.messages(TENANT, body("marker-lean-default hi")).await;
+    assert_eq!(res.status(), 200);
+    assert_eq!(
+        call_with(&gw, "marker-lean-default")["tools"]
+            .as_array()
+            .map_or(0, Vec::len),
+        0
+    );
+    let chat = gw
+        .post("/v1/chat/completions")
+        .bearer_auth(TENANT)
+        .json(&json!({"model": "sonnet", "messages": [{"role": "user", "content": "marker-lean-openai hi"}]}))
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(chat.status(), 200);
+    assert_eq!(
+        call_with(&gw, "marker-lean-openai")["tools"]
+            .as_array()
+            .map_or(0, Vec::len),
+        0
+    );
+    let mut full = body("marker-lean-optout hi");
+    full["lean"] = json!(false);
+    assert_eq!(gw.messages(TENANT, full).await.status(), 200);
+    assert!(call_with(&gw, "marker-lean-optout")["tools"]
+        .as_array()
+        .is_some_and(|t| !t.is_empty()));
+}
+
+#[tokio::test]
+async fn a_lean_request_with_client_tools_offers_the_model_those_and_no_cli_tool() {
+    let gw = Gateway::start().await;
+    let mut req = crate::client_tools::asks_for_weather("marker-lean-tools");
+    req["lean"] = json!(true);
+    let res = gw.messages(TENANT, req).await;
+    assert_eq!(res.status(), 200);
+    let message: Value = res.json().await.expect("json");
+    assert_eq!(message["stop_reason"], "tool_use", "{message}");
+    let offered: Vec<String> = call_with(&gw, "marker-lean-tools")["tools"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .iter()
+        .filter_map(|t| t["name"].as_str().map(str::to_owned))
+        .collect();
+    assert!(
+        offered.iter().any(|t| t.ends_with("get_weather")),
+        "{offered:?}"
+    );
+    // None of the CLI's own tools; the CLI still adds the placeholder it offers beside MCP
+    // tools (`DeferredToolPlaceholder`, 2.1.332), which runs nothing.
+    for builtin in [
+        "Bash", "Read", "Write", "Edit", "Glob", "Grep", "Agent", "Task", "WebFetch",
+    ] {
+        assert!(!offered.iter().any(|t| t == builtin), "{offered:?}");
+    }
+    assert!(offered.len() <= 2, "{offered:?}");
+}
