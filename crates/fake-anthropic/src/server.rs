@@ -182,14 +182,19 @@ fn check_auth(headers: &HeaderMap) -> Option<String> {
 
 /// The model list, as the real API answers it: 200 for a valid key or token, 401 otherwise.
 async fn models(headers: HeaderMap) -> Response {
-    if check_auth(&headers).is_none() {
+    let Some(token) = check_auth(&headers) else {
         return unauthorized();
-    }
+    };
+    // As the API: the organization the credential belongs to, in a response header.
+    let organization = accounts::account_uuid(&format!("org-{}", accounts::account_name(&token)));
     let data: Vec<Value> = ["claude-opus-4-5", "claude-sonnet-4-5", "claude-haiku-4-5"]
         .iter()
         .map(|id| json!({"type": "model", "id": id, "display_name": id, "created_at": "2025-01-01T00:00:00Z"}))
         .collect();
-    Json(json!({"data": data, "has_more": false, "first_id": "claude-opus-4-5", "last_id": "claude-haiku-4-5"}))
+    (
+        [("anthropic-organization-id", organization.to_string())],
+        Json(json!({"data": data, "has_more": false, "first_id": "claude-opus-4-5", "last_id": "claude-haiku-4-5"})),
+    )
         .into_response()
 }
 

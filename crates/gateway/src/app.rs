@@ -188,7 +188,11 @@ impl AppState {
             std::time::Duration::from_secs(config.identity_cache_secs),
             std::time::Duration::from_secs(config.identity_negative_cache_secs),
         )
-        .with_shared(shared.clone());
+        .with_shared(shared.clone())
+        .with_allowed(crate::tenant::identity::Allowed::new(
+            &config.allowed_accounts,
+            &config.allowed_organizations,
+        ));
         let runner = Runner {
             settings: RunnerSettings {
                 claude_bin: bin.clone().unwrap_or_else(|| PathBuf::from("claude")),

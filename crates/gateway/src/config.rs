@@ -455,6 +455,20 @@ pub struct Config {
     #[arg(long, env = "CLAUDE_GATEWAY_ACCESS_KEYS_FILE")]
     pub access_keys_file: Option<PathBuf>,
 
+    /// Only these Anthropic account uuids (from an OAuth token's profile) may use the gateway,
+    /// comma-separated; with `--allowed-organizations`, either list admits. Unset: any account.
+    #[arg(long, env = "CLAUDE_GATEWAY_ALLOWED_ACCOUNTS", value_delimiter = ',')]
+    pub allowed_accounts: Vec<String>,
+
+    /// Only these Anthropic organization uuids (from an OAuth token's profile, or the
+    /// `anthropic-organization-id` the API answers an API key with) may use the gateway.
+    #[arg(
+        long,
+        env = "CLAUDE_GATEWAY_ALLOWED_ORGANIZATIONS",
+        value_delimiter = ','
+    )]
+    pub allowed_organizations: Vec<String>,
+
     /// A JSON file of operator-defined MCP servers `{name: config}`, which a request enables
     /// with `{"<server>": {"preset": "<name>"}}`.
     #[arg(long, env = "CLAUDE_GATEWAY_MCP_PRESETS_FILE")]

@@ -174,6 +174,10 @@ impl From<crate::tenant::identity::IdentityError> for ApiError {
             crate::tenant::identity::IdentityError::Rejected => ApiError::Authentication(
                 "the credential was rejected by Anthropic (expired or revoked?)".into(),
             ),
+            crate::tenant::identity::IdentityError::NotAllowed => ApiError::Permission(
+                "this Anthropic account (or organization) is not among those this gateway serves"
+                    .into(),
+            ),
             other => ApiError::BadGateway(other.to_string()),
         }
     }

@@ -135,5 +135,6 @@ pub async fn security(State(state): State<SharedState>) -> Json<Value> {
         "tenant_identity": state.identity.mode(),
         // Whether callers need a gateway key; which keys exist is not shown.
         "access_control": if state.access.is_some() { "access keys (X-Gateway-Key)" } else { "off" },
+        "allowed_accounts": if state.identity.allowed().is_on() { "only the configured accounts and organizations" } else { "any" },
     }))
 }

@@ -162,6 +162,9 @@ pub enum IdentityMode {
 pub enum IdentityError {
     #[error("the credential was rejected by the upstream")]
     Rejected,
+    /// A valid credential of an account or organization the gateway does not serve.
+    #[error("this Anthropic account is not among those this gateway serves")]
+    NotAllowed,
     #[error("the account could not be looked up: {0}")]
     Unavailable(String),
 }
@@ -174,6 +177,58 @@ const CACHE_CAP: usize = 10_000;
 enum Verdict {
     Tenant(TenantId),
     Rejected,
+    NotAllowed,
+}
+
+/// The accounts and organizations the gateway serves (`--allowed-accounts`,
+/// `--allowed-organizations`); both empty: every one.
+#[derive(Debug, Clone, Default)]
+pub struct Allowed {
+    pub accounts: std::collections::BTreeSet<String>,
+    pub organizations: std::collections::BTreeSet<String>,
+}
+
+impl Allowed {
+    pub fn new(accounts: &[String], organizations: &[String]) -> Self {
+        let set = |v: &[String]| {
+            v.iter()
+                .map(|s| s.trim().to_ascii_lowercase())
+                .filter(|s| !s.is_empty())
+                .collect()
+        };
+        Self {
+            accounts: set(accounts),
+            organizations: set(organizations),
+        }
+    }
+
+    pub fn is_on(&self) -> bool {
+        !self.accounts.is_empty() || !self.organizations.is_empty()
+    }
+
+    /// Whether a credential of `account` in `organization` (each as far as known) is served.
+    fn admits(&self, account: Option<&str>, organization: Option<&str>) -> bool {
+        let has = |set: &std::collections::BTreeSet<String>, v: Option<&str>| {
+            v.is_some_and(|v| set.contains(&v.to_ascii_lowercase()))
+        };
+        !self.is_on() || has(&self.accounts, account) || has(&self.organizations, organization)
+    }
+
+    /// What names this configuration in cache keys: instances that admit differently never
+    /// share a verdict.
+    fn fingerprint(&self) -> String {
+        if !self.is_on() {
+            return String::new();
+        }
+        let joined = |set: &std::collections::BTreeSet<String>| {
+            set.iter().cloned().collect::<Vec<_>>().join(",")
+        };
+        format!(
+            ":allowed[{}|{}]",
+            joined(&self.accounts),
+            joined(&self.organizations)
+        )
+    }
 }
 
 /// Verifies credentials with the upstream and resolves them to tenants. Every outcome the
@@ -191,6 +246,7 @@ pub struct IdentityResolver {
     cache: Mutex<HashMap<String, (Verdict, Instant)>>,
     /// The same cache, shared by every instance on this Redis.
     shared: Option<crate::shared::Redis>,
+    allowed: Allowed,
 }
 
 impl IdentityResolver {
@@ -213,7 +269,18 @@ impl IdentityResolver {
             negative_ttl,
             cache: Mutex::new(HashMap::new()),
             shared: None,
+            allowed: Allowed::default(),
         }
+    }
+
+    /// Serves only credentials of these accounts or organizations.
+    pub fn with_allowed(mut self, allowed: Allowed) -> Self {
+        self.allowed = allowed;
+        self
+    }
+
+    pub fn allowed(&self) -> &Allowed {
+        &self.allowed
     }
 
     /// Shares verdicts with every instance on `redis`, so a credential is checked with the
@@ -232,6 +299,7 @@ impl IdentityResolver {
             .ok()?;
         match stored?.as_str() {
             "rejected" => Some(Verdict::Rejected),
+            "not-allowed" => Some(Verdict::NotAllowed),
             other => other
                 .strip_prefix("tenant:")
                 .map(|t| Verdict::Tenant(TenantId(t.to_owned()))),
@@ -243,6 +311,7 @@ impl IdentityResolver {
         let (value, ttl) = match verdict {
             Verdict::Tenant(t) => (format!("tenant:{}", t.as_dir_name()), self.ttl),
             Verdict::Rejected => ("rejected".to_owned(), self.negative_ttl),
+            Verdict::NotAllowed => ("not-allowed".to_owned(), self.negative_ttl),
         };
         let name = format!("{}identity:{cache_key}", redis.prefix);
         let millis = ttl.as_millis().max(1) as u64;
@@ -268,7 +337,11 @@ impl IdentityResolver {
 
     pub async fn resolve(&self, credential: &Credential) -> Result<TenantId, IdentityError> {
         let cache_key = self.key.keyed_hash(
-            &format!("identity-cache:{}", credential.kind().as_str()),
+            &format!(
+                "identity-cache:{}{}",
+                credential.kind().as_str(),
+                self.allowed.fingerprint()
+            ),
             credential.secret().expose_secret().as_bytes(),
         );
         let known = match self.cached(&cache_key) {
@@ -284,18 +357,32 @@ impl IdentityResolver {
         match known {
             Some(Verdict::Tenant(tenant)) => return Ok(tenant),
             Some(Verdict::Rejected) => return Err(IdentityError::Rejected),
+            Some(Verdict::NotAllowed) => return Err(IdentityError::NotAllowed),
             None => {}
         }
         let outcome = match (credential.kind(), self.mode) {
-            (CredentialKind::OAuthToken, IdentityMode::Profile) => self.account(credential).await,
-            _ => self
-                .verify(credential)
+            (CredentialKind::OAuthToken, IdentityMode::Profile) => self
+                .account(credential)
                 .await
-                .map(|()| TenantId::from_credential(&self.key, credential)),
+                .and_then(|(tenant, account, org)| {
+                    if self.allowed.admits(Some(&account), org.as_deref()) {
+                        Ok(tenant)
+                    } else {
+                        Err(IdentityError::NotAllowed)
+                    }
+                }),
+            _ => self.verify(credential).await.and_then(|org| {
+                if self.allowed.admits(None, org.as_deref()) {
+                    Ok(TenantId::from_credential(&self.key, credential))
+                } else {
+                    Err(IdentityError::NotAllowed)
+                }
+            }),
         };
         let verdict = match &outcome {
             Ok(tenant) => Some(Verdict::Tenant(tenant.clone())),
             Err(IdentityError::Rejected) => Some(Verdict::Rejected),
+            Err(IdentityError::NotAllowed) => Some(Verdict::NotAllowed),
             // The upstream did not say: nothing to remember, the next request asks again.
             Err(IdentityError::Unavailable(_)) => None,
         };
@@ -328,18 +415,27 @@ impl IdentityResolver {
     }
 
     /// Whether the upstream accepts the credential: `GET /v1/models`, the cheapest call it
-    /// authenticates.
-    async fn verify(&self, credential: &Credential) -> Result<(), IdentityError> {
+    /// authenticates; the organization it names in `anthropic-organization-id`, if any.
+    async fn verify(&self, credential: &Credential) -> Result<Option<String>, IdentityError> {
         let request = credential.authorize(
             self.client
                 .get(&self.models_url)
                 .header("anthropic-version", "2023-06-01"),
         );
-        self.ask(request, "the models endpoint").await.map(|_| ())
+        let response = self.ask(request, "the models endpoint").await?;
+        Ok(response
+            .headers()
+            .get("anthropic-organization-id")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned))
     }
 
-    /// The tenant of an OAuth token: its account uuid from the profile endpoint.
-    async fn account(&self, credential: &Credential) -> Result<TenantId, IdentityError> {
+    /// The tenant of an OAuth token (by its account uuid from the profile endpoint), the
+    /// account uuid and the organization's.
+    async fn account(
+        &self,
+        credential: &Credential,
+    ) -> Result<(TenantId, String, Option<String>), IdentityError> {
         let request = self
             .client
             .get(&self.profile_url)
@@ -357,13 +453,22 @@ impl IdentityResolver {
             .and_then(|u| u.as_str())
             .filter(|u| !u.is_empty())
             .ok_or_else(|| IdentityError::Unavailable("the profile has no account uuid".into()))?;
-        Ok(TenantId::from_account(&self.key, uuid))
+        let organization = profile
+            .get("organization")
+            .and_then(|o| o.get("uuid"))
+            .and_then(|u| u.as_str())
+            .map(str::to_owned);
+        Ok((
+            TenantId::from_account(&self.key, uuid),
+            uuid.to_owned(),
+            organization,
+        ))
     }
 
     fn ttl_of(&self, verdict: &Verdict) -> Duration {
         match verdict {
             Verdict::Tenant(_) => self.ttl,
-            Verdict::Rejected => self.negative_ttl,
+            Verdict::Rejected | Verdict::NotAllowed => self.negative_ttl,
         }
     }
 

@@ -116,3 +116,58 @@ async fn a_malformed_access_keys_file_stops_the_gateway_at_start() {
         "{err}"
     );
 }
+
+#[tokio::test]
+async fn only_the_allowed_accounts_and_organizations_are_served() {
+    use fake_anthropic::accounts::account_uuid;
+    let alice = account_uuid("sk-ant-oat01-alice.allowed").to_string();
+    let carols_org = account_uuid("org-carol").to_string();
+    let gw = Gateway::builder()
+        .args(&[
+            "--allowed-accounts",
+            &alice,
+            "--allowed-organizations",
+            &carols_org,
+        ])
+        .start()
+        .await;
+    let count = |token: &'static str| {
+        gw.post("/v1/messages/count_tokens")
+            .bearer_auth(token)
+            .json(&json!({"model": "sonnet", "messages": [{"role": "user", "content": "hi"}]}))
+            .send()
+    };
+    // An allowed account (OAuth, by its profile) and an API key of an allowed organization
+    // (by the organization the API names in its answer).
+    assert_eq!(
+        count("sk-ant-oat01-alice.allowed")
+            .await
+            .expect("sent")
+            .status(),
+        200
+    );
+    assert_eq!(
+        count("sk-ant-api03-carol.key")
+            .await
+            .expect("sent")
+            .status(),
+        200
+    );
+    let res = gw
+        .messages("sk-ant-oat01-alice.allowed", body("marker-allowed"))
+        .await;
+    assert_eq!(res.status(), 200);
+    // Anyone else: 403 in the API's shape, and nothing runs.
+    for token in ["sk-ant-oat01-bob.other", "sk-ant-api03-dave.key"] {
+        let res = gw.messages(token, body("marker-not-allowed")).await;
+        assert_eq!(res.status(), 403, "{token}");
+        let error: Value = res.json().await.expect("json");
+        assert_eq!(error["error"]["type"], "permission_error", "{error}");
+    }
+    assert!(gw.upstream_with("marker-not-allowed").is_empty());
+    let (_, security) = gw.get_json("/v1/security").await;
+    assert_eq!(
+        security["allowed_accounts"],
+        "only the configured accounts and organizations"
+    );
+}
