@@ -88,6 +88,9 @@ fn seed_session(
     Ok(SessionArg::Resume(key))
 }
 
+/// How long a warm process may take to start up.
+const WARM_START_LIMIT: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// Where a tenant's warm process for `req`'s settings waits, and what it was started with
 /// (never the credential: the process's placeholder is bound to the next request's).
 fn warm_key(state: &AppState, req: &TurnRequest) -> (uuid::Uuid, String) {
@@ -125,7 +128,13 @@ fn prepare_warm(
         return;
     }
     tokio::spawn(async move {
-        match state.runner.start(&spec).await {
+        let ready = async {
+            let mut process = state.runner.start(&spec).await?;
+            // Started up before it waits, not when its request comes.
+            process.initialize(WARM_START_LIMIT).await?;
+            Ok::<_, crate::runner::RunError>(process)
+        };
+        match ready.await {
             Ok(process) => state.warm.put(slot, tenant, settings, process),
             Err(e) => tracing::warn!(error = %e, "could not prepare a warm CLI process"),
         }

@@ -281,7 +281,7 @@ impl Runner {
         process.observed = observed;
         if let Some(schema) = &spec.output_schema {
             process
-                .send_line(&protocol::initialize_line(schema))
+                .send_line(&protocol::initialize_line(Some(schema)))
                 .await?;
         }
         Ok(process)

@@ -140,6 +140,34 @@ impl CliProcess {
         .map_err(|e| RunError::Io(e.to_string()))
     }
 
+    /// Asks the CLI to start up now (the SDK's `initialize` control request) and waits, at most
+    /// `limit`, for its answer: a process made ready ahead of its request (warm) then answers
+    /// it without the CLI's start-up.
+    pub async fn initialize(&mut self, limit: std::time::Duration) -> Result<(), RunError> {
+        self.send_line(&super::protocol::initialize_line(None))
+            .await?;
+        let answered = async {
+            loop {
+                match self.next_line().await? {
+                    Some(CliLine::Other(line))
+                        if line["type"] == "control_response"
+                            && line.pointer("/response/request_id")
+                                == Some(&serde_json::Value::from(
+                                    super::protocol::INITIALIZE_ID,
+                                )) =>
+                    {
+                        return Ok(());
+                    }
+                    Some(_) => {}
+                    None => return Err(RunError::Exited(self.exit_description().await)),
+                }
+            }
+        };
+        tokio::time::timeout(limit, answered)
+            .await
+            .map_err(|_| RunError::Timeout)?
+    }
+
     /// Whether the process is still running (a kept process may have died while idle).
     pub fn is_alive(&mut self) -> bool {
         self.stdin.is_some() && matches!(self.child.try_wait(), Ok(None))

@@ -166,15 +166,23 @@ impl UserInput {
     }
 }
 
-/// The SDK's `initialize` control request with a JSON schema for the run's answer: the CLI
+/// The request id of the gateway's `initialize` control request.
+pub const INITIALIZE_ID: &str = "gateway-initialize";
+
+/// The SDK's `initialize` control request; with a JSON schema for the run's answer, the CLI
 /// then offers the model a `StructuredOutput` tool with that schema, checks the call against
 /// it, and reports its input as the result's `structured_output`. Sent on the CLI's input (its
-/// own `--json-schema` flag would put what a tenant wrote on a command line).
-pub fn initialize_line(json_schema: &Value) -> Vec<u8> {
+/// own `--json-schema` flag would put what a tenant wrote on a command line). The CLI answers
+/// it with a `control_response` once it has started up ([`INITIALIZE_ID`]).
+pub fn initialize_line(json_schema: Option<&Value>) -> Vec<u8> {
+    let mut request = serde_json::json!({"subtype": "initialize"});
+    if let Some(schema) = json_schema {
+        request["jsonSchema"] = schema.clone();
+    }
     let mut line = serde_json::to_vec(&serde_json::json!({
         "type": "control_request",
-        "request_id": "gateway-initialize",
-        "request": {"subtype": "initialize", "jsonSchema": json_schema},
+        "request_id": INITIALIZE_ID,
+        "request": request,
     }))
     .unwrap_or_default();
     line.push(b'\n');
