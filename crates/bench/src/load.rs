@@ -85,14 +85,28 @@ async fn bare_cli(
 }
 
 /// The plain CLI as a user runs it, with nothing of the gateway's flags: `claude -p
-/// --output-format json PROMPT` in a fresh HOME and directory; time to exit.
-async fn plain_cli(claude: &Path, base_url: &str, prompt: &str) -> anyhow::Result<Duration> {
+/// --output-format json PROMPT` in a fresh HOME and directory; time to exit. `quiet`: with the
+/// CLI's non-essential traffic off, as the gateway runs it (on this machine, which reaches
+/// nothing but loopback, that traffic can only fail, and waiting for it is most of the
+/// difference).
+async fn plain_cli(
+    claude: &Path,
+    base_url: &str,
+    prompt: &str,
+    quiet: bool,
+) -> anyhow::Result<Duration> {
     let home = tempfile::tempdir()?;
     let work = tempfile::tempdir()?;
     let started = Instant::now();
-    let output = tokio::process::Command::new(claude)
+    let mut command = tokio::process::Command::new(claude);
+    command.env_clear();
+    if quiet {
+        command
+            .env("CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC", "1")
+            .env("DISABLE_AUTOUPDATER", "1");
+    }
+    let output = command
         .args(["-p", "--output-format", "json", prompt])
-        .env_clear()
         .env("PATH", "/usr/local/bin:/usr/bin:/bin")
         .env("HOME", home.path())
         .env("ANTHROPIC_BASE_URL", base_url)
@@ -112,11 +126,21 @@ async fn gateway_complete(
     url: &str,
     prompt: &str,
 ) -> anyhow::Result<Duration> {
+    gateway_complete_with(client, url, prompt, false).await
+}
+
+/// [`gateway_complete`], lean when asked (`"lean": true`).
+async fn gateway_complete_with(
+    client: &reqwest::Client,
+    url: &str,
+    prompt: &str,
+    lean: bool,
+) -> anyhow::Result<Duration> {
     let started = Instant::now();
     let res = client
         .post(format!("{url}/v1/messages"))
         .bearer_auth("sk-ant-oat01-bench.overhead")
-        .json(&json!({"model": "sonnet", "max_tokens": 200,
+        .json(&json!({"model": "sonnet", "max_tokens": 200, "lean": lean,
                       "messages": [{"role": "user", "content": prompt}]}))
         .send()
         .await?;
@@ -179,22 +203,32 @@ async fn gateway_request(
 pub async fn overhead(bin: &Path, claude: &Path, runs: usize) -> anyhow::Result<Vec<Block>> {
     let sandboxed = Gateway::start(bin, claude, &[]).await?;
     let bare_sandbox = Gateway::start(bin, claude, &["--insecure-no-sandbox"]).await?;
+    let shared_net = Gateway::start(bin, claude, &["--sandbox-network", "shared"]).await?;
     let fake = FakeAnthropic::start(([127, 0, 0, 1], 0).into()).await?;
     let client = reqwest::Client::new();
     let prompt = "benchmark prompt";
     let (mut bare, mut with, mut without) = (Vec::new(), Vec::new(), Vec::new());
-    let (mut plain, mut complete) = (Vec::new(), Vec::new());
+    let (mut plain, mut complete, mut plain_quiet) = (Vec::new(), Vec::new(), Vec::new());
+    // Where the time goes: the same non-streamed request through each layer.
+    let (mut no_sandbox_complete, mut shared_complete, mut lean_complete) =
+        (Vec::new(), Vec::new(), Vec::new());
     // One warm-up of each, then interleaved runs so drift affects all alike.
     bare_cli(claude, &fake.base_url(), prompt).await?;
-    plain_cli(claude, &fake.base_url(), prompt).await?;
+    plain_cli(claude, &fake.base_url(), prompt, false).await?;
+    plain_cli(claude, &fake.base_url(), prompt, true).await?;
     gateway_request(&client, &sandboxed.url, prompt).await?;
     gateway_request(&client, &bare_sandbox.url, prompt).await?;
+    gateway_complete(&client, &shared_net.url, prompt).await?;
     for _ in 0..runs {
         bare.push(bare_cli(claude, &fake.base_url(), prompt).await?);
         with.push(gateway_request(&client, &sandboxed.url, prompt).await?);
         without.push(gateway_request(&client, &bare_sandbox.url, prompt).await?);
-        plain.push(plain_cli(claude, &fake.base_url(), prompt).await?);
+        plain.push(plain_cli(claude, &fake.base_url(), prompt, false).await?);
+        plain_quiet.push(plain_cli(claude, &fake.base_url(), prompt, true).await?);
         complete.push(gateway_complete(&client, &sandboxed.url, prompt).await?);
+        no_sandbox_complete.push(gateway_complete(&client, &bare_sandbox.url, prompt).await?);
+        shared_complete.push(gateway_complete(&client, &shared_net.url, prompt).await?);
+        lean_complete.push(gateway_complete_with(&client, &sandboxed.url, prompt, true).await?);
     }
     let split = |v: &[(Duration, Duration)]| -> (Vec<Duration>, Vec<Duration>) {
         v.iter().copied().unzip()
@@ -222,15 +256,61 @@ pub async fn overhead(bin: &Path, claude: &Path, runs: usize) -> anyhow::Result<
         &plain,
     ));
     body.push_str(&only_complete(
+        "the same, its non-essential traffic off (as the gateway runs it)",
+        &plain_quiet,
+    ));
+    body.push_str(&only_complete(
         "gateway, sandboxed, not streamed (as `curl` asks)",
         &complete,
     ));
     let median = |v: &[Duration]| Summary::of(v).median_ms;
     body.push_str(&format!(
-        "\nAgainst the plain CLI as a user runs it, a non-streamed request through the sandboxed gateway takes {:+.0} ms ({:.2}×) at the median.\n",
+        "\nAgainst the plain CLI as a user runs it, a non-streamed request through the sandboxed gateway takes {:+.0} ms ({:.2}×) at the median; against the same CLI with its non-essential traffic off (the fair baseline on a machine that reaches nothing but loopback), {:+.0} ms ({:.2}×).\n",
         median(&complete) - median(&plain),
         median(&complete) / median(&plain).max(1e-9),
+        median(&complete) - median(&plain_quiet),
+        median(&complete) / median(&plain_quiet).max(1e-9),
     ));
+    // Each layer's cost, as the difference of medians between one step and the one before.
+    let steps: [(&str, &str, f64); 6] = [
+        (
+            "plain CLI (`claude -p --output-format json`), non-essential traffic off",
+            "",
+            median(&plain_quiet),
+        ),
+        (
+            "the CLI with the gateway's flags (stream-json in and out, partial messages)",
+            "the flags and stream-json I/O",
+            median(&bw),
+        ),
+        (
+            "+ the gateway, no sandbox (non-streamed HTTP)",
+            "HTTP, credential check (cached), run dir and settings, session bookkeeping; answered at the CLI's result, not its exit",
+            median(&no_sandbox_complete),
+        ),
+        (
+            "+ the sandbox, host network (`--sandbox-network shared`)",
+            "bubblewrap and its namespaces, the syscall filter, the run cgroup, prlimit, the relay as pid 1",
+            median(&shared_complete),
+        ),
+        (
+            "+ the sandbox's own network (the default)",
+            "the isolated network: the relay's ports and the gateway's upstream proxy",
+            median(&complete),
+        ),
+        (
+            "the default, lean (`\"lean\": true`)",
+            "none of the CLI's tools and no agent prompt (what it saves)",
+            median(&lean_complete),
+        ),
+    ];
+    body.push_str("\n| step (complete, median of the same interleaved runs) | ms | Δ ms | what the step adds |\n|---|---|---|---|\n");
+    let mut before: Option<f64> = None;
+    for (name, what, value) in steps {
+        let delta = before.map_or(String::from("–"), |b| format!("{:+.0}", value - b));
+        body.push_str(&format!("| {name} | {value:.0} | {delta} | {what} |\n"));
+        before = Some(value);
+    }
     for (name, t, w) in [("sandboxed", &st, &sw), ("no sandbox", &nt, &nw)] {
         body.push_str(&format!(
             "\nGateway ({name}) adds {:+.0} ms to first text ({:.2}×) and {:+.0} ms to completion ({:.2}×) at the median.\n",
