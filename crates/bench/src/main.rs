@@ -8,6 +8,7 @@
 mod gateway;
 mod lean;
 mod load;
+mod peers;
 mod report;
 mod shared;
 mod stats;
@@ -85,6 +86,12 @@ enum Bench {
         #[arg(long, default_value_t = 40)]
         runs: usize,
     },
+    /// The gateway beside the simplest wrapper users would write instead: latency at 1 and 10
+    /// clients, requests per second, peak memory.
+    Peers {
+        #[arg(long, default_value_t = 20)]
+        requests: usize,
+    },
     /// Upstream input tokens per request kind: the API directly, the gateway, lean runs.
     Lean {
         #[arg(long, default_value_t = 5)]
@@ -138,6 +145,7 @@ impl Bench {
                 },
                 Bench::Warm { conversations: 2 },
                 Bench::Lean { runs: 1 },
+                Bench::Peers { requests: 2 },
             ]
         } else {
             [
@@ -150,6 +158,7 @@ impl Bench {
                 "shared",
                 "warm",
                 "lean",
+                "peers",
             ]
             .into_iter()
             .map(default)
@@ -172,6 +181,7 @@ impl Bench {
             Bench::Shared { .. } => vec!["shared", "shared-sessions", "shared-transcripts"],
             Bench::Warm { .. } => vec!["warm"],
             Bench::Lean { .. } => vec!["lean"],
+            Bench::Peers { .. } => vec!["peers"],
         }
     }
 }
@@ -397,6 +407,7 @@ async fn run(args: &Args, bench: Bench) -> anyhow::Result<Vec<Block>> {
         Bench::Sandbox { runs } => sandbox_setup(gw, claude, runs.clamp(1, 1000)).await,
         Bench::Warm { conversations } => warm::warm(gw, claude, conversations.clamp(1, 200)).await,
         Bench::Lean { runs } => lean::lean(gw, claude, runs.clamp(1, 100)).await,
+        Bench::Peers { requests } => peers::peers(gw, claude, requests.clamp(1, 500)).await,
         Bench::Shared {
             requests,
             seconds,
