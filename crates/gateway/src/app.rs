@@ -39,6 +39,8 @@ pub struct AppState {
     pub shared: Option<crate::shared::Redis>,
     /// The operator's access keys (`--access-keys-file`); `None`: access control is off.
     pub access: Option<crate::access::AccessKeys>,
+    /// The audit log (`--audit-log`), when on.
+    pub audit: Option<Arc<crate::telemetry::audit::AuditLog>>,
     pub install_key: Arc<InstallKey>,
     pub levels: LevelPolicy,
     pub mcp: McpPolicy,
@@ -81,6 +83,8 @@ pub enum StartupError {
     Shared(crate::shared::SharedError),
     #[error("--access-keys-file: {0}")]
     Access(crate::access::AccessError),
+    #[error("--audit-log {0}: {1}")]
+    Audit(PathBuf, std::io::Error),
 }
 
 fn private_dir(path: &Path) -> Result<(), StartupError> {
@@ -243,6 +247,24 @@ impl AppState {
             &config.mcp_allowed_hosts,
             std::time::Duration::from_secs(config.mcp_timeout_secs),
         );
+        // Opened once here, so a path the gateway cannot write stops it at start.
+        let audit = match &config.audit_log {
+            Some(path) => {
+                use std::os::unix::fs::OpenOptionsExt;
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .mode(0o600)
+                    .open(path)
+                    .map_err(|e| StartupError::Audit(path.clone(), e))?;
+                Some(Arc::new(crate::telemetry::audit::AuditLog::new(
+                    path.clone(),
+                    config.audit_log_max_mb.max(1) << 20,
+                    5,
+                )))
+            }
+            None => None,
+        };
         let access = config
             .access_keys_file
             .as_deref()
@@ -280,6 +302,7 @@ impl AppState {
             upstream,
             shared,
             access,
+            audit,
         })
     }
 
@@ -392,6 +415,11 @@ pub fn router(state: SharedState) -> Router {
         .route_layer(axum::middleware::from_fn(crate::telemetry::metrics::track))
         .layer(tower::util::option_layer(cors))
         .layer(axum::middleware::from_fn(api::limit_headers))
+        // Outside everything but the request's span: every API request gets its line.
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            crate::telemetry::audit::track,
+        ))
         .layer(axum::middleware::from_fn(crate::telemetry::request_span))
         .with_state(state)
 }

@@ -455,6 +455,15 @@ pub struct Config {
     #[arg(long, env = "CLAUDE_GATEWAY_ACCESS_KEYS_FILE")]
     pub access_keys_file: Option<PathBuf>,
 
+    /// Writes one JSON line per API request to this file (who, route, model, session hash,
+    /// tokens, cost, status, duration; never content or secrets), rotated by size. Unset: off.
+    #[arg(long, env = "CLAUDE_GATEWAY_AUDIT_LOG")]
+    pub audit_log: Option<PathBuf>,
+
+    /// The audit file's size before it is rotated (`FILE.1` … `FILE.5` kept), in MiB.
+    #[arg(long, env = "CLAUDE_GATEWAY_AUDIT_LOG_MAX_MB", default_value_t = 64)]
+    pub audit_log_max_mb: u64,
+
     /// Only these Anthropic account uuids (from an OAuth token's profile) may use the gateway,
     /// comma-separated; with `--allowed-organizations`, either list admits. Unset: any account.
     #[arg(long, env = "CLAUDE_GATEWAY_ALLOWED_ACCOUNTS", value_delimiter = ',')]

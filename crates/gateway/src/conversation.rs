@@ -47,6 +47,8 @@ pub struct TurnRequest {
     pub output_schema: Option<Value>,
     /// None of the CLI's own tools, and no agent prompt of the CLI's ([`RunSpec::lean`]).
     pub lean: bool,
+    /// The request's audit record, when the audit log is on.
+    pub audit: Option<crate::telemetry::audit::AuditHandle>,
 }
 
 /// Chooses how a new session starts: fresh, or resuming a transcript written from the
@@ -183,6 +185,13 @@ pub async fn start(state: &Arc<AppState>, req: TurnRequest) -> Result<StartedTur
         .clone()
         .unwrap_or_else(ClientSessionId::generate);
     let key = sessions.key(&req.tenant, &id);
+    if let Some(audit) = &req.audit {
+        audit.update(|r| {
+            r.tenant = Some(req.tenant.fingerprint().to_owned());
+            r.model = Some(req.model.clone());
+            r.session = Some(key.to_string());
+        });
+    }
     let guard = Arc::new(sessions.lock(&req.tenant, key, &id).await?);
     let permit = state.admission.admit(&req.tenant).await?;
     let existing = sessions.load(&req.tenant, &id).await?;
@@ -340,6 +349,7 @@ pub async fn start(state: &Arc<AppState>, req: TurnRequest) -> Result<StartedTur
     );
 
     let tenant = req.tenant.clone();
+    let audit = req.audit.clone();
     let warm_state = state.clone();
     let model_label = crate::telemetry::metrics::model_label(&req.model, &state.config.models);
     let on_result = Box::new(
@@ -356,6 +366,15 @@ pub async fn start(state: &Arc<AppState>, req: TurnRequest) -> Result<StartedTur
                 None => result.usage.clone().unwrap_or_default(),
             };
             crate::telemetry::metrics::record_usage(&model_label, &usage, result.total_cost_usd);
+            if let Some(audit) = audit {
+                audit.update(|r| {
+                    r.input_tokens += usage.input_tokens;
+                    r.output_tokens += usage.output_tokens;
+                    r.cache_read_input_tokens += usage.cache_read_input_tokens;
+                    r.cache_creation_input_tokens += usage.cache_creation_input_tokens;
+                    r.cost_usd = result.total_cost_usd;
+                });
+            }
             if let Some((slot, settings, spec, tenant)) = next_warm {
                 prepare_warm(warm_state, tenant, slot, settings, spec);
             }

@@ -265,6 +265,12 @@ pub async fn require_access_key(
         match presented.and_then(|key| keys.check(key)) {
             Some(name) => {
                 tracing::Span::current().record("access_key", name);
+                if let Some(audit) = request
+                    .extensions()
+                    .get::<crate::telemetry::audit::AuditHandle>()
+                {
+                    audit.update(|r| r.access_key = Some(name.to_owned()));
+                }
                 metrics::counter!("gateway_requests_by_access_key_total", "access_key" => name.to_owned())
                     .increment(1);
             }

@@ -1,5 +1,6 @@
 //! Logs (and, later, metrics). Nothing here ever records a credential.
 
+pub mod audit;
 pub mod logging;
 pub mod metrics;
 

@@ -6,6 +6,7 @@ mod common;
 
 mod access;
 mod admission;
+mod audit;
 mod client_tools;
 mod credentials;
 mod docs;

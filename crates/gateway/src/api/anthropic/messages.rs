@@ -129,6 +129,7 @@ fn system_text(req: &MessagesRequest) -> String {
 pub async fn create(
     State(state): State<SharedState>,
     headers: HeaderMap,
+    audit: Option<axum::Extension<crate::telemetry::audit::AuditHandle>>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let header_credential = Credential::from_request(&headers, None);
@@ -198,6 +199,7 @@ pub async fn create(
             show_tools: req.tool_activity.unwrap_or_default() == ToolActivity::Blocks,
             mcp: ctx.mcp,
             lean: ctx.lean,
+            audit: audit.map(|axum::Extension(a)| a),
             call,
             client_tools,
             deferred,

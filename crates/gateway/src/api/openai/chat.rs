@@ -32,9 +32,10 @@ use crate::turn::event::{Block, Delta, Message, TurnEvent, Usage};
 pub async fn create(
     State(state): State<SharedState>,
     headers: HeaderMap,
+    audit: Option<axum::Extension<crate::telemetry::audit::AuditHandle>>,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    match handle(state, headers, body).await {
+    match handle(state, headers, audit, body).await {
         Ok(response) => response,
         Err(e) => openai_error_response(e),
     }
@@ -53,6 +54,7 @@ fn bad(message: impl Into<String>) -> ApiError {
 async fn handle(
     state: SharedState,
     headers: HeaderMap,
+    audit: Option<axum::Extension<crate::telemetry::audit::AuditHandle>>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let credential = Credential::from_request(&headers, None)?;
@@ -167,6 +169,7 @@ async fn handle(
             show_tools: false,
             mcp: ctx.mcp,
             lean: ctx.lean,
+            audit: audit.map(|axum::Extension(a)| a),
             call,
             client_tools,
             deferred,
