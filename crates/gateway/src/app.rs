@@ -39,6 +39,8 @@ pub struct AppState {
     pub shared: Option<crate::shared::Redis>,
     /// The operator's access keys (`--access-keys-file`); `None`: access control is off.
     pub access: Option<crate::access::AccessKeys>,
+    /// What each tenant spends, per day and model ([`crate::usage`]).
+    pub usage: crate::usage::UsageStore,
     /// The audit log (`--audit-log`), when on.
     pub audit: Option<Arc<crate::telemetry::audit::AuditLog>>,
     pub install_key: Arc<InstallKey>,
@@ -225,6 +227,10 @@ impl AppState {
             None => crate::sessions::Records::disk(volumes.tenants_dir().to_path_buf(), lock_wait),
         };
         let sessions = SessionStore::new(volumes.clone(), records);
+        let usage = match &shared {
+            Some(redis) => crate::usage::UsageStore::redis(redis.clone()),
+            None => crate::usage::UsageStore::disk(volumes.tenants_dir().to_path_buf()),
+        };
         let warm = LivePool::new(LiveLimits {
             max_total: config.warm_processes_max,
             max_per_tenant: config.warm_processes_per_tenant,
@@ -303,6 +309,7 @@ impl AppState {
             shared,
             access,
             audit,
+            usage,
         })
     }
 
@@ -387,6 +394,7 @@ pub fn router(state: SharedState) -> Router {
         )
         .route("/v1/chat/completions", post(api::openai::chat::create))
         .route("/v1/sessions", get(api::sessions::list))
+        .route("/v1/usage", get(api::usage::usage))
         .route(
             "/v1/sessions/{id}",
             get(api::sessions::get).delete(api::sessions::delete),

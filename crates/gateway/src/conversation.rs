@@ -351,6 +351,8 @@ pub async fn start(state: &Arc<AppState>, req: TurnRequest) -> Result<StartedTur
     let tenant = req.tenant.clone();
     let audit = req.audit.clone();
     let warm_state = state.clone();
+    let usage_state = state.clone();
+    let usage_tenant = req.tenant.clone();
     let model_label = crate::telemetry::metrics::model_label(&req.model, &state.config.models);
     let on_result = Box::new(
         move |result: &crate::runner::protocol::ResultLine,
@@ -366,6 +368,27 @@ pub async fn start(state: &Arc<AppState>, req: TurnRequest) -> Result<StartedTur
                 None => result.usage.clone().unwrap_or_default(),
             };
             crate::telemetry::metrics::record_usage(&model_label, &usage, result.total_cost_usd);
+            let counts = crate::usage::Counts {
+                requests: 1,
+                input_tokens: usage.input_tokens,
+                output_tokens: usage.output_tokens,
+                cache_read_input_tokens: usage.cache_read_input_tokens,
+                cache_creation_input_tokens: usage.cache_creation_input_tokens,
+                cost_microdollars: result
+                    .total_cost_usd
+                    .map_or(0, |usd| (usd.max(0.0) * 1e6).round() as u64),
+            };
+            let usage_model = model_label.clone();
+            tokio::spawn(async move {
+                let day = crate::usage::day_of(now_secs());
+                if let Err(e) = usage_state
+                    .usage
+                    .record(&usage_tenant, day, &usage_model, &counts)
+                    .await
+                {
+                    tracing::warn!(error = %e, "could not record the turn's usage");
+                }
+            });
             if let Some(audit) = audit {
                 audit.update(|r| {
                     r.input_tokens += usage.input_tokens;

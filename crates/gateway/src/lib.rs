@@ -24,6 +24,7 @@ pub mod telemetry;
 pub mod tenant;
 pub mod tls;
 pub mod turn;
+pub mod usage;
 
 pub use app::serve;
 pub use config::Config;

@@ -13,6 +13,7 @@ pub mod reply;
 pub mod security;
 pub mod sessions;
 pub mod sse;
+pub mod usage;
 
 use crate::error::ApiError;
 

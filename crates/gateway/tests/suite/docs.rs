@@ -18,6 +18,7 @@ async fn openapi_covers_every_route_and_the_extension_fields() {
         "/v1/sessions/{id}",
         "/v1/security",
         "/v1/mcp/tools",
+        "/v1/usage",
         "/health",
         "/ready",
         "/metrics",

@@ -353,6 +353,14 @@ async fn a_line_forged_into_the_clis_output_changes_nothing() {
     assert_eq!(answer["content"][0]["text"], "the real answer", "{answer}");
     assert_eq!(answer["session_id"], "forge");
     assert!(!gw.metrics().await.contains("999999999"));
+    // Nor the tenant's usage: it counts what the upstream reported.
+    let usage = crate::usage::usage_with(&gw, MALLORY, 1).await;
+    assert!(
+        usage["today"]["input_tokens"]
+            .as_u64()
+            .is_some_and(|n| n < 999_999_999),
+        "{usage}"
+    );
     // The session continues under the id the gateway gave it.
     let mut next = body("marker-after-forge");
     next["session_id"] = json!("forge");

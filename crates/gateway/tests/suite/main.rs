@@ -23,4 +23,5 @@ mod router;
 mod sessions;
 mod shared;
 mod shared_sessions;
+mod usage;
 mod warm;

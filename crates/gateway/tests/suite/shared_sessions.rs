@@ -447,3 +447,17 @@ async fn a_tenant_cannot_fill_the_shared_store_with_bloated_transcripts() {
     assert_eq!(gw.messages(TENANT, again).await.status(), 200);
     assert!(transcript_bytes_in(&redis) <= 16 << 20);
 }
+
+#[tokio::test]
+async fn a_tenants_usage_counts_its_turns_on_every_instance() {
+    let redis = RedisServer::start();
+    let a = instance(&redis, &[]).await;
+    let b = instance(&redis, &[]).await;
+    assert_eq!(a.messages(TENANT, body("marker-xu-a")).await.status(), 200);
+    assert_eq!(b.messages(TENANT, body("marker-xu-b")).await.status(), 200);
+    let usage = crate::usage::usage_with(&a, TENANT, 2).await;
+    assert!(usage["today"]["input_tokens"]
+        .as_u64()
+        .is_some_and(|n| n > 0));
+    crate::usage::usage_with(&b, TENANT, 2).await;
+}

@@ -1,0 +1,77 @@
+//! `GET /v1/usage`: what the calling tenant has spent, per model, today, over the last 7 days
+//! and this calendar month (UTC), as the upstream reported it ([`crate::usage`]). A tenant sees
+//! its own and nobody else's.
+
+use axum::extract::State;
+use axum::http::HeaderMap;
+use axum::Json;
+use serde_json::{json, Map, Value};
+
+use super::authenticate;
+use crate::app::SharedState;
+use crate::error::ApiError;
+use crate::usage::Counts;
+
+fn period(models: &std::collections::BTreeMap<String, Counts>, from: u64, to: u64) -> Value {
+    let mut total = Counts::default();
+    let mut by_model = Map::new();
+    for (model, counts) in models {
+        total.add(counts);
+        by_model.insert(model.clone(), json!(counts));
+    }
+    let date = |day: u64| {
+        let (y, m, d) = crate::clock::civil_from_days(day as i64);
+        format!("{y:04}-{m:02}-{d:02}")
+    };
+    let mut body = json!(total);
+    body["from"] = json!(date(from));
+    body["to"] = json!(date(to));
+    body["cost_usd"] = json!(total.cost_microdollars as f64 / 1e6);
+    body["models"] = Value::Object(by_model);
+    body
+}
+
+/// The calling tenant's usage.
+#[utoipa::path(get, path = "/v1/usage", tag = "Sessions",
+    responses((status = 200, description = "Requests, tokens (as the upstream reported them) and cost per model: today, the last 7 days and this month (UTC)", body = Object),
+              (status = 401, body = crate::api::docs::ErrorBody)))]
+pub async fn usage(
+    State(state): State<SharedState>,
+    headers: HeaderMap,
+) -> Result<Json<Value>, ApiError> {
+    let tenant = authenticate(&state, &headers).await?;
+    let today = crate::usage::day_of(crate::clock::now_secs());
+    let (_, _, day_of_month) = crate::clock::civil_from_days(today as i64);
+    let month_start = today - u64::from(day_of_month - 1);
+    let week_start = today.saturating_sub(6);
+    let first = month_start.min(week_start);
+    let unavailable = |e: crate::usage::UsageError| ApiError::Unavailable(e.to_string());
+    // One read over the widest span, then each period from its days.
+    let mut days = std::collections::BTreeMap::new();
+    for day in first..=today {
+        days.insert(
+            day,
+            state
+                .usage
+                .between(&tenant, day, day)
+                .await
+                .map_err(unavailable)?,
+        );
+    }
+    let over = |from: u64| {
+        let mut models: std::collections::BTreeMap<String, Counts> = Default::default();
+        for (_, day) in days.range(from..=today) {
+            for (model, counts) in day {
+                models.entry(model.clone()).or_default().add(counts);
+            }
+        }
+        period(&models, from, today)
+    };
+    Ok(Json(json!({
+        "object": "usage",
+        "tenant": tenant.fingerprint(),
+        "today": over(today),
+        "last_7_days": over(week_start),
+        "month": over(month_start),
+    })))
+}

@@ -1,0 +1,256 @@
+//! What each tenant spends: per UTC day and model, its requests and the tokens the upstream
+//! reported through the gateway's own proxy (the CLI's word only where no proxy stood
+//! between), and the CLI's cost estimate. Kept with the sessions: on disk
+//! (`tenants/<t>/usage/<day>.json`) for one instance, in Redis (a hash per tenant and day,
+//! kept 40 days) when instances share it. `GET /v1/usage` shows the calling tenant its own.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Mutex;
+
+use serde::{Deserialize, Serialize};
+
+use crate::shared::Redis;
+use crate::tenant::identity::TenantId;
+
+/// How long a day's counts are kept in Redis (a month's view and some).
+const REDIS_DAYS: u64 = 40;
+
+/// One model's counts over some days.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Counts {
+    pub requests: u64,
+    pub input_tokens: u64,
+    pub output_tokens: u64,
+    pub cache_read_input_tokens: u64,
+    pub cache_creation_input_tokens: u64,
+    /// The CLI's cost estimate, in millionths of a dollar.
+    pub cost_microdollars: u64,
+}
+
+impl Counts {
+    const FIELDS: [&'static str; 6] = [
+        "requests",
+        "input_tokens",
+        "output_tokens",
+        "cache_read_input_tokens",
+        "cache_creation_input_tokens",
+        "cost_microdollars",
+    ];
+
+    fn values(&self) -> [u64; 6] {
+        [
+            self.requests,
+            self.input_tokens,
+            self.output_tokens,
+            self.cache_read_input_tokens,
+            self.cache_creation_input_tokens,
+            self.cost_microdollars,
+        ]
+    }
+
+    fn field_mut(&mut self, name: &str) -> Option<&mut u64> {
+        Some(match name {
+            "requests" => &mut self.requests,
+            "input_tokens" => &mut self.input_tokens,
+            "output_tokens" => &mut self.output_tokens,
+            "cache_read_input_tokens" => &mut self.cache_read_input_tokens,
+            "cache_creation_input_tokens" => &mut self.cache_creation_input_tokens,
+            "cost_microdollars" => &mut self.cost_microdollars,
+            _ => return None,
+        })
+    }
+
+    pub fn add(&mut self, other: &Counts) {
+        for (name, value) in Self::FIELDS.iter().zip(other.values()) {
+            if let Some(field) = self.field_mut(name) {
+                *field += value;
+            }
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum UsageError {
+    #[error("usage storage failed: {0}")]
+    Storage(String),
+    #[error(transparent)]
+    Shared(#[from] crate::shared::SharedError),
+}
+
+enum Store {
+    Disk {
+        tenants_dir: PathBuf,
+        /// Days' files are read, added to and written back one at a time.
+        lock: Mutex<()>,
+    },
+    Redis(Redis),
+}
+
+pub struct UsageStore {
+    store: Store,
+}
+
+/// Days since the Unix epoch (UTC) of `secs`.
+pub fn day_of(secs: u64) -> u64 {
+    secs / 86_400
+}
+
+impl UsageStore {
+    pub fn disk(tenants_dir: PathBuf) -> Self {
+        Self {
+            store: Store::Disk {
+                tenants_dir,
+                lock: Mutex::new(()),
+            },
+        }
+    }
+
+    pub fn redis(redis: Redis) -> Self {
+        Self {
+            store: Store::Redis(redis),
+        }
+    }
+
+    fn day_file(tenants_dir: &std::path::Path, tenant: &TenantId, day: u64) -> PathBuf {
+        tenants_dir
+            .join(tenant.as_dir_name())
+            .join("usage")
+            .join(format!("{day}.json"))
+    }
+
+    fn day_key(redis: &Redis, tenant: &TenantId, day: u64) -> String {
+        format!("{}usage:{{{}}}:{day}", redis.prefix, tenant.as_dir_name())
+    }
+
+    /// Adds `counts` to the tenant's `model` on `day`.
+    pub async fn record(
+        &self,
+        tenant: &TenantId,
+        day: u64,
+        model: &str,
+        counts: &Counts,
+    ) -> Result<(), UsageError> {
+        match &self.store {
+            Store::Disk { tenants_dir, lock } => {
+                let _held = lock.lock().unwrap_or_else(|e| e.into_inner());
+                let path = Self::day_file(tenants_dir, tenant, day);
+                let mut models = read_day(&path)?;
+                models.entry(model.to_owned()).or_default().add(counts);
+                let dir = path.parent().unwrap_or(std::path::Path::new("."));
+                std::fs::create_dir_all(dir).map_err(storage)?;
+                let tmp = dir.join(format!(".{}.tmp", uuid::Uuid::new_v4()));
+                let bytes =
+                    serde_json::to_vec(&models).map_err(|e| UsageError::Storage(e.to_string()))?;
+                std::fs::write(&tmp, bytes).map_err(storage)?;
+                std::fs::rename(&tmp, &path).map_err(storage)
+            }
+            Store::Redis(redis) => {
+                let key = Self::day_key(redis, tenant, day);
+                let mut pipe = redis::pipe();
+                pipe.atomic();
+                for (name, value) in Counts::FIELDS.iter().zip(counts.values()) {
+                    pipe.cmd("HINCRBY")
+                        .arg(&key)
+                        .arg(format!("{model}|{name}"))
+                        .arg(value)
+                        .ignore();
+                }
+                pipe.cmd("EXPIRE")
+                    .arg(&key)
+                    .arg(REDIS_DAYS * 86_400)
+                    .ignore();
+                redis
+                    .run(|mut c| async move { pipe.query_async::<()>(&mut c).await })
+                    .await?;
+                Ok(())
+            }
+        }
+    }
+
+    /// The tenant's counts per model over the days `from..=to`.
+    pub async fn between(
+        &self,
+        tenant: &TenantId,
+        from: u64,
+        to: u64,
+    ) -> Result<BTreeMap<String, Counts>, UsageError> {
+        let mut total: BTreeMap<String, Counts> = BTreeMap::new();
+        match &self.store {
+            Store::Disk { tenants_dir, .. } => {
+                for day in from..=to {
+                    for (model, counts) in read_day(&Self::day_file(tenants_dir, tenant, day))? {
+                        total.entry(model).or_default().add(&counts);
+                    }
+                }
+            }
+            Store::Redis(redis) => {
+                let mut pipe = redis::pipe();
+                for day in from..=to {
+                    pipe.cmd("HGETALL").arg(Self::day_key(redis, tenant, day));
+                }
+                let days: Vec<BTreeMap<String, u64>> = redis
+                    .run(|mut c| async move { pipe.query_async(&mut c).await })
+                    .await?;
+                for fields in days {
+                    for (field, value) in fields {
+                        let Some((model, name)) = field.rsplit_once('|') else {
+                            continue;
+                        };
+                        if let Some(slot) =
+                            total.entry(model.to_owned()).or_default().field_mut(name)
+                        {
+                            *slot += value;
+                        }
+                    }
+                }
+            }
+        }
+        Ok(total)
+    }
+}
+
+fn storage(e: std::io::Error) -> UsageError {
+    UsageError::Storage(e.to_string())
+}
+
+fn read_day(path: &std::path::Path) -> Result<BTreeMap<String, Counts>, UsageError> {
+    match std::fs::read(path) {
+        Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| UsageError::Storage(e.to_string())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(BTreeMap::new()),
+        Err(e) => Err(storage(e)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn days_add_up_per_model_and_tenants_stay_apart() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = UsageStore::disk(dir.path().into());
+        let (a, b) = (
+            TenantId::from_dir_name("a".into()),
+            TenantId::from_dir_name("b".into()),
+        );
+        let one = Counts {
+            requests: 1,
+            input_tokens: 10,
+            output_tokens: 2,
+            cost_microdollars: 5,
+            ..Counts::default()
+        };
+        store.record(&a, 100, "sonnet", &one).await.expect("record");
+        store.record(&a, 101, "sonnet", &one).await.expect("record");
+        store.record(&a, 101, "opus", &one).await.expect("record");
+        store.record(&b, 101, "sonnet", &one).await.expect("record");
+        let both = store.between(&a, 100, 101).await.expect("read");
+        assert_eq!(both["sonnet"].requests, 2);
+        assert_eq!(both["sonnet"].input_tokens, 20);
+        assert_eq!(both["opus"].output_tokens, 2);
+        let today = store.between(&a, 101, 101).await.expect("read");
+        assert_eq!(today["sonnet"].requests, 1);
+        assert_eq!(store.between(&b, 100, 101).await.expect("read").len(), 1);
+    }
+}

@@ -1,0 +1,59 @@
+//! `GET /v1/usage`: each tenant's requests, tokens and cost, as the upstream reported them,
+//! per model, today / last 7 days / this month; its own only; shared across instances on
+//! Redis.
+
+use std::time::Duration;
+
+use crate::common::{body, Gateway};
+use serde_json::Value;
+
+const ALICE: &str = "sk-ant-oat01-usage-alice.token";
+const BOB: &str = "sk-ant-oat01-usage-bob.token";
+
+/// The tenant's usage once it counts `requests` today (recorded just after each turn).
+pub async fn usage_with(gw: &Gateway, token: &str, requests: u64) -> Value {
+    let deadline = std::time::Instant::now() + crate::common::SETTLE;
+    loop {
+        let (status, usage) = gw.get_json_as(token, "/v1/usage").await;
+        assert_eq!(status, 200, "{usage}");
+        if usage["today"]["requests"] == requests {
+            return usage;
+        }
+        assert!(std::time::Instant::now() < deadline, "{usage}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_tenant_sees_what_it_spent_as_the_upstream_reported_it_and_only_its_own() {
+    let gw = Gateway::start().await;
+    let mut reported = 0;
+    for prompt in ["marker-usage-1", "marker-usage-2"] {
+        let res = gw.messages(ALICE, body(prompt)).await;
+        assert_eq!(res.status(), 200);
+        let message: Value = res.json().await.expect("json");
+        reported += message["usage"]["input_tokens"].as_u64().expect("usage");
+    }
+    assert_eq!(
+        gw.messages(BOB, body("marker-usage-bob")).await.status(),
+        200
+    );
+
+    let alice = usage_with(&gw, ALICE, 2).await;
+    assert_eq!(alice["today"]["input_tokens"], reported, "{alice}");
+    assert!(alice["today"]["output_tokens"]
+        .as_u64()
+        .is_some_and(|n| n > 0));
+    assert_eq!(alice["today"]["models"]["sonnet"]["requests"], 2, "{alice}");
+    for period in ["last_7_days", "month"] {
+        assert_eq!(alice[period]["requests"], 2, "{alice}");
+    }
+    let bob = usage_with(&gw, BOB, 1).await;
+    assert_ne!(bob["tenant"], alice["tenant"]);
+    assert_eq!(
+        gw.get_json_as("sk-ant-oat01-invalid.x", "/v1/usage")
+            .await
+            .0,
+        401
+    );
+}
