@@ -455,6 +455,15 @@ pub struct Config {
     #[arg(long, env = "CLAUDE_GATEWAY_ACCESS_KEYS_FILE")]
     pub access_keys_file: Option<PathBuf>,
 
+    /// A tenant whose recorded cost today (UTC) reached this many dollars gets 429 until the
+    /// next UTC midnight; a run is bounded by what remains (the CLI's `--max-budget-usd`).
+    #[arg(long, env = "CLAUDE_GATEWAY_TENANT_DAILY_BUDGET_USD")]
+    pub tenant_daily_budget_usd: Option<f64>,
+
+    /// The same for the calendar month (UTC).
+    #[arg(long, env = "CLAUDE_GATEWAY_TENANT_MONTHLY_BUDGET_USD")]
+    pub tenant_monthly_budget_usd: Option<f64>,
+
     /// Writes one JSON line per API request to this file (who, route, model, session hash,
     /// tokens, cost, status, duration; never content or secrets), rotated by size. Unset: off.
     #[arg(long, env = "CLAUDE_GATEWAY_AUDIT_LOG")]

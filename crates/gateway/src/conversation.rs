@@ -90,6 +90,34 @@ fn seed_session(
     Ok(SessionArg::Resume(key))
 }
 
+/// What the tenant may still spend under its budgets (`None`: no budget), or 429 naming the
+/// spent budget and when it resets: before anything is locked, admitted or spawned.
+async fn within_budget(state: &AppState, tenant: &TenantId) -> Result<Option<f64>, ApiError> {
+    let budgets = crate::usage::Budgets {
+        daily_usd: state.config.tenant_daily_budget_usd,
+        monthly_usd: state.config.tenant_monthly_budget_usd,
+    };
+    let now = now_secs();
+    match budgets
+        .remaining(&state.usage, tenant, now)
+        .await
+        .map_err(|e| ApiError::Unavailable(e.to_string()))?
+    {
+        Ok(left) => Ok(left),
+        Err(spent) => Err(ApiError::RateLimited {
+            message: format!(
+                "this tenant's {} budget of ${:.2} is spent (${:.4} used); it resets at {}",
+                spent.period,
+                spent.budget_usd,
+                spent.used_usd,
+                crate::clock::iso8601(spent.resets_at as i64 * 1000)
+            ),
+            retry_after: Some(spent.resets_at.saturating_sub(now).max(1)),
+            limit: None,
+        }),
+    }
+}
+
 /// How long a warm process may take to start up.
 const WARM_START_LIMIT: std::time::Duration = std::time::Duration::from_secs(30);
 
@@ -180,6 +208,7 @@ pub async fn start(state: &Arc<AppState>, req: TurnRequest) -> Result<StartedTur
     tracing::Span::current().record("tenant", req.tenant.fingerprint());
     let mcp = state.mcp.resolve(req.level, &req.mcp)?;
     state.rate.check_tenant(&req.tenant).await?;
+    let budget_left = within_budget(state, &req.tenant).await?;
     let id = req
         .session
         .clone()
@@ -273,6 +302,7 @@ pub async fn start(state: &Arc<AppState>, req: TurnRequest) -> Result<StartedTur
             call: req.call.clone(),
             client_tools: None,
             output_schema: None,
+            max_budget_usd: budget_left,
             lean: req.lean,
         };
         (slot, settings, spec, req.tenant.clone())
@@ -323,6 +353,7 @@ pub async fn start(state: &Arc<AppState>, req: TurnRequest) -> Result<StartedTur
                 call: req.call.clone(),
                 client_tools: req.client_tools.clone(),
                 output_schema: req.output_schema.clone(),
+                max_budget_usd: budget_left,
                 lean: req.lean,
             };
             let mut process = state.runner.start(&spec).await?;
@@ -351,8 +382,10 @@ pub async fn start(state: &Arc<AppState>, req: TurnRequest) -> Result<StartedTur
     let tenant = req.tenant.clone();
     let audit = req.audit.clone();
     let warm_state = state.clone();
-    let usage_state = state.clone();
-    let usage_tenant = req.tenant.clone();
+    // The turn's usage, handed from its result to its commit, which records it before the
+    // client hears the turn's end (so a budget check on the next request counts it).
+    let spent: Arc<std::sync::Mutex<Option<(String, crate::usage::Counts)>>> = Arc::default();
+    let spent_at_result = spent.clone();
     let model_label = crate::telemetry::metrics::model_label(&req.model, &state.config.models);
     let on_result = Box::new(
         move |result: &crate::runner::protocol::ResultLine,
@@ -378,17 +411,8 @@ pub async fn start(state: &Arc<AppState>, req: TurnRequest) -> Result<StartedTur
                     .total_cost_usd
                     .map_or(0, |usd| (usd.max(0.0) * 1e6).round() as u64),
             };
-            let usage_model = model_label.clone();
-            tokio::spawn(async move {
-                let day = crate::usage::day_of(now_secs());
-                if let Err(e) = usage_state
-                    .usage
-                    .record(&usage_tenant, day, &usage_model, &counts)
-                    .await
-                {
-                    tracing::warn!(error = %e, "could not record the turn's usage");
-                }
-            });
+            *spent_at_result.lock().unwrap_or_else(|e| e.into_inner()) =
+                Some((model_label.clone(), counts));
             if let Some(audit) = audit {
                 audit.update(|r| {
                     r.input_tokens += usage.input_tokens;
@@ -438,6 +462,14 @@ pub async fn start(state: &Arc<AppState>, req: TurnRequest) -> Result<StartedTur
         let lock = guard.clone();
         Box::new(move |last_record: Option<String>| {
             Box::pin(async move {
+                let spent = spent.lock().unwrap_or_else(|e| e.into_inner()).take();
+                if let Some((model, counts)) = spent {
+                    let day = crate::usage::day_of(now_secs());
+                    // Counted whatever becomes of the session: the upstream was paid.
+                    if let Err(e) = state.usage.record(&tenant, day, &model, &counts).await {
+                        tracing::warn!(error = %e, "could not record the turn's usage");
+                    }
+                }
                 let sessions = &state.sessions;
                 let mut meta = meta;
                 let transcript = if sessions.keeps_transcripts() {

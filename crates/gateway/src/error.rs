@@ -325,6 +325,11 @@ impl From<TurnError> for ApiError {
             )),
             TurnError::Run(e) => e.into(),
             TurnError::Session(e) => e.into(),
+            TurnError::BudgetSpent => ApiError::RateLimited {
+                message: e.to_string(),
+                retry_after: None,
+                limit: None,
+            },
         }
     }
 }

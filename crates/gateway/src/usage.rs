@@ -210,6 +210,78 @@ impl UsageStore {
     }
 }
 
+/// The first day of the month `day` is in, and of the next.
+fn month_of(day: u64) -> (u64, u64) {
+    let (_, _, dom) = crate::clock::civil_from_days(day as i64);
+    let start = day - u64::from(dom - 1);
+    let mut next = day + 1;
+    while crate::clock::civil_from_days(next as i64).2 != 1 {
+        next += 1;
+    }
+    (start, next)
+}
+
+/// Spending limits per tenant, in dollars (`--tenant-daily-budget-usd`,
+/// `--tenant-monthly-budget-usd`), checked against the recorded cost before anything runs.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Budgets {
+    pub daily_usd: Option<f64>,
+    pub monthly_usd: Option<f64>,
+}
+
+/// A budget that is spent: which, how much was used, and when it resets.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Spent {
+    pub period: &'static str,
+    pub budget_usd: f64,
+    pub used_usd: f64,
+    /// Unix seconds of the reset (the next UTC midnight, or the next month's first).
+    pub resets_at: u64,
+}
+
+impl Budgets {
+    pub fn is_on(&self) -> bool {
+        self.daily_usd.is_some() || self.monthly_usd.is_some()
+    }
+
+    /// What the tenant may still spend at `now` (seconds), or which budget is spent. `None`:
+    /// no budget applies.
+    pub async fn remaining(
+        &self,
+        store: &UsageStore,
+        tenant: &TenantId,
+        now: u64,
+    ) -> Result<Result<Option<f64>, Spent>, UsageError> {
+        if !self.is_on() {
+            return Ok(Ok(None));
+        }
+        let today = day_of(now);
+        let (month_start, next_month) = month_of(today);
+        let cost = |models: &BTreeMap<String, Counts>| {
+            models.values().map(|c| c.cost_microdollars).sum::<u64>() as f64 / 1e6
+        };
+        let mut remaining: Option<f64> = None;
+        for (period, budget, from, resets_day) in [
+            ("daily", self.daily_usd, today, today + 1),
+            ("monthly", self.monthly_usd, month_start, next_month),
+        ] {
+            let Some(budget) = budget else { continue };
+            let used = cost(&store.between(tenant, from, today).await?);
+            if used >= budget {
+                return Ok(Err(Spent {
+                    period,
+                    budget_usd: budget,
+                    used_usd: used,
+                    resets_at: resets_day * 86_400,
+                }));
+            }
+            let left = budget - used;
+            remaining = Some(remaining.map_or(left, |r: f64| r.min(left)));
+        }
+        Ok(Ok(remaining))
+    }
+}
+
 fn storage(e: std::io::Error) -> UsageError {
     UsageError::Storage(e.to_string())
 }
@@ -252,5 +324,81 @@ mod tests {
         let today = store.between(&a, 101, 101).await.expect("read");
         assert_eq!(today["sonnet"].requests, 1);
         assert_eq!(store.between(&b, 100, 101).await.expect("read").len(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_spent_budget_holds_until_its_period_ends() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = UsageStore::disk(dir.path().into());
+        let t = TenantId::from_dir_name("spender".into());
+        let budgets = Budgets {
+            daily_usd: Some(0.02),
+            monthly_usd: Some(0.05),
+        };
+        // 2026-12-03 12:00 UTC.
+        let noon = 1_796_299_200;
+        let day = day_of(noon);
+        let spend = |usd: f64| Counts {
+            requests: 1,
+            cost_microdollars: (usd * 1e6) as u64,
+            ..Counts::default()
+        };
+        assert_eq!(
+            budgets.remaining(&store, &t, noon).await.expect("read"),
+            Ok(Some(0.02))
+        );
+        store
+            .record(&t, day, "sonnet", &spend(0.015))
+            .await
+            .expect("record");
+        // Under the budget: the next request runs (and may cross it).
+        let left = budgets.remaining(&store, &t, noon).await.expect("read");
+        assert!(
+            matches!(left, Ok(Some(l)) if (l - 0.005).abs() < 1e-9),
+            "{left:?}"
+        );
+        store
+            .record(&t, day, "sonnet", &spend(0.015))
+            .await
+            .expect("record");
+        let spent = budgets
+            .remaining(&store, &t, noon)
+            .await
+            .expect("read")
+            .expect_err("spent");
+        assert_eq!(spent.period, "daily");
+        assert_eq!(spent.resets_at, (day + 1) * 86_400);
+        // The next day the daily budget is back; the month's holds what was spent.
+        let tomorrow = noon + 86_400;
+        let left = budgets.remaining(&store, &t, tomorrow).await.expect("read");
+        assert!(
+            matches!(left, Ok(Some(l)) if (l - 0.02).abs() < 1e-9),
+            "{left:?}"
+        );
+        store
+            .record(&t, day + 1, "sonnet", &spend(0.021))
+            .await
+            .expect("record");
+        let spent = budgets
+            .remaining(&store, &t, tomorrow + 3600)
+            .await
+            .expect("read")
+            .expect_err("spent");
+        assert_eq!(spent.period, "daily");
+        // The month: 0.051 spent by the 4th; it resets on January 1st.
+        store
+            .record(&t, day + 1, "opus", &spend(0.001))
+            .await
+            .expect("record");
+        let spent = budgets
+            .remaining(&store, &t, tomorrow + 86_400)
+            .await
+            .expect("read")
+            .expect_err("spent");
+        assert_eq!(spent.period, "monthly");
+        assert_eq!(
+            crate::clock::iso8601(spent.resets_at as i64 * 1000),
+            "2027-01-01T00:00:00.000Z"
+        );
     }
 }

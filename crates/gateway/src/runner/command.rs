@@ -55,6 +55,8 @@ pub struct RunSpec {
     pub client_tools: Option<super::client_tools::ClientTools>,
     /// The JSON schema the answer must match, sent on the CLI's input as it starts.
     pub output_schema: Option<serde_json::Value>,
+    /// The most the run may spend, in dollars (what remains of the tenant's budgets).
+    pub max_budget_usd: Option<f64>,
     /// A lean run: none of the CLI's built-in tools, and the request's system prompt (or an
     /// empty one) in place of the CLI's agent prompt, so the upstream sees about what the
     /// request holds (the CLI still adds a line of its own and its environment notes).
@@ -152,6 +154,9 @@ pub fn build(
     .map(OsString::from)
     .collect();
     args.push(format!("--model={}", spec.model).into());
+    if let Some(usd) = spec.max_budget_usd {
+        args.push(format!("--max-budget-usd={:.6}", usd.max(0.0)).into());
+    }
     if let (Some(mode), Some(file)) = (spec.system_prompt_mode(), paths.system_prompt_file) {
         let flag = match mode {
             SystemPromptMode::Append => "--append-system-prompt-file=",
@@ -265,6 +270,7 @@ mod tests {
             call: Default::default(),
             client_tools: None,
             output_schema: None,
+            max_budget_usd: None,
             lean: false,
         }
     }

@@ -361,7 +361,14 @@ impl Assembler {
     }
 
     fn on_result(&mut self, result: ResultLine) -> Step {
-        if result.is_error {
+        // The CLI checks its `--max-budget-usd` after each model call: past it, it reports an
+        // error even when that call's answer was whole. A whole answer is the turn's result
+        // (the upstream was paid for it); a run cut before its answer is the budget's refusal.
+        let over_budget = result.subtype == "error_max_budget_usd";
+        if over_budget && self.stop_reason.as_deref() != Some("end_turn") {
+            return Step::Failed(TurnError::BudgetSpent);
+        }
+        if result.is_error && !over_budget {
             let message = result
                 .result
                 .clone()

@@ -31,6 +31,9 @@ pub enum TurnError {
     Cli(String),
     #[error(transparent)]
     Run(#[from] RunError),
+    /// The run reached what remained of the tenant's budget before its answer.
+    #[error("the run reached what remained of this tenant's budget before its answer")]
+    BudgetSpent,
     /// The turn could not be recorded in its session.
     #[error(transparent)]
     Session(#[from] crate::sessions::SessionError),

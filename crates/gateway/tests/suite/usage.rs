@@ -57,3 +57,48 @@ async fn a_tenant_sees_what_it_spent_as_the_upstream_reported_it_and_only_its_ow
         401
     );
 }
+
+#[tokio::test]
+async fn a_tenant_at_its_budget_is_refused_before_anything_runs_until_it_resets() {
+    let gw = Gateway::builder()
+        .args(&["--tenant-daily-budget-usd", "0.02"])
+        .start()
+        .await;
+    // Each of these costs about $0.015 (the CLI's estimate for the fake's token counts): the
+    // second crosses the budget and is the last to run.
+    for (i, prompt) in ["marker-budget-1", "marker-budget-2"]
+        .into_iter()
+        .enumerate()
+    {
+        let res = gw.messages(ALICE, body(prompt)).await;
+        assert_eq!(
+            res.status(),
+            200,
+            "{i}: {}",
+            res.text().await.unwrap_or_default()
+        );
+    }
+    let refused = gw.messages(ALICE, body("marker-budget-3")).await;
+    assert_eq!(refused.status(), 429);
+    let retry_after: u64 = refused
+        .headers()
+        .get("retry-after")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
+        .expect("retry-after");
+    assert!((1..=86_400).contains(&retry_after), "{retry_after}");
+    let error: Value = refused.json().await.expect("json");
+    assert_eq!(error["error"]["type"], "rate_limit_error");
+    let message = error["error"]["message"].as_str().unwrap_or_default();
+    assert!(message.contains("daily budget"), "{message}");
+    assert!(message.contains("resets at"), "{message}");
+    assert!(
+        gw.upstream_with("marker-budget-3").is_empty(),
+        "nothing ran"
+    );
+    // Another tenant has its own budget.
+    assert_eq!(
+        gw.messages(BOB, body("marker-budget-bob")).await.status(),
+        200
+    );
+}
