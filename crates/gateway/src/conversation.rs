@@ -463,28 +463,35 @@ pub async fn start(state: &Arc<AppState>, req: TurnRequest) -> Result<StartedTur
         Box::new(move |last_record: Option<String>| {
             Box::pin(async move {
                 let spent = spent.lock().unwrap_or_else(|e| e.into_inner()).take();
-                if let Some((model, counts)) = spent {
-                    let day = crate::usage::day_of(now_secs());
-                    // Counted whatever becomes of the session: the upstream was paid.
-                    if let Err(e) = state.usage.record(&tenant, day, &model, &counts).await {
-                        tracing::warn!(error = %e, "could not record the turn's usage");
+                // Counted whatever becomes of the session (the upstream was paid), beside the
+                // session's own commit rather than before it.
+                let record_usage = async {
+                    if let Some((model, counts)) = spent {
+                        let day = crate::usage::day_of(now_secs());
+                        if let Err(e) = state.usage.record(&tenant, day, &model, &counts).await {
+                            tracing::warn!(error = %e, "could not record the turn's usage");
+                        }
                     }
-                }
-                let sessions = &state.sessions;
-                let mut meta = meta;
-                let transcript = if sessions.keeps_transcripts() {
-                    let bytes = sessions
-                        .settled_transcript(&tenant, assigned, last_record.as_deref())
-                        .await?;
-                    meta.transcript_sha256 = Some(crate::sessions::sha256_hex(&bytes));
-                    meta.transcript_len = Some(bytes.len() as u64);
-                    Some(bytes)
-                } else {
-                    None
                 };
-                sessions
-                    .commit(&tenant, &meta, transcript.as_deref(), &lock)
-                    .await?;
+                let sessions = &state.sessions;
+                let commit = async {
+                    let mut meta = meta;
+                    let transcript = if sessions.keeps_transcripts() {
+                        let bytes = sessions
+                            .settled_transcript(&tenant, assigned, last_record.as_deref())
+                            .await?;
+                        meta.transcript_sha256 = Some(crate::sessions::sha256_hex(&bytes));
+                        meta.transcript_len = Some(bytes.len() as u64);
+                        Some(bytes)
+                    } else {
+                        None
+                    };
+                    sessions
+                        .commit(&tenant, &meta, transcript.as_deref(), &lock)
+                        .await
+                };
+                let ((), committed) = tokio::join!(record_usage, commit);
+                committed?;
                 Ok(())
             })
         })

@@ -157,7 +157,7 @@ async fn a_redis_failure_in_the_middle_of_a_turn_leaves_the_session_as_it_was() 
         a.until_running(1).await;
         // Redis stops taking writes for longer than a command may take: the turn's commit
         // fails when its answer is in.
-        assert_eq!(redis.command(&["CLIENT", "PAUSE", "4000", "WRITE"]), "+OK");
+        assert_eq!(redis.command(&["CLIENT", "PAUSE", "6000", "WRITE"]), "+OK");
     });
     assert_eq!(lost.status(), 503);
     let error: Value = lost.json().await.expect("json");
