@@ -425,7 +425,7 @@ pub fn router(state: SharedState) -> Router {
         .layer(axum::middleware::from_fn(api::limit_headers))
         // Outside everything but the request's span: every API request gets its line.
         .layer(axum::middleware::from_fn_with_state(
-            state.clone(),
+            state.audit.clone(),
             crate::telemetry::audit::track,
         ))
         .layer(axum::middleware::from_fn(crate::telemetry::request_span))

@@ -220,11 +220,11 @@ fn route_of(path: &str) -> &'static str {
 /// Gives each `/v1/…` request a record its handlers fill, and writes its line when its
 /// response has gone out.
 pub async fn track(
-    State(state): State<crate::app::SharedState>,
+    State(audit): State<Option<Arc<AuditLog>>>,
     mut request: Request,
     next: Next,
 ) -> Response {
-    let Some(log) = state.audit.clone() else {
+    let Some(log) = audit else {
         return next.run(request).await;
     };
     let path = request.uri().path().to_owned();
