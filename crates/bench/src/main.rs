@@ -12,6 +12,7 @@ mod peers;
 mod report;
 mod shared;
 mod stats;
+mod tenants;
 mod warm;
 
 use std::time::Duration;
@@ -92,6 +93,15 @@ enum Bench {
         #[arg(long, default_value_t = 20)]
         requests: usize,
     },
+    /// A tenant's request latency and the gateway's memory with 1, 10 and 100 recently
+    /// active tenants.
+    Tenants {
+        #[arg(long, default_value_t = 10)]
+        timed: usize,
+        /// The most tenants (measured at 1, 10, 100 up to this, and at this).
+        #[arg(long, default_value_t = 100)]
+        max: usize,
+    },
     /// Upstream input tokens per request kind: the API directly, the gateway, lean runs.
     Lean {
         #[arg(long, default_value_t = 5)]
@@ -146,6 +156,7 @@ impl Bench {
                 Bench::Warm { conversations: 2 },
                 Bench::Lean { runs: 1 },
                 Bench::Peers { requests: 2 },
+                Bench::Tenants { timed: 1, max: 2 },
             ]
         } else {
             [
@@ -159,6 +170,7 @@ impl Bench {
                 "warm",
                 "lean",
                 "peers",
+                "tenants",
             ]
             .into_iter()
             .map(default)
@@ -182,6 +194,7 @@ impl Bench {
             Bench::Warm { .. } => vec!["warm"],
             Bench::Lean { .. } => vec!["lean"],
             Bench::Peers { .. } => vec!["peers"],
+            Bench::Tenants { .. } => vec!["tenants"],
         }
     }
 }
@@ -408,6 +421,14 @@ async fn run(args: &Args, bench: Bench) -> anyhow::Result<Vec<Block>> {
         Bench::Warm { conversations } => warm::warm(gw, claude, conversations.clamp(1, 200)).await,
         Bench::Lean { runs } => lean::lean(gw, claude, runs.clamp(1, 100)).await,
         Bench::Peers { requests } => peers::peers(gw, claude, requests.clamp(1, 500)).await,
+        Bench::Tenants { timed, max } => {
+            let max = max.clamp(1, 500);
+            let mut counts: Vec<usize> = [1, 10, 100].into_iter().filter(|n| *n <= max).collect();
+            if !counts.contains(&max) {
+                counts.push(max);
+            }
+            tenants::tenants(gw, claude, &counts, timed.clamp(1, 100)).await
+        }
         Bench::Shared {
             requests,
             seconds,
