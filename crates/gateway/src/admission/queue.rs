@@ -49,6 +49,11 @@ end
 return 1
 ";
 
+/// Gives `ARGV[1]`'s slot in `KEYS[1]` back.
+const GIVE_BACK_SLOT: &str = r"
+return redis.call('ZREM', KEYS[1], ARGV[1])
+";
+
 /// A tenant's slot counted in Redis across instances: renewed while held, given back when
 /// dropped.
 struct SharedSlot {
@@ -61,21 +66,12 @@ struct SharedSlot {
 impl Drop for SharedSlot {
     fn drop(&mut self) {
         self.renew.abort();
-        let (redis, key, holder) = (self.redis.clone(), self.key.clone(), self.holder.clone());
-        // Given back at once; were this lost, the lease would free it.
-        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-            runtime.spawn(async move {
-                let _ = redis
-                    .run(|mut c| async move {
-                        redis::cmd("ZREM")
-                            .arg(&key)
-                            .arg(&holder)
-                            .query_async::<()>(&mut c)
-                            .await
-                    })
-                    .await;
-            });
-        }
+        crate::shared::lease::give_back(
+            &self.redis,
+            GIVE_BACK_SLOT,
+            self.key.clone(),
+            self.holder.clone(),
+        );
     }
 }
 
@@ -194,27 +190,13 @@ impl Admission {
             tokio::time::sleep(pause).await;
             pause = (pause * 2).min(Duration::from_millis(250));
         }
-        let renew = {
-            let (redis, key, holder) = (redis.clone(), key.clone(), holder.clone());
-            tokio::spawn(async move {
-                let mut every = tokio::time::interval(SLOT_LEASE / 3);
-                every.tick().await;
-                loop {
-                    every.tick().await;
-                    let (k, h) = (key.clone(), holder.clone());
-                    let _ = redis
-                        .run(|mut c| async move {
-                            redis::Script::new(RENEW_SLOT)
-                                .key(k)
-                                .arg(h)
-                                .arg(lease)
-                                .invoke_async::<i64>(&mut c)
-                                .await
-                        })
-                        .await;
-                }
-            })
-        };
+        let renew = crate::shared::lease::keep_renewed(
+            redis,
+            RENEW_SLOT,
+            key.clone(),
+            holder.clone(),
+            SLOT_LEASE,
+        );
         Ok(SharedSlot {
             redis: redis.clone(),
             key,

@@ -79,27 +79,7 @@ impl Lease {
             tokio::time::sleep(pause.min(deadline - now)).await;
             pause = (pause * 2).min(Duration::from_millis(200));
         };
-        let renew = {
-            let (redis, key, holder) = (redis.clone(), key.clone(), holder.clone());
-            tokio::spawn(async move {
-                let mut every = tokio::time::interval(lease / 3);
-                every.tick().await;
-                loop {
-                    every.tick().await;
-                    let (k, h) = (key.clone(), holder.clone());
-                    let _ = redis
-                        .run(|mut c| async move {
-                            redis::Script::new(RENEW)
-                                .key(k)
-                                .arg(h)
-                                .arg(lease_ms)
-                                .invoke_async::<i64>(&mut c)
-                                .await
-                        })
-                        .await;
-                }
-            })
-        };
+        let renew = keep_renewed(redis, RENEW, key.clone(), holder.clone(), lease);
         Ok(Some(Self {
             redis: redis.clone(),
             key,
@@ -125,20 +105,57 @@ impl Lease {
 impl Drop for Lease {
     fn drop(&mut self) {
         self.renew.abort();
-        let (redis, key, holder) = (self.redis.clone(), self.key.clone(), self.holder.clone());
-        // Given back at once; were this lost, the lease would free it.
-        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-            runtime.spawn(async move {
-                let _ = redis
-                    .run(|mut c| async move {
-                        redis::Script::new(RELEASE)
-                            .key(key)
-                            .arg(holder)
-                            .invoke_async::<i64>(&mut c)
-                            .await
-                    })
-                    .await;
-            });
+        give_back(&self.redis, RELEASE, self.key.clone(), self.holder.clone());
+    }
+}
+
+/// Runs `script` (`KEYS[1]` the key, `ARGV[1]` the holder, `ARGV[2]` the lease in ms) every
+/// third of `lease` until the returned task is aborted: what keeps a holder's lease alive while
+/// it lives.
+pub fn keep_renewed(
+    redis: &Redis,
+    script: &'static str,
+    key: String,
+    holder: String,
+    lease: Duration,
+) -> tokio::task::JoinHandle<()> {
+    let redis = redis.clone();
+    let lease_ms = lease.as_millis() as u64;
+    tokio::spawn(async move {
+        let mut every = tokio::time::interval(lease / 3);
+        every.tick().await;
+        loop {
+            every.tick().await;
+            let (k, h) = (key.clone(), holder.clone());
+            let _ = redis
+                .run(|mut c| async move {
+                    redis::Script::new(script)
+                        .key(k)
+                        .arg(h)
+                        .arg(lease_ms)
+                        .invoke_async::<i64>(&mut c)
+                        .await
+                })
+                .await;
         }
+    })
+}
+
+/// Runs `script` (`KEYS[1]` the key, `ARGV[1]` the holder) once, in the background: a holder
+/// giving back what it holds as it is dropped. Were this lost, the lease would free it.
+pub fn give_back(redis: &Redis, script: &'static str, key: String, holder: String) {
+    let redis = redis.clone();
+    if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+        runtime.spawn(async move {
+            let _ = redis
+                .run(|mut c| async move {
+                    redis::Script::new(script)
+                        .key(key)
+                        .arg(holder)
+                        .invoke_async::<i64>(&mut c)
+                        .await
+                })
+                .await;
+        });
     }
 }
