@@ -137,13 +137,9 @@ impl UsageStore {
                 let path = Self::day_file(tenants_dir, tenant, day);
                 let mut models = read_day(&path)?;
                 models.entry(model.to_owned()).or_default().add(counts);
-                let dir = path.parent().unwrap_or(std::path::Path::new("."));
-                std::fs::create_dir_all(dir).map_err(storage)?;
-                let tmp = dir.join(format!(".{}.tmp", uuid::Uuid::new_v4()));
                 let bytes =
                     serde_json::to_vec(&models).map_err(|e| UsageError::Storage(e.to_string()))?;
-                std::fs::write(&tmp, bytes).map_err(storage)?;
-                std::fs::rename(&tmp, &path).map_err(storage)
+                crate::sessions::records::replace_file(&path, &bytes).map_err(storage)
             }
             Store::Redis(redis) => {
                 let key = Self::day_key(redis, tenant, day);
@@ -175,15 +171,21 @@ impl UsageStore {
         from: u64,
         to: u64,
     ) -> Result<BTreeMap<String, Counts>, UsageError> {
-        let mut total: BTreeMap<String, Counts> = BTreeMap::new();
+        Ok(sum(&self.by_day(tenant, from, to).await?))
+    }
+
+    /// The tenant's counts per model for each day of `from..=to`, in order, read in one go
+    /// (one pipeline in Redis).
+    pub async fn by_day(
+        &self,
+        tenant: &TenantId,
+        from: u64,
+        to: u64,
+    ) -> Result<Vec<BTreeMap<String, Counts>>, UsageError> {
         match &self.store {
-            Store::Disk { tenants_dir, .. } => {
-                for day in from..=to {
-                    for (model, counts) in read_day(&Self::day_file(tenants_dir, tenant, day))? {
-                        total.entry(model).or_default().add(&counts);
-                    }
-                }
-            }
+            Store::Disk { tenants_dir, .. } => (from..=to)
+                .map(|day| read_day(&Self::day_file(tenants_dir, tenant, day)))
+                .collect(),
             Store::Redis(redis) => {
                 let mut pipe = redis::pipe();
                 for day in from..=to {
@@ -192,22 +194,39 @@ impl UsageStore {
                 let days: Vec<BTreeMap<String, u64>> = redis
                     .run(|mut c| async move { pipe.query_async(&mut c).await })
                     .await?;
-                for fields in days {
-                    for (field, value) in fields {
-                        let Some((model, name)) = field.rsplit_once('|') else {
-                            continue;
-                        };
-                        if let Some(slot) =
-                            total.entry(model.to_owned()).or_default().field_mut(name)
-                        {
-                            *slot += value;
+                Ok(days
+                    .into_iter()
+                    .map(|fields| {
+                        let mut models: BTreeMap<String, Counts> = BTreeMap::new();
+                        for (field, value) in fields {
+                            let Some((model, name)) = field.rsplit_once('|') else {
+                                continue;
+                            };
+                            if let Some(slot) =
+                                models.entry(model.to_owned()).or_default().field_mut(name)
+                            {
+                                *slot += value;
+                            }
                         }
-                    }
-                }
+                        models
+                    })
+                    .collect())
             }
         }
-        Ok(total)
     }
+}
+
+/// Days' counts added up per model.
+pub fn sum<'a>(
+    days: impl IntoIterator<Item = &'a BTreeMap<String, Counts>>,
+) -> BTreeMap<String, Counts> {
+    let mut total: BTreeMap<String, Counts> = BTreeMap::new();
+    for day in days {
+        for (model, counts) in day {
+            total.entry(model.clone()).or_default().add(counts);
+        }
+    }
+    total
 }
 
 /// The first day of the month `day` is in, and of the next.
@@ -257,8 +276,15 @@ impl Budgets {
         }
         let today = day_of(now);
         let (month_start, next_month) = month_of(today);
-        let cost = |models: &BTreeMap<String, Counts>| {
-            models.values().map(|c| c.cost_microdollars).sum::<u64>() as f64 / 1e6
+        // The month's days, read once: today's are the last of them.
+        let days = store.by_day(tenant, month_start, today).await?;
+        let cost = |from: u64| {
+            let skip = (from - month_start) as usize;
+            sum(&days[skip..])
+                .values()
+                .map(|c| c.cost_microdollars)
+                .sum::<u64>() as f64
+                / 1e6
         };
         let mut remaining: Option<f64> = None;
         for (period, budget, from, resets_day) in [
@@ -266,7 +292,7 @@ impl Budgets {
             ("monthly", self.monthly_usd, month_start, next_month),
         ] {
             let Some(budget) = budget else { continue };
-            let used = cost(&store.between(tenant, from, today).await?);
+            let used = cost(from);
             if used >= budget {
                 return Ok(Err(Spent {
                     period,

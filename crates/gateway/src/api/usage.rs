@@ -45,26 +45,14 @@ pub async fn usage(
     let month_start = today - u64::from(day_of_month - 1);
     let week_start = today.saturating_sub(6);
     let first = month_start.min(week_start);
-    let unavailable = |e: crate::usage::UsageError| ApiError::Unavailable(e.to_string());
     // One read over the widest span, then each period from its days.
-    let mut days = std::collections::BTreeMap::new();
-    for day in first..=today {
-        days.insert(
-            day,
-            state
-                .usage
-                .between(&tenant, day, day)
-                .await
-                .map_err(unavailable)?,
-        );
-    }
+    let days = state
+        .usage
+        .by_day(&tenant, first, today)
+        .await
+        .map_err(|e| ApiError::Unavailable(e.to_string()))?;
     let over = |from: u64| {
-        let mut models: std::collections::BTreeMap<String, Counts> = Default::default();
-        for (_, day) in days.range(from..=today) {
-            for (model, counts) in day {
-                models.entry(model.clone()).or_default().add(counts);
-            }
-        }
+        let models = crate::usage::sum(&days[(from - first) as usize..]);
         period(&models, from, today)
     };
     Ok(Json(json!({

@@ -123,6 +123,16 @@ pub struct Records {
     locks: Mutex<HashMap<Uuid, Arc<tokio::sync::Mutex<()>>>>,
 }
 
+/// Writes `bytes` as the file at `path` (a directory of the gateway's own, never one a tenant
+/// writes), atomically: a crash leaves the old file or the new one, never half of one.
+pub fn replace_file(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir)?;
+    let tmp = dir.join(format!(".{}.tmp", Uuid::new_v4()));
+    std::fs::write(&tmp, bytes)?;
+    std::fs::rename(&tmp, path)
+}
+
 fn unavailable(e: crate::shared::SharedError) -> SessionError {
     SessionError::Unavailable(e.to_string())
 }
@@ -284,13 +294,8 @@ impl Records {
         let bytes = serde_json::to_vec(meta).map_err(|e| SessionError::Storage(e.to_string()))?;
         match &self.store {
             Store::Disk { tenants_dir } => {
-                // Atomically: a crash leaves the old file or the new one, never half.
-                let path = Self::meta_path(tenants_dir, tenant, key);
-                let dir = path.parent().unwrap_or(Path::new("."));
-                std::fs::create_dir_all(dir).map_err(super::storage)?;
-                let tmp = dir.join(format!(".{}.tmp", Uuid::new_v4()));
-                std::fs::write(&tmp, bytes).map_err(super::storage)?;
-                std::fs::rename(&tmp, &path).map_err(super::storage)
+                replace_file(&Self::meta_path(tenants_dir, tenant, key), &bytes)
+                    .map_err(super::storage)
             }
             Store::Redis { redis, ttl, quota } => {
                 let holder = lock.fence().unwrap_or_default();
