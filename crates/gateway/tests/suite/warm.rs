@@ -111,3 +111,33 @@ async fn a_warm_process_serves_only_its_tenant_and_settings_and_is_retired_when_
     until_warm(&gw, 0).await;
     assert_eq!(gw.running_runs().await, 0);
 }
+
+/// Attack: a warm process is started with one request's credential and serves the next one's.
+/// From inside a conversation that began warm, a tool looks for either real credential in
+/// every process's environment it can read and in the files it can read: it finds neither.
+#[tokio::test]
+async fn a_warm_process_holds_no_real_credential_of_either_request() {
+    let gw = gateway(&["--max-security-level", "DEVELOPER"]).await;
+    let mut first = body("marker-warm-env-1 hello");
+    first["security_level"] = json!("DEVELOPER");
+    assert_eq!(gw.messages(WARMY, first).await.status(), 200);
+    until_warm(&gw, 1).await;
+    // The account name is spelt in two halves, so that the command's own text (which the CLI
+    // keeps in its files) cannot be what the search finds.
+    let probe = "a=war; b=my; for f in /proc/[0-9]*/environ; do tr '\\0' '\\n' < $f 2>/dev/null; done | \
+                 grep -o \"sk-ant-oat01-$a$b[A-Za-z0-9._-]*\" | sort -u; \
+                 grep -rhoa \"sk-ant-oat01-$a$b[A-Za-z0-9._-]*\" ~ /tmp 2>/dev/null | sort -u; echo probed";
+    let mut second = body(&crate::common::scripted(
+        "marker-warm-env-2",
+        json!({"tools": [crate::common::bash(probe)], "reply": "done"}),
+    ));
+    second["security_level"] = json!("DEVELOPER");
+    assert_eq!(gw.messages(WARMY_AGAIN, second).await.status(), 200);
+    assert_eq!(starts(&gw, "hit").await, 1, "the second began warm");
+    let seen = crate::common::tool_results(&gw.upstream_with("marker-warm-env-2")).join("\n");
+    assert!(seen.contains("probed"), "{seen}");
+    for real in [WARMY, WARMY_AGAIN] {
+        assert!(!seen.contains(real), "{real} inside the sandbox: {seen}");
+    }
+    assert!(!seen.contains("warmy"), "{seen}");
+}
