@@ -43,6 +43,10 @@ pub struct Script {
     /// Stop the stream after this many text deltas with a mid-stream `error` event.
     #[serde(default)]
     pub fail_after_chunks: Option<usize>,
+    /// Response headers to add to the answer (an error's included), such as the
+    /// `anthropic-ratelimit-*` headers the API reports a credential's limits in.
+    #[serde(default)]
+    pub headers: std::collections::BTreeMap<String, String>,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]

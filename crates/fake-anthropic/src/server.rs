@@ -349,29 +349,41 @@ async fn messages(headers: HeaderMap, body: Bytes) -> Response {
     if script.first_byte_delay_ms > 0 {
         tokio::time::sleep(Duration::from_millis(script.first_byte_delay_ms)).await;
     }
-    if let Turn::Error(e) = &turn {
+    let extra = script.headers.clone();
+    let mut response = if let Turn::Error(e) = &turn {
         let status = StatusCode::from_u16(e.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
         let message = e
             .message
             .clone()
             .unwrap_or_else(|| format!("scripted upstream error {}", e.status));
-        return error_response(status, e.error_type(), &message, e.retry_after);
-    }
-    let input_tokens = estimate_tokens(body.len());
-    // Extended thinking asked for: the reply starts with a thinking block, as the API's does.
-    let thoughts = (request.pointer("/thinking/type").and_then(Value::as_str) == Some("enabled"))
-        .then(|| "Fake thoughts before answering.".to_owned());
-    if stream {
-        stream_response(model, turn, script, input_tokens, thoughts)
+        error_response(status, e.error_type(), &message, e.retry_after)
     } else {
-        Json(message_json(
-            &model,
-            &turn,
-            input_tokens,
-            thoughts.as_deref(),
-        ))
-        .into_response()
+        let input_tokens = estimate_tokens(body.len());
+        // Extended thinking asked for: the reply starts with a thinking block, as the API's does.
+        let thoughts = (request.pointer("/thinking/type").and_then(Value::as_str)
+            == Some("enabled"))
+        .then(|| "Fake thoughts before answering.".to_owned());
+        if stream {
+            stream_response(model, turn, script, input_tokens, thoughts)
+        } else {
+            Json(message_json(
+                &model,
+                &turn,
+                input_tokens,
+                thoughts.as_deref(),
+            ))
+            .into_response()
+        }
+    };
+    for (name, value) in extra {
+        if let (Ok(name), Ok(value)) = (
+            axum::http::HeaderName::from_bytes(name.as_bytes()),
+            axum::http::HeaderValue::from_str(&value),
+        ) {
+            response.headers_mut().insert(name, value);
+        }
     }
+    response
 }
 
 /// The reply cut at the earliest of the request's stop sequences that it holds, as the API

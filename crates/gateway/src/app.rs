@@ -39,6 +39,8 @@ pub struct AppState {
     pub shared: Option<crate::shared::Redis>,
     /// The operator's access keys (`--access-keys-file`); `None`: access control is off.
     pub access: Option<crate::access::AccessKeys>,
+    /// What the upstream last reported of each tenant's own limits ([`crate::quota`]).
+    pub quota: Arc<crate::quota::QuotaStore>,
     /// What each tenant spends, per day and model ([`crate::usage`]).
     pub usage: crate::usage::UsageStore,
     /// The audit log (`--audit-log`), when on.
@@ -146,9 +148,11 @@ impl AppState {
             .await
             .map_err(|e| StartupError::Bridge(config.mcp_bridge_listen, e))?;
         let placeholders = Arc::new(crate::sandbox::masking::Placeholders::default());
+        let quota = Arc::new(crate::quota::QuotaStore::new(shared.clone()));
         let upstream = crate::sandbox::net::UpstreamProxy::new(
             &config.anthropic_base_url,
             placeholders.clone(),
+            quota.clone(),
         )
         .map_err(|e| StartupError::Sandbox(SandboxError::Network(e)))?;
         let (sandbox, sandbox_disabled) = prepare_sandbox(
@@ -308,6 +312,7 @@ impl AppState {
             upstream,
             shared,
             access,
+            quota,
             audit,
             usage,
         })
@@ -395,6 +400,7 @@ pub fn router(state: SharedState) -> Router {
         .route("/v1/chat/completions", post(api::openai::chat::create))
         .route("/v1/sessions", get(api::sessions::list))
         .route("/v1/usage", get(api::usage::usage))
+        .route("/v1/quota", get(api::usage::quota))
         .route(
             "/v1/sessions/{id}",
             get(api::sessions::get).delete(api::sessions::delete),

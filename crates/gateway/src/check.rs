@@ -267,6 +267,7 @@ async fn sandbox_probe(config: &Config, cli: Option<&Path>) -> Check {
         let upstream = crate::sandbox::net::UpstreamProxy::new(
             &config.anthropic_base_url,
             std::sync::Arc::default(),
+            std::sync::Arc::new(crate::quota::QuotaStore::new(None)),
         )
         .map_err(crate::sandbox::SandboxError::Network)?;
         crate::prepare::build_sandbox(config, cli, &scratch.join("etc"), &bridge, &upstream).await

@@ -290,7 +290,7 @@ pub async fn start(state: &Arc<AppState>, req: TurnRequest) -> Result<StartedTur
     let next_warm = warm_for.map(|(slot, settings)| {
         let spec = RunSpec {
             credential: req.credential.clone(),
-            tenant: req.tenant.fingerprint().to_owned(),
+            tenant: req.tenant.clone(),
             model: req.model.clone(),
             system_prompt: req.system_prompt.clone(),
             workspace: workspace.clone(),
@@ -341,7 +341,7 @@ pub async fn start(state: &Arc<AppState>, req: TurnRequest) -> Result<StartedTur
             };
             let spec = RunSpec {
                 credential: req.credential,
-                tenant: req.tenant.fingerprint().to_owned(),
+                tenant: req.tenant.clone(),
                 model: req.model.clone(),
                 system_prompt: req.system_prompt,
                 workspace,

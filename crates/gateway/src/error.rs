@@ -319,6 +319,32 @@ impl From<TurnError> for ApiError {
                     other => other,
                 }
             }
+            TurnError::UsageLimit { refusal, .. } => {
+                metrics::counter!("gateway_upstream_errors_total", "status" => "usage_limit")
+                    .increment(1);
+                let now = crate::clock::now_secs();
+                let resets = refusal.resets_at.map_or(String::new(), |at| {
+                    format!("; it resets at {}", crate::clock::iso8601(at as i64 * 1000))
+                });
+                let message = if refusal.third_party {
+                    format!(
+                        "this subscription's allowance for third-party use (claude -p, the Agent \
+                         SDK and services such as this gateway) is spent{resets}. Its own apps \
+                         may still work; an Anthropic API key is billed per token instead"
+                    )
+                } else {
+                    format!(
+                        "this credential's own usage limit ({}) is reached: the upstream refused \
+                         the call{resets}",
+                        refusal.window.as_deref().unwrap_or("its plan's")
+                    )
+                };
+                ApiError::RateLimited {
+                    message,
+                    retry_after: refusal.resets_at.map(|at| at.saturating_sub(now).max(1)),
+                    limit: None,
+                }
+            }
             TurnError::Cli(message) => ApiError::BadGateway(format!(
                 "the Claude Code CLI reported an error: {}",
                 redact(&message)

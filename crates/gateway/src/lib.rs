@@ -15,6 +15,7 @@ pub mod conversation;
 pub mod error;
 pub mod mcp;
 pub mod prepare;
+pub mod quota;
 pub mod runner;
 pub mod sandbox;
 pub mod serve;

@@ -2,7 +2,8 @@
 //! reported through the gateway's own proxy (the CLI's word only where no proxy stood
 //! between), and the CLI's cost estimate. Kept with the sessions: on disk
 //! (`tenants/<t>/usage/<day>.json`) for one instance, in Redis (a hash per tenant and day,
-//! kept 40 days) when instances share it. `GET /v1/usage` shows the calling tenant its own.
+//! kept 40 days) when instances share it. `GET /v1/usage` shows the calling tenant its own;
+//! what the upstream itself allows the tenant is [`crate::quota`].
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;

@@ -128,6 +128,7 @@ impl Modify for Security {
         crate::api::sessions::get,
         crate::api::sessions::delete,
         crate::api::usage::usage,
+        crate::api::usage::quota,
         crate::api::security::security,
         crate::api::mcp_tools::list,
         crate::api::health::health,

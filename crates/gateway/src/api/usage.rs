@@ -63,3 +63,43 @@ pub async fn usage(
         "month": over(month_start),
     })))
 }
+
+/// The calling tenant's own limits, as the upstream last reported them ([`crate::quota`]).
+#[utoipa::path(get, path = "/v1/quota", tag = "Sessions",
+    responses((status = 200, description = "The credential's limits as the upstream last reported them: a subscription's windows (five_hour, seven_day, …: utilization 0-1 and reset) and verdict, or an API key's limits (limit, remaining, reset); `observed: false` until a request has run", body = Object),
+              (status = 401, body = crate::api::docs::ErrorBody)))]
+pub async fn quota(
+    State(state): State<SharedState>,
+    headers: HeaderMap,
+) -> Result<Json<Value>, ApiError> {
+    let tenant = authenticate(&state, &headers).await?;
+    let latest = state
+        .quota
+        .latest(&tenant)
+        .await
+        .map_err(|e| ApiError::Unavailable(e.to_string()))?;
+    let iso = |secs: u64| json!(crate::clock::iso8601(secs as i64 * 1000));
+    let mut body = json!({
+        "object": "quota",
+        "tenant": tenant.fingerprint(),
+        "observed": latest.is_some(),
+    });
+    if let Some(snapshot) = latest {
+        let mut windows = Map::new();
+        for (name, window) in &snapshot.windows {
+            let mut w = json!(window);
+            if let Some(at) = window.resets_at {
+                w["resets_at"] = iso(at);
+            }
+            windows.insert(name.clone(), w);
+        }
+        body["observed_at"] = iso(snapshot.observed_at);
+        body["source"] = json!(snapshot.source);
+        body["status"] = json!(snapshot.status);
+        body["resets_at"] = snapshot.resets_at.map_or(Value::Null, iso);
+        body["representative_claim"] = json!(snapshot.representative_claim);
+        body["windows"] = Value::Object(windows);
+        body["api"] = json!(snapshot.api);
+    }
+    Ok(Json(body))
+}

@@ -36,8 +36,8 @@ pub enum SessionArg {
 #[derive(Debug)]
 pub struct RunSpec {
     pub credential: Credential,
-    /// The tenant's fingerprint, for what the gateway logs about the run.
-    pub tenant: String,
+    /// Whose run it is (its fingerprint names the run in what the gateway logs).
+    pub tenant: crate::tenant::identity::TenantId,
     pub model: String,
     pub system_prompt: Option<(String, SystemPromptMode)>,
     /// The tenant's workspace on the host.
@@ -258,7 +258,7 @@ mod tests {
     fn spec(token: &str) -> RunSpec {
         RunSpec {
             credential: Credential::parse(token).expect("valid"),
-            tenant: "t1".into(),
+            tenant: crate::tenant::identity::TenantId::from_dir_name("t1".into()),
             model: "--dangerously-skip-permissions".into(),
             system_prompt: Some(("be brief".into(), SystemPromptMode::Append)),
             workspace: "/ws".into(),

@@ -131,12 +131,14 @@ impl Runner {
         let (net_dir, observed) = match &self.sandbox {
             Some(sandbox) => {
                 open_run_cgroup(sandbox, &mut dir)?;
-                open_run_net(sandbox, &mut dir, &spec.tenant)?.unzip()
+                open_run_net(sandbox, &mut dir, spec.tenant.fingerprint())?.unzip()
             }
             None => (None, None),
         };
         // The CLI never holds the real credential: the upstream proxy swaps it in.
-        let lease = self.placeholders.issue(&spec.credential, spec.call.clone());
+        let lease = self
+            .placeholders
+            .issue(&spec.credential, &spec.tenant, spec.call.clone());
         let system_file = match spec.system_prompt_text() {
             Some(text) => Some(
                 dir.write_file("system-prompt.txt", text.as_bytes())

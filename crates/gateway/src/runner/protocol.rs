@@ -65,6 +65,12 @@ pub struct ResultLine {
     pub is_error: bool,
     #[serde(default)]
     pub api_error_status: Option<u16>,
+    /// The CLI's kind of an upstream refusal (`usage_limit_reached`: a limit of the
+    /// credential's own), with what it read of it in `api_error_params`.
+    #[serde(default)]
+    pub api_error: Option<String>,
+    #[serde(default)]
+    pub api_error_params: Option<Value>,
     #[serde(default)]
     pub result: Option<String>,
     #[serde(default)]

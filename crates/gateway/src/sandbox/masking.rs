@@ -19,6 +19,7 @@ use rand::distributions::{Alphanumeric, DistString};
 use secrecy::{ExposeSecret, SecretString};
 
 use crate::tenant::credential::{Credential, CredentialKind};
+use crate::tenant::identity::TenantId;
 
 /// Placeholders carry at least this many random characters (~380 bits), however short the
 /// real credential, so no run can guess another run's.
@@ -32,6 +33,8 @@ pub type CallSettings = serde_json::Map<String, serde_json::Value>;
 #[derive(Clone)]
 pub struct Issued {
     pub credential: Credential,
+    /// Whose run it is: what the upstream reports of the credential's limits is theirs.
+    pub tenant: TenantId,
     pub call: Arc<CallSettings>,
 }
 
@@ -69,10 +72,8 @@ impl Lease {
             .lock()
             .unwrap_or_else(|e| e.into_inner());
         if let Some(entry) = issued.get_mut(self.placeholder.expose_secret()) {
-            *entry = Issued {
-                credential: credential.clone(),
-                call: Arc::new(call),
-            };
+            entry.credential = credential.clone();
+            entry.call = Arc::new(call);
         }
     }
 }
@@ -91,7 +92,12 @@ impl Drop for Lease {
 impl Placeholders {
     /// Issues a placeholder for `credential` (and its run's call settings), valid until the
     /// lease is dropped.
-    pub fn issue(self: &Arc<Self>, credential: &Credential, call: CallSettings) -> Lease {
+    pub fn issue(
+        self: &Arc<Self>,
+        credential: &Credential,
+        tenant: &TenantId,
+        call: CallSettings,
+    ) -> Lease {
         let prefix = match credential.kind() {
             CredentialKind::OAuthToken => "sk-ant-oat01-",
             CredentialKind::ApiKey => "sk-ant-api03-",
@@ -109,6 +115,7 @@ impl Placeholders {
                 placeholder.clone(),
                 Issued {
                     credential: credential.clone(),
+                    tenant: tenant.clone(),
                     call: Arc::new(call),
                 },
             );
@@ -136,7 +143,11 @@ mod tests {
     fn a_placeholder_has_the_kind_and_shape_and_works_only_while_leased() {
         let registry = Arc::new(Placeholders::default());
         let real = Credential::parse("sk-ant-oat01-alice").expect("valid");
-        let lease = registry.issue(&real, CallSettings::new());
+        let lease = registry.issue(
+            &real,
+            &TenantId::from_dir_name("t".into()),
+            CallSettings::new(),
+        );
         let text = lease.placeholder().expose_secret().to_owned();
         assert!(text.starts_with("sk-ant-oat01-"));
         assert!(text.len() >= "sk-ant-oat01-".len() + MIN_RANDOM);
@@ -145,7 +156,11 @@ mod tests {
         let swapped = registry.resolve(&text).expect("leased").credential;
         assert_eq!(swapped.secret().expose_secret(), "sk-ant-oat01-alice");
         let key = Credential::parse("sk-ant-api03-bob").expect("valid");
-        let other = registry.issue(&key, CallSettings::new());
+        let other = registry.issue(
+            &key,
+            &TenantId::from_dir_name("t".into()),
+            CallSettings::new(),
+        );
         assert!(other
             .placeholder()
             .expose_secret()

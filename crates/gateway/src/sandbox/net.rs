@@ -266,10 +266,16 @@ struct Upstream {
     base: String,
     client: reqwest::Client,
     placeholders: Arc<Placeholders>,
+    /// Where what the upstream reports of each tenant's limits is kept.
+    quota: Arc<crate::quota::QuotaStore>,
 }
 
 impl UpstreamProxy {
-    pub fn new(base_url: &str, placeholders: Arc<Placeholders>) -> std::io::Result<Self> {
+    pub fn new(
+        base_url: &str,
+        placeholders: Arc<Placeholders>,
+        quota: Arc<crate::quota::QuotaStore>,
+    ) -> std::io::Result<Self> {
         Ok(Self {
             inner: Arc::new(Upstream {
                 base: base_url.trim_end_matches('/').to_owned(),
@@ -278,6 +284,7 @@ impl UpstreamProxy {
                     .build()
                     .map_err(std::io::Error::other)?,
                 placeholders,
+                quota,
             }),
         })
     }
@@ -364,6 +371,8 @@ fn hop_by_hop(name: &HeaderName) -> bool {
 #[derive(Debug, Default)]
 pub struct Observed {
     retry_after: std::sync::Mutex<Option<u64>>,
+    /// The limit of the credential's own that the run's last refused call was refused for.
+    refusal: std::sync::Mutex<Option<crate::quota::Refusal>>,
     usage: Arc<std::sync::Mutex<super::usage::UpstreamUsage>>,
 }
 
@@ -372,6 +381,15 @@ impl Observed {
     pub fn usage(&self) -> Option<super::usage::UpstreamUsage> {
         let usage = *self.usage.lock().unwrap_or_else(|e| e.into_inner());
         (usage.calls > 0).then_some(usage)
+    }
+
+    /// The limit of the credential's own (as the upstream's headers named it) that the run's
+    /// last refused call was refused for.
+    pub fn refusal(&self) -> Option<crate::quota::Refusal> {
+        self.refusal
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// The `retry-after` (seconds) of the run's last refused upstream call.
@@ -442,6 +460,18 @@ async fn forward_upstream(State(run): State<UpstreamRun>, request: Request) -> R
     }
     match outgoing.send().await {
         Ok(res) => {
+            // What the answer says of the credential's limits is its tenant's quota view.
+            let limits = issued.as_ref().zip(crate::quota::Snapshot::from_headers(
+                res.headers(),
+                crate::clock::now_secs(),
+            ));
+            if let Some((issued, snapshot)) = limits {
+                if let (Some(observed), false) = (&run.observed, res.status().is_success()) {
+                    *observed.refusal.lock().unwrap_or_else(|e| e.into_inner()) =
+                        snapshot.refusal();
+                }
+                up.quota.record(&issued.tenant, snapshot);
+            }
             if let Some(observed) = &run.observed {
                 let retry_after = res
                     .headers()

@@ -373,6 +373,29 @@ impl Assembler {
                 .result
                 .clone()
                 .unwrap_or_else(|| format!("the CLI reported an error ({})", result.subtype));
+            // A limit of the credential's own, as the CLI read it from the refusal (the
+            // proxy's own reading, where it stood between, replaces this).
+            if result.api_error.as_deref() == Some("usage_limit_reached") {
+                let refusal = result
+                    .api_error_params
+                    .as_ref()
+                    .and_then(|p| p.get("rate_limit_info"))
+                    .and_then(|info| crate::quota::Snapshot::from_cli_event(info, 0))
+                    .and_then(|s| s.refusal());
+                if let Some(refusal) = refusal {
+                    return Step::Failed(TurnError::UsageLimit { refusal, message });
+                }
+            }
+            if matches!(result.api_error_status, Some(400 | 403 | 429))
+                && crate::quota::message_is_third_party_allowance(&message)
+            {
+                let refusal = crate::quota::Refusal {
+                    window: None,
+                    resets_at: None,
+                    third_party: true,
+                };
+                return Step::Failed(TurnError::UsageLimit { refusal, message });
+            }
             return Step::Failed(match result.api_error_status {
                 Some(status) => TurnError::Upstream {
                     status,

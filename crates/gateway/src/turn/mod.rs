@@ -26,6 +26,15 @@ pub enum TurnError {
         /// The upstream's `retry-after`, in seconds, when the gateway's proxy saw one.
         retry_after: Option<u64>,
     },
+    /// The upstream refused the call for a limit of the credential's own: one of a
+    /// subscription's windows, or its allowance for third-party use.
+    #[error(
+        "the upstream refused the call: a usage limit of this credential is reached: {message}"
+    )]
+    UsageLimit {
+        refusal: crate::quota::Refusal,
+        message: String,
+    },
     /// The CLI reported a failure that is not an upstream status.
     #[error("the Claude Code CLI reported an error: {0}")]
     Cli(String),
@@ -183,14 +192,7 @@ async fn drive(
                         Some(e) => Some(Item::Failed(e.into())),
                         None => Some(Item::Done(events, result)),
                     },
-                    Step::Failed(TurnError::Upstream {
-                        status, message, ..
-                    }) => Some(Item::Failed(TurnError::Upstream {
-                        status,
-                        message,
-                        retry_after: process.observed.as_ref().and_then(|o| o.retry_after()),
-                    })),
-                    Step::Failed(e) => Some(Item::Failed(e)),
+                    Step::Failed(e) => Some(Item::Failed(with_observed(e, &process))),
                 },
                 Ok(None) => Some(Item::Failed(
                     RunError::Exited(process.exit_description().await).into(),
@@ -237,5 +239,33 @@ async fn drive(
                 return Err(process);
             }
         }
+    }
+}
+
+/// A failed turn's error with what the gateway's own proxy saw of the run's refused call,
+/// which it trusts over the CLI's account: the upstream's `retry-after`, and the limit of the
+/// credential's own the call was refused for.
+fn with_observed(e: TurnError, process: &CliProcess) -> TurnError {
+    let Some(observed) = &process.observed else {
+        return e;
+    };
+    match e {
+        TurnError::Upstream {
+            status, message, ..
+        } => match observed.refusal() {
+            Some(refusal) if matches!(status, 400 | 403 | 429) => {
+                TurnError::UsageLimit { refusal, message }
+            }
+            _ => TurnError::Upstream {
+                status,
+                message,
+                retry_after: observed.retry_after(),
+            },
+        },
+        TurnError::UsageLimit { refusal, message } => TurnError::UsageLimit {
+            refusal: observed.refusal().unwrap_or(refusal),
+            message,
+        },
+        other => other,
     }
 }

@@ -19,6 +19,7 @@ mod lean;
 mod mcp;
 mod messages;
 mod operations;
+mod quota;
 mod router;
 mod sessions;
 mod shared;

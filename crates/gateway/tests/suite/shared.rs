@@ -46,12 +46,7 @@ async fn a_tenants_rate_limit_holds_across_instances() {
     }
     let refused = count(&b, TENANT).await;
     assert_eq!(refused.status(), 429);
-    let retry_after: u64 = refused
-        .headers()
-        .get("retry-after")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse().ok())
-        .expect("retry-after");
+    let retry_after = crate::common::retry_after(&refused);
     assert!((1..=60).contains(&retry_after), "{retry_after}");
     let error: Value = refused.json().await.expect("json");
     assert_eq!(error["error"]["type"], "rate_limit_error");

@@ -80,12 +80,7 @@ async fn a_tenant_at_its_budget_is_refused_before_anything_runs_until_it_resets(
     }
     let refused = gw.messages(ALICE, body("marker-budget-3")).await;
     assert_eq!(refused.status(), 429);
-    let retry_after: u64 = refused
-        .headers()
-        .get("retry-after")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse().ok())
-        .expect("retry-after");
+    let retry_after = crate::common::retry_after(&refused);
     assert!((1..=86_400).contains(&retry_after), "{retry_after}");
     let error: Value = refused.json().await.expect("json");
     assert_eq!(error["error"]["type"], "rate_limit_error");

@@ -501,3 +501,12 @@ impl Drop for Gateway {
         );
     }
 }
+
+/// A refusal's `retry-after`, in seconds.
+pub fn retry_after(res: &reqwest::Response) -> u64 {
+    res.headers()
+        .get("retry-after")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
+        .expect("a retry-after header in seconds")
+}
