@@ -37,8 +37,11 @@ pub struct AppState {
     pub rate: RateLimits,
     /// Redis shared by every instance, when configured.
     pub shared: Option<crate::shared::Redis>,
-    /// The operator's access keys (`--access-keys-file`); `None`: access control is off.
+    /// The operator's access keys (`--access-keys-file`); `None`: none are issued.
     pub access: Option<crate::access::AccessKeys>,
+    /// JWTs of the operator's identity provider (`--access-jwks-url`); `None`: not taken.
+    /// With neither, access control is off.
+    pub access_jwt: Option<Arc<crate::access::jwt::JwtAccess>>,
     /// What the upstream last reported of each tenant's own limits ([`crate::quota`]).
     pub quota: Arc<crate::quota::QuotaStore>,
     /// What each tenant spends, per day and model ([`crate::usage`]).
@@ -87,6 +90,8 @@ pub enum StartupError {
     Shared(crate::shared::SharedError),
     #[error("--access-keys-file: {0}")]
     Access(crate::access::AccessError),
+    #[error("--access-jwks-url: {0}")]
+    AccessJwks(std::io::Error),
     #[error("--audit-log {0}: {1}")]
     Audit(PathBuf, std::io::Error),
 }
@@ -233,7 +238,10 @@ impl AppState {
         let sessions = SessionStore::new(volumes.clone(), records);
         let usage = match &shared {
             Some(redis) => crate::usage::UsageStore::redis(redis.clone()),
-            None => crate::usage::UsageStore::disk(volumes.tenants_dir().to_path_buf()),
+            None => crate::usage::UsageStore::disk(
+                volumes.tenants_dir().to_path_buf(),
+                data_dir.join("access-keys"),
+            ),
         };
         let warm = LivePool::new(LiveLimits {
             max_total: config.warm_processes_max,
@@ -281,6 +289,19 @@ impl AppState {
             .map(crate::access::AccessKeys::load)
             .transpose()
             .map_err(StartupError::Access)?;
+        let access_jwt = match (&config.access_jwks_url, &config.access_jwt_audience) {
+            (Some(url), Some(audience)) => {
+                let jwt = crate::access::jwt::JwtAccess::new(
+                    url.clone(),
+                    audience.clone(),
+                    config.access_jwt_issuer.clone(),
+                )
+                .map_err(StartupError::AccessJwks)?;
+                jwt.prefetch().await;
+                Some(Arc::new(jwt))
+            }
+            _ => None,
+        };
         let admission = Admission::new(config.concurrency_limits()).with_shared(shared.clone());
         let rate = match &shared {
             Some(redis) => RateLimits::shared(
@@ -312,6 +333,7 @@ impl AppState {
             upstream,
             shared,
             access,
+            access_jwt,
             quota,
             audit,
             usage,
@@ -377,6 +399,7 @@ pub fn router(state: SharedState) -> Router {
     let admin = Router::new()
         .route("/metrics", get(api::health::metrics))
         .route("/v1/security", get(api::security::security))
+        .route("/v1/admin/usage", get(api::usage::by_access_key))
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
             api::require_admin,

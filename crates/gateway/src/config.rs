@@ -455,6 +455,24 @@ pub struct Config {
     #[arg(long, env = "CLAUDE_GATEWAY_ACCESS_KEYS_FILE")]
     pub access_keys_file: Option<PathBuf>,
 
+    /// The operator's identity provider's key set (JWKS URL): a JWT it signed, for
+    /// --access-jwt-audience, is accepted in `X-Gateway-Key` (beside access keys, if any).
+    #[arg(
+        long,
+        env = "CLAUDE_GATEWAY_ACCESS_JWKS_URL",
+        requires = "access_jwt_audience"
+    )]
+    pub access_jwks_url: Option<String>,
+
+    /// The audience (`aud`) a JWT must be meant for: required with --access-jwks-url, so that
+    /// a token the provider issued for another application is not taken.
+    #[arg(long, env = "CLAUDE_GATEWAY_ACCESS_JWT_AUDIENCE")]
+    pub access_jwt_audience: Option<String>,
+
+    /// The issuer (`iss`) a JWT must come from, when set.
+    #[arg(long, env = "CLAUDE_GATEWAY_ACCESS_JWT_ISSUER")]
+    pub access_jwt_issuer: Option<String>,
+
     /// A tenant whose recorded cost today (UTC) reached this many dollars gets 429 until the
     /// next UTC midnight; a run is bounded by what remains (the CLI's `--max-budget-usd`).
     #[arg(long, env = "CLAUDE_GATEWAY_TENANT_DAILY_BUDGET_USD")]

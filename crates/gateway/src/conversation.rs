@@ -18,6 +18,7 @@ use crate::sessions::{now_secs, ClientSessionId, SessionMeta};
 use crate::tenant::credential::Credential;
 use crate::tenant::identity::TenantId;
 use crate::turn::{self, Item};
+use crate::usage::Owner;
 
 pub struct TurnRequest {
     pub credential: Credential,
@@ -49,6 +50,9 @@ pub struct TurnRequest {
     pub lean: bool,
     /// The request's audit record, when the audit log is on.
     pub audit: Option<crate::telemetry::audit::AuditHandle>,
+    /// What admitted the request, when access control is on: its usage is counted under the
+    /// grant's name too, within the grant's budgets.
+    pub grant: Option<crate::access::Grant>,
 }
 
 /// Chooses how a new session starts: fresh, or resuming a transcript written from the
@@ -90,32 +94,52 @@ fn seed_session(
     Ok(SessionArg::Resume(key))
 }
 
-/// What the tenant may still spend under its budgets (`None`: no budget), or 429 naming the
-/// spent budget and when it resets: before anything is locked, admitted or spawned.
-async fn within_budget(state: &AppState, tenant: &TenantId) -> Result<Option<f64>, ApiError> {
-    let budgets = crate::usage::Budgets {
+/// What the request may still spend under its tenant's budgets and its access key's (`None`:
+/// no budget), or 429 naming the spent budget and when it resets: before anything is locked,
+/// admitted or spawned.
+async fn within_budget(
+    state: &AppState,
+    tenant: &TenantId,
+    grant: Option<&crate::access::Grant>,
+) -> Result<Option<f64>, ApiError> {
+    let tenant_budgets = crate::usage::Budgets {
         daily_usd: state.config.tenant_daily_budget_usd,
         monthly_usd: state.config.tenant_monthly_budget_usd,
     };
     let now = now_secs();
-    match budgets
-        .remaining(&state.usage, tenant, now)
-        .await
-        .map_err(|e| ApiError::Unavailable(e.to_string()))?
-    {
-        Ok(left) => Ok(left),
-        Err(spent) => Err(ApiError::RateLimited {
-            message: format!(
-                "this tenant's {} budget of ${:.2} is spent (${:.4} used); it resets at {}",
-                spent.period,
-                spent.budget_usd,
-                spent.used_usd,
-                crate::clock::iso8601(spent.resets_at as i64 * 1000)
-            ),
-            retry_after: Some(spent.resets_at.saturating_sub(now).max(1)),
-            limit: None,
-        }),
+    let mut owners = vec![(Owner::Tenant(tenant), tenant_budgets, "this tenant's")];
+    if let Some(grant) = grant {
+        owners.push((
+            Owner::AccessKey(&grant.name),
+            grant.budgets,
+            "this access key's",
+        ));
     }
+    let mut left: Option<f64> = None;
+    for (owner, budgets, whose) in owners {
+        match budgets
+            .remaining(&state.usage, owner, now)
+            .await
+            .map_err(|e| ApiError::Unavailable(e.to_string()))?
+        {
+            Ok(Some(more)) => left = Some(left.map_or(more, |l| l.min(more))),
+            Ok(None) => {}
+            Err(spent) => {
+                return Err(ApiError::RateLimited {
+                    message: format!(
+                        "{whose} {} budget of ${:.2} is spent (${:.4} used); it resets at {}",
+                        spent.period,
+                        spent.budget_usd,
+                        spent.used_usd,
+                        crate::clock::iso8601(spent.resets_at as i64 * 1000)
+                    ),
+                    retry_after: Some(spent.resets_at.saturating_sub(now).max(1)),
+                    limit: None,
+                })
+            }
+        }
+    }
+    Ok(left)
 }
 
 /// How long a warm process may take to start up.
@@ -208,7 +232,7 @@ pub async fn start(state: &Arc<AppState>, req: TurnRequest) -> Result<StartedTur
     tracing::Span::current().record("tenant", req.tenant.fingerprint());
     let mcp = state.mcp.resolve(req.level, &req.mcp)?;
     state.rate.check_tenant(&req.tenant).await?;
-    let budget_left = within_budget(state, &req.tenant).await?;
+    let budget_left = within_budget(state, &req.tenant, req.grant.as_ref()).await?;
     let id = req
         .session
         .clone()
@@ -459,6 +483,7 @@ pub async fn start(state: &Arc<AppState>, req: TurnRequest) -> Result<StartedTur
     let commit: turn::Commit = {
         let state = state.clone();
         let tenant = req.tenant.clone();
+        let grant = req.grant.as_ref().map(|g| g.name.clone());
         let lock = guard.clone();
         Box::new(move |last_record: Option<String>| {
             Box::pin(async move {
@@ -468,8 +493,12 @@ pub async fn start(state: &Arc<AppState>, req: TurnRequest) -> Result<StartedTur
                 let record_usage = async {
                     if let Some((model, counts)) = spent {
                         let day = crate::usage::day_of(now_secs());
-                        if let Err(e) = state.usage.record(&tenant, day, &model, &counts).await {
-                            tracing::warn!(error = %e, "could not record the turn's usage");
+                        let mut owners = vec![Owner::Tenant(&tenant)];
+                        owners.extend(grant.as_deref().map(Owner::AccessKey));
+                        for owner in owners {
+                            if let Err(e) = state.usage.record(owner, day, &model, &counts).await {
+                                tracing::warn!(error = %e, "could not record the turn's usage");
+                            }
                         }
                     }
                 };

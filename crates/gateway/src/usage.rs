@@ -79,9 +79,26 @@ pub enum UsageError {
     Shared(#[from] crate::shared::SharedError),
 }
 
+/// Whose spending a count is: a tenant's, or an access key's (the operator's keys, and the
+/// subjects of the identity provider's tokens), across every tenant that used it.
+#[derive(Debug, Clone, Copy)]
+pub enum Owner<'a> {
+    Tenant(&'a TenantId),
+    AccessKey(&'a str),
+}
+
+impl<'a> From<&'a TenantId> for Owner<'a> {
+    fn from(tenant: &'a TenantId) -> Self {
+        Owner::Tenant(tenant)
+    }
+}
+
 enum Store {
     Disk {
         tenants_dir: PathBuf,
+        /// Access keys' counts, a directory per key (its name in hex: names are the
+        /// operator's, but a path is no place to trust them).
+        keys_dir: PathBuf,
         /// Days' files are read, added to and written back one at a time.
         lock: Mutex<()>,
     },
@@ -98,10 +115,11 @@ pub fn day_of(secs: u64) -> u64 {
 }
 
 impl UsageStore {
-    pub fn disk(tenants_dir: PathBuf) -> Self {
+    pub fn disk(tenants_dir: PathBuf, keys_dir: PathBuf) -> Self {
         Self {
             store: Store::Disk {
                 tenants_dir,
+                keys_dir,
                 lock: Mutex::new(()),
             },
         }
@@ -113,29 +131,47 @@ impl UsageStore {
         }
     }
 
-    fn day_file(tenants_dir: &std::path::Path, tenant: &TenantId, day: u64) -> PathBuf {
-        tenants_dir
-            .join(tenant.as_dir_name())
-            .join("usage")
-            .join(format!("{day}.json"))
+    fn day_file(&self, owner: Owner<'_>, day: u64) -> Option<PathBuf> {
+        let Store::Disk {
+            tenants_dir,
+            keys_dir,
+            ..
+        } = &self.store
+        else {
+            return None;
+        };
+        let dir = match owner {
+            Owner::Tenant(tenant) => tenants_dir.join(tenant.as_dir_name()),
+            Owner::AccessKey(name) => keys_dir.join(hex::encode(name)),
+        };
+        Some(dir.join("usage").join(format!("{day}.json")))
     }
 
-    fn day_key(redis: &Redis, tenant: &TenantId, day: u64) -> String {
-        format!("{}usage:{{{}}}:{day}", redis.prefix, tenant.as_dir_name())
+    fn day_key(redis: &Redis, owner: Owner<'_>, day: u64) -> String {
+        match owner {
+            Owner::Tenant(tenant) => {
+                format!("{}usage:{{{}}}:{day}", redis.prefix, tenant.as_dir_name())
+            }
+            Owner::AccessKey(name) => {
+                format!("{}usage-key:{{{}}}:{day}", redis.prefix, hex::encode(name))
+            }
+        }
     }
 
-    /// Adds `counts` to the tenant's `model` on `day`.
+    /// Adds `counts` to the owner's `model` on `day`.
     pub async fn record(
         &self,
-        tenant: &TenantId,
+        owner: Owner<'_>,
         day: u64,
         model: &str,
         counts: &Counts,
     ) -> Result<(), UsageError> {
         match &self.store {
-            Store::Disk { tenants_dir, lock } => {
+            Store::Disk { lock, .. } => {
                 let _held = lock.lock().unwrap_or_else(|e| e.into_inner());
-                let path = Self::day_file(tenants_dir, tenant, day);
+                let Some(path) = self.day_file(owner, day) else {
+                    return Ok(());
+                };
                 let mut models = read_day(&path)?;
                 models.entry(model.to_owned()).or_default().add(counts);
                 let bytes =
@@ -143,7 +179,7 @@ impl UsageStore {
                 crate::sessions::records::replace_file(&path, &bytes).map_err(storage)
             }
             Store::Redis(redis) => {
-                let key = Self::day_key(redis, tenant, day);
+                let key = Self::day_key(redis, owner, day);
                 let mut pipe = redis::pipe();
                 pipe.atomic();
                 for (name, value) in Counts::FIELDS.iter().zip(counts.values()) {
@@ -165,32 +201,35 @@ impl UsageStore {
         }
     }
 
-    /// The tenant's counts per model over the days `from..=to`.
+    /// The owner's counts per model over the days `from..=to`.
     pub async fn between(
         &self,
-        tenant: &TenantId,
+        owner: Owner<'_>,
         from: u64,
         to: u64,
     ) -> Result<BTreeMap<String, Counts>, UsageError> {
-        Ok(sum(&self.by_day(tenant, from, to).await?))
+        Ok(sum(&self.by_day(owner, from, to).await?))
     }
 
-    /// The tenant's counts per model for each day of `from..=to`, in order, read in one go
+    /// The owner's counts per model for each day of `from..=to`, in order, read in one go
     /// (one pipeline in Redis).
     pub async fn by_day(
         &self,
-        tenant: &TenantId,
+        owner: Owner<'_>,
         from: u64,
         to: u64,
     ) -> Result<Vec<BTreeMap<String, Counts>>, UsageError> {
         match &self.store {
-            Store::Disk { tenants_dir, .. } => (from..=to)
-                .map(|day| read_day(&Self::day_file(tenants_dir, tenant, day)))
+            Store::Disk { .. } => (from..=to)
+                .map(|day| match self.day_file(owner, day) {
+                    Some(path) => read_day(&path),
+                    None => Ok(BTreeMap::new()),
+                })
                 .collect(),
             Store::Redis(redis) => {
                 let mut pipe = redis::pipe();
                 for day in from..=to {
-                    pipe.cmd("HGETALL").arg(Self::day_key(redis, tenant, day));
+                    pipe.cmd("HGETALL").arg(Self::day_key(redis, owner, day));
                 }
                 let days: Vec<BTreeMap<String, u64>> = redis
                     .run(|mut c| async move { pipe.query_async(&mut c).await })
@@ -243,7 +282,7 @@ fn month_of(day: u64) -> (u64, u64) {
 
 /// Spending limits per tenant, in dollars (`--tenant-daily-budget-usd`,
 /// `--tenant-monthly-budget-usd`), checked against the recorded cost before anything runs.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct Budgets {
     pub daily_usd: Option<f64>,
     pub monthly_usd: Option<f64>,
@@ -264,12 +303,12 @@ impl Budgets {
         self.daily_usd.is_some() || self.monthly_usd.is_some()
     }
 
-    /// What the tenant may still spend at `now` (seconds), or which budget is spent. `None`:
+    /// What the owner may still spend at `now` (seconds), or which budget is spent. `None`:
     /// no budget applies.
     pub async fn remaining(
         &self,
         store: &UsageStore,
-        tenant: &TenantId,
+        owner: Owner<'_>,
         now: u64,
     ) -> Result<Result<Option<f64>, Spent>, UsageError> {
         if !self.is_on() {
@@ -278,7 +317,7 @@ impl Budgets {
         let today = day_of(now);
         let (month_start, next_month) = month_of(today);
         // The month's days, read once: today's are the last of them.
-        let days = store.by_day(tenant, month_start, today).await?;
+        let days = store.by_day(owner, month_start, today).await?;
         let cost = |from: u64| {
             let skip = (from - month_start) as usize;
             sum(&days[skip..])
@@ -328,7 +367,7 @@ mod tests {
     #[tokio::test]
     async fn days_add_up_per_model_and_tenants_stay_apart() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let store = UsageStore::disk(dir.path().into());
+        let store = UsageStore::disk(dir.path().join("tenants"), dir.path().join("keys"));
         let (a, b) = (
             TenantId::from_dir_name("a".into()),
             TenantId::from_dir_name("b".into()),
@@ -340,23 +379,79 @@ mod tests {
             cost_microdollars: 5,
             ..Counts::default()
         };
-        store.record(&a, 100, "sonnet", &one).await.expect("record");
-        store.record(&a, 101, "sonnet", &one).await.expect("record");
-        store.record(&a, 101, "opus", &one).await.expect("record");
-        store.record(&b, 101, "sonnet", &one).await.expect("record");
-        let both = store.between(&a, 100, 101).await.expect("read");
+        store
+            .record((&a).into(), 100, "sonnet", &one)
+            .await
+            .expect("record");
+        store
+            .record((&a).into(), 101, "sonnet", &one)
+            .await
+            .expect("record");
+        store
+            .record((&a).into(), 101, "opus", &one)
+            .await
+            .expect("record");
+        store
+            .record((&b).into(), 101, "sonnet", &one)
+            .await
+            .expect("record");
+        let both = store.between((&a).into(), 100, 101).await.expect("read");
         assert_eq!(both["sonnet"].requests, 2);
         assert_eq!(both["sonnet"].input_tokens, 20);
         assert_eq!(both["opus"].output_tokens, 2);
-        let today = store.between(&a, 101, 101).await.expect("read");
+        let today = store.between((&a).into(), 101, 101).await.expect("read");
         assert_eq!(today["sonnet"].requests, 1);
-        assert_eq!(store.between(&b, 100, 101).await.expect("read").len(), 1);
+        assert_eq!(
+            store
+                .between((&b).into(), 100, 101)
+                .await
+                .expect("read")
+                .len(),
+            1
+        );
+    }
+
+    #[tokio::test]
+    async fn an_access_keys_counts_are_its_own_whatever_its_name() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = UsageStore::disk(dir.path().join("tenants"), dir.path().join("keys"));
+        let one = Counts {
+            requests: 1,
+            ..Counts::default()
+        };
+        let tenant = TenantId::from_dir_name("team-a".into());
+        for name in ["team-a", "..", "jwt:alice@example.test"] {
+            store
+                .record(Owner::AccessKey(name), 7, "sonnet", &one)
+                .await
+                .expect("record");
+        }
+        for name in ["team-a", "..", "jwt:alice@example.test"] {
+            let counts = store
+                .between(Owner::AccessKey(name), 7, 7)
+                .await
+                .expect("read");
+            assert_eq!(counts["sonnet"].requests, 1, "{name}");
+        }
+        assert!(store
+            .between((&tenant).into(), 7, 7)
+            .await
+            .expect("read")
+            .is_empty());
+        // Every key's files stay in the keys' own directory.
+        assert!(!dir.path().join("usage").exists());
+        assert_eq!(
+            std::fs::read_dir(dir.path().join("keys"))
+                .expect("keys dir")
+                .count(),
+            3
+        );
     }
 
     #[tokio::test]
     async fn a_spent_budget_holds_until_its_period_ends() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let store = UsageStore::disk(dir.path().into());
+        let store = UsageStore::disk(dir.path().join("tenants"), dir.path().join("keys"));
         let t = TenantId::from_dir_name("spender".into());
         let budgets = Budgets {
             daily_usd: Some(0.02),
@@ -371,25 +466,31 @@ mod tests {
             ..Counts::default()
         };
         assert_eq!(
-            budgets.remaining(&store, &t, noon).await.expect("read"),
+            budgets
+                .remaining(&store, (&t).into(), noon)
+                .await
+                .expect("read"),
             Ok(Some(0.02))
         );
         store
-            .record(&t, day, "sonnet", &spend(0.015))
+            .record((&t).into(), day, "sonnet", &spend(0.015))
             .await
             .expect("record");
         // Under the budget: the next request runs (and may cross it).
-        let left = budgets.remaining(&store, &t, noon).await.expect("read");
+        let left = budgets
+            .remaining(&store, (&t).into(), noon)
+            .await
+            .expect("read");
         assert!(
             matches!(left, Ok(Some(l)) if (l - 0.005).abs() < 1e-9),
             "{left:?}"
         );
         store
-            .record(&t, day, "sonnet", &spend(0.015))
+            .record((&t).into(), day, "sonnet", &spend(0.015))
             .await
             .expect("record");
         let spent = budgets
-            .remaining(&store, &t, noon)
+            .remaining(&store, (&t).into(), noon)
             .await
             .expect("read")
             .expect_err("spent");
@@ -397,28 +498,31 @@ mod tests {
         assert_eq!(spent.resets_at, (day + 1) * 86_400);
         // The next day the daily budget is back; the month's holds what was spent.
         let tomorrow = noon + 86_400;
-        let left = budgets.remaining(&store, &t, tomorrow).await.expect("read");
+        let left = budgets
+            .remaining(&store, (&t).into(), tomorrow)
+            .await
+            .expect("read");
         assert!(
             matches!(left, Ok(Some(l)) if (l - 0.02).abs() < 1e-9),
             "{left:?}"
         );
         store
-            .record(&t, day + 1, "sonnet", &spend(0.021))
+            .record((&t).into(), day + 1, "sonnet", &spend(0.021))
             .await
             .expect("record");
         let spent = budgets
-            .remaining(&store, &t, tomorrow + 3600)
+            .remaining(&store, (&t).into(), tomorrow + 3600)
             .await
             .expect("read")
             .expect_err("spent");
         assert_eq!(spent.period, "daily");
         // The month: 0.051 spent by the 4th; it resets on January 1st.
         store
-            .record(&t, day + 1, "opus", &spend(0.001))
+            .record((&t).into(), day + 1, "opus", &spend(0.001))
             .await
             .expect("record");
         let spent = budgets
-            .remaining(&store, &t, tomorrow + 86_400)
+            .remaining(&store, (&t).into(), tomorrow + 86_400)
             .await
             .expect("read")
             .expect_err("spent");

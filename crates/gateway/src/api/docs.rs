@@ -129,6 +129,7 @@ impl Modify for Security {
         crate::api::sessions::delete,
         crate::api::usage::usage,
         crate::api::usage::quota,
+        crate::api::usage::by_access_key,
         crate::api::security::security,
         crate::api::mcp_tools::list,
         crate::api::health::health,

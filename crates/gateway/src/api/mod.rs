@@ -247,43 +247,74 @@ pub async fn limit_client_ip(
     next.run(request).await
 }
 
-/// With `--access-keys-file`, every API route (`/v1/…`, the operator's `/v1/security` aside)
-/// needs a gateway key in `X-Gateway-Key`: a missing or unknown one is 401 in the dialect's
-/// error shape, before the body is read, a limit counted or anything spawned. The key's name
-/// (never the key) goes into the request's log line and a metric.
+/// With `--access-keys-file` or `--access-jwks-url`, every API route (`/v1/…`, the operator's
+/// own aside) needs a gateway key in `X-Gateway-Key`, or there a JWT of the operator's
+/// identity provider: a missing or unknown one is 401 in the dialect's error shape, before the
+/// body is read, a limit counted or anything spawned. What admitted the request
+/// ([`crate::access::Grant`]) goes with it to the handlers (its usage and budgets), and its
+/// name (never the key or token) into the request's log line, audit line and a metric.
 pub async fn require_access_key(
     axum::extract::State(state): axum::extract::State<crate::app::SharedState>,
-    request: axum::extract::Request,
+    mut request: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> axum::response::Response {
     let path = request.uri().path();
-    let guarded = path.starts_with("/v1/") && path != "/v1/security";
-    if let (true, Some(keys)) = (guarded, state.access.as_ref()) {
-        let presented = request
-            .headers()
-            .get(crate::access::HEADER)
-            .and_then(|v| v.to_str().ok());
-        match presented.and_then(|key| keys.check(key)) {
-            Some(name) => {
-                tracing::Span::current().record("access_key", name);
-                if let Some(audit) = request
-                    .extensions()
-                    .get::<crate::telemetry::audit::AuditHandle>()
-                {
-                    audit.update(|r| r.access_key = Some(name.to_owned()));
+    let guarded =
+        path.starts_with("/v1/") && path != "/v1/security" && !path.starts_with("/v1/admin/");
+    let on = state.access.is_some() || state.access_jwt.is_some();
+    if !(guarded && on) {
+        return next.run(request).await;
+    }
+    let presented = request
+        .headers()
+        .get(crate::access::HEADER)
+        .and_then(|v| v.to_str().ok())
+        .map(str::trim);
+    let unknown = || {
+        ApiError::Authentication(
+            "this gateway needs a gateway key: X-Gateway-Key (ask its operator)".into(),
+        )
+    };
+    let grant = match (presented, &state.access_jwt) {
+        (Some(token), Some(jwt)) if crate::access::jwt::looks_like_jwt(token) => {
+            match jwt.verify(token).await {
+                Ok(subject) => Ok(crate::access::Grant {
+                    name: crate::access::jwt::grant_name(&subject),
+                    label: "jwt".into(),
+                    budgets: crate::usage::Budgets::default(),
+                }),
+                Err(e @ crate::access::jwt::JwtError::Unavailable(_)) => {
+                    tracing::warn!(error = %e, "a JWT could not be checked");
+                    Err(ApiError::Unavailable(
+                        "the gateway cannot check its identity provider's tokens just now".into(),
+                    ))
                 }
-                metrics::counter!("gateway_requests_by_access_key_total", "access_key" => name.to_owned())
-                    .increment(1);
-            }
-            None => {
-                let refusal = ApiError::Authentication(
-                    "this gateway needs a gateway key: X-Gateway-Key (ask its operator)".into(),
-                );
-                return in_dialect_of(path, refusal);
+                Err(e) => Err(ApiError::Authentication(e.to_string())),
             }
         }
+        (Some(key), _) => state
+            .access
+            .as_ref()
+            .and_then(|keys| keys.check(key))
+            .ok_or_else(unknown),
+        (None, _) => Err(unknown()),
+    };
+    match grant {
+        Ok(grant) => {
+            tracing::Span::current().record("access_key", grant.name.as_str());
+            if let Some(audit) = request
+                .extensions()
+                .get::<crate::telemetry::audit::AuditHandle>()
+            {
+                audit.update(|r| r.access_key = Some(grant.name.clone()));
+            }
+            metrics::counter!("gateway_requests_by_access_key_total", "access_key" => grant.label.clone())
+                .increment(1);
+            request.extensions_mut().insert(grant);
+            next.run(request).await
+        }
+        Err(refusal) => in_dialect_of(request.uri().path(), refusal),
     }
-    next.run(request).await
 }
 
 /// Guards the operator's routes (`/metrics`, `/v1/security`) with `--admin-token`, when set.

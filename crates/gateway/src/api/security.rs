@@ -134,7 +134,12 @@ pub async fn security(State(state): State<SharedState>) -> Json<Value> {
         },
         "tenant_identity": state.identity.mode(),
         // Whether callers need a gateway key; which keys exist is not shown.
-        "access_control": if state.access.is_some() { "access keys (X-Gateway-Key)" } else { "off" },
+        "access_control": match (state.access.is_some(), state.access_jwt.is_some()) {
+            (true, true) => "access keys or identity provider JWTs (X-Gateway-Key)",
+            (true, false) => "access keys (X-Gateway-Key)",
+            (false, true) => "identity provider JWTs (X-Gateway-Key)",
+            (false, false) => "off",
+        },
         "allowed_accounts": if state.identity.allowed().is_on() { "only the configured accounts and organizations" } else { "any" },
     }))
 }

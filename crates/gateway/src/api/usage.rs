@@ -31,6 +31,30 @@ fn period(models: &std::collections::BTreeMap<String, Counts>, from: u64, to: u6
     body
 }
 
+/// An owner's usage today, over the last 7 days and this month (UTC), from one read.
+async fn periods(state: &SharedState, owner: crate::usage::Owner<'_>) -> Result<Value, ApiError> {
+    let today = crate::usage::day_of(crate::clock::now_secs());
+    let (_, _, day_of_month) = crate::clock::civil_from_days(today as i64);
+    let month_start = today - u64::from(day_of_month - 1);
+    let week_start = today.saturating_sub(6);
+    let first = month_start.min(week_start);
+    // One read over the widest span, then each period from its days.
+    let days = state
+        .usage
+        .by_day(owner, first, today)
+        .await
+        .map_err(|e| ApiError::Unavailable(e.to_string()))?;
+    let over = |from: u64| {
+        let models = crate::usage::sum(&days[(from - first) as usize..]);
+        period(&models, from, today)
+    };
+    Ok(json!({
+        "today": over(today),
+        "last_7_days": over(week_start),
+        "month": over(month_start),
+    }))
+}
+
 /// The calling tenant's usage.
 #[utoipa::path(get, path = "/v1/usage", tag = "Sessions",
     responses((status = 200, description = "Requests, tokens (as the upstream reported them) and cost per model: today, the last 7 days and this month (UTC)", body = Object),
@@ -40,28 +64,55 @@ pub async fn usage(
     headers: HeaderMap,
 ) -> Result<Json<Value>, ApiError> {
     let tenant = authenticate(&state, &headers).await?;
-    let today = crate::usage::day_of(crate::clock::now_secs());
-    let (_, _, day_of_month) = crate::clock::civil_from_days(today as i64);
-    let month_start = today - u64::from(day_of_month - 1);
-    let week_start = today.saturating_sub(6);
-    let first = month_start.min(week_start);
-    // One read over the widest span, then each period from its days.
-    let days = state
-        .usage
-        .by_day(&tenant, first, today)
-        .await
-        .map_err(|e| ApiError::Unavailable(e.to_string()))?;
-    let over = |from: u64| {
-        let models = crate::usage::sum(&days[(from - first) as usize..]);
-        period(&models, from, today)
+    let mut body = json!({"object": "usage", "tenant": tenant.fingerprint()});
+    if let (Value::Object(body), Value::Object(periods)) =
+        (&mut body, periods(&state, (&tenant).into()).await?)
+    {
+        body.extend(periods);
+    }
+    Ok(Json(body))
+}
+
+#[derive(serde::Deserialize)]
+pub struct KeysQuery {
+    /// One grant's name (an identity provider subject's, `jwt:…`) instead of every key's.
+    name: Option<String>,
+}
+
+/// The operator's view: usage per access key (every key of `--access-keys-file`, or the one
+/// `?name=` names, such as a JWT subject's `jwt:…`), across every tenant that used it.
+#[utoipa::path(get, path = "/v1/admin/usage", tag = "Operations",
+    params(("name" = Option<String>, Query, description = "one grant's name, e.g. `jwt:alice@example.com`")),
+    responses((status = 200, description = "Per access key: requests, tokens and cost per model, today, the last 7 days and this month (UTC)", body = Object),
+              (status = 401, body = crate::api::docs::ErrorBody),
+              (status = 403, description = "no --admin-token is set", body = crate::api::docs::ErrorBody)))]
+pub async fn by_access_key(
+    State(state): State<SharedState>,
+    axum::extract::Query(query): axum::extract::Query<KeysQuery>,
+) -> Result<Json<Value>, ApiError> {
+    // It names the operator's keys and what each spent: never open to whoever reaches the port.
+    if state.config.admin_token.is_none() {
+        return Err(ApiError::Permission(
+            "this route needs the operator's token, and this gateway has none: set --admin-token"
+                .into(),
+        ));
+    }
+    let names: Vec<String> = match query.name {
+        Some(name) if !name.is_empty() && name.len() <= 200 => vec![name],
+        Some(_) => return Err(ApiError::InvalidRequest("name: 1 to 200 characters".into())),
+        None => state
+            .access
+            .iter()
+            .flat_map(|keys| keys.names())
+            .map(str::to_owned)
+            .collect(),
     };
-    Ok(Json(json!({
-        "object": "usage",
-        "tenant": tenant.fingerprint(),
-        "today": over(today),
-        "last_7_days": over(week_start),
-        "month": over(month_start),
-    })))
+    let mut keys = Map::new();
+    for name in names {
+        let usage = periods(&state, crate::usage::Owner::AccessKey(&name)).await?;
+        keys.insert(name, usage);
+    }
+    Ok(Json(json!({"object": "usage_by_access_key", "keys": keys})))
 }
 
 /// The calling tenant's own limits, as the upstream last reported them ([`crate::quota`]).

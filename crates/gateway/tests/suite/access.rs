@@ -171,3 +171,295 @@ async fn only_the_allowed_accounts_and_organizations_are_served() {
         "only the configured accounts and organizations"
     );
 }
+
+/// `POST /v1/messages` with a gateway key (or JWT) beside the tenant's credential.
+async fn keyed(gw: &Gateway, key: &str, prompt: &str) -> reqwest::Response {
+    gw.post("/v1/messages")
+        .bearer_auth(TENANT)
+        .header("x-gateway-key", key)
+        .json(&body(prompt))
+        .send()
+        .await
+        .expect("sent")
+}
+
+#[tokio::test]
+async fn an_access_keys_budget_holds_for_that_key_and_the_operator_sees_each_keys_usage() {
+    let (capped, capped_line) = new_key("capped");
+    let (free, free_line) = new_key("free");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("keys");
+    // Each request costs about $0.015 (the CLI's estimate for the fake's counts).
+    std::fs::write(
+        &file,
+        format!("{capped_line} daily_usd=0.02\n{free_line}\n"),
+    )
+    .expect("written");
+    let admin = "operator-secret-token";
+    let gw = Gateway::builder()
+        .args(&[
+            "--access-keys-file",
+            &file.to_string_lossy(),
+            "--admin-token",
+            admin,
+        ])
+        .start()
+        .await;
+    for prompt in ["marker-key-budget-1", "marker-key-budget-2"] {
+        assert_eq!(keyed(&gw, &capped, prompt).await.status(), 200);
+    }
+    // The capped key is spent: refused before anything runs, naming the key's budget.
+    let refused = keyed(&gw, &capped, "marker-key-budget-3").await;
+    assert_eq!(refused.status(), 429);
+    assert!((1..=86_400).contains(&crate::common::retry_after(&refused)));
+    let error: Value = refused.json().await.expect("json");
+    let message = error["error"]["message"].as_str().unwrap_or_default();
+    assert!(message.contains("access key's daily budget"), "{message}");
+    assert!(gw.upstream_with("marker-key-budget-3").is_empty());
+    // The same tenant through another key is not held by it.
+    assert_eq!(keyed(&gw, &free, "marker-key-budget-4").await.status(), 200);
+
+    // The operator's view: each key's usage, behind the operator's token.
+    let res = gw.get("/v1/admin/usage").send().await.expect("sent");
+    assert_eq!(res.status(), 401);
+    let res = gw
+        .get("/v1/admin/usage")
+        .bearer_auth(admin)
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(res.status(), 200);
+    let view: Value = res.json().await.expect("json");
+    assert_eq!(view["keys"]["capped"]["today"]["requests"], 2, "{view}");
+    assert_eq!(view["keys"]["free"]["today"]["requests"], 1, "{view}");
+    assert!(
+        view["keys"]["capped"]["today"]["cost_usd"]
+            .as_f64()
+            .is_some_and(|c| c >= 0.02),
+        "{view}"
+    );
+    // A tenant's own view is still its own, across keys.
+    let mine: Value = gw
+        .get("/v1/usage")
+        .bearer_auth(TENANT)
+        .header("x-gateway-key", &free)
+        .send()
+        .await
+        .expect("sent")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(mine["today"]["requests"], 3, "{mine}");
+}
+
+#[tokio::test]
+async fn the_operators_usage_route_is_closed_without_an_operators_token() {
+    let (_, line) = new_key("team-a");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("keys");
+    std::fs::write(&file, format!("{line}\n")).expect("written");
+    let gw = Gateway::builder()
+        .args(&["--access-keys-file", &file.to_string_lossy()])
+        .start()
+        .await;
+    let (status, error) = gw.get_json("/v1/admin/usage").await;
+    assert_eq!(status, 403, "{error}");
+    assert!(error["error"]["message"]
+        .as_str()
+        .is_some_and(|m| m.contains("--admin-token")));
+}
+
+/// An identity provider of the test's own on loopback: its key set (swappable, to rotate) and
+/// how often it was fetched.
+struct Provider {
+    url: String,
+    jwks: std::sync::Arc<std::sync::Mutex<Value>>,
+    fetches: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl Provider {
+    async fn start(jwks: Value) -> Provider {
+        let jwks = std::sync::Arc::new(std::sync::Mutex::new(jwks));
+        let fetches = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let (served, counted) = (jwks.clone(), fetches.clone());
+        let app = axum::Router::new().route(
+            "/jwks.json",
+            axum::routing::get(move || {
+                let (served, counted) = (served.clone(), counted.clone());
+                async move {
+                    counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    let jwks = served.lock().unwrap_or_else(|e| e.into_inner()).clone();
+                    axum::Json(jwks)
+                }
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let url = format!("http://{}/jwks.json", listener.local_addr().expect("addr"));
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        Provider { url, jwks, fetches }
+    }
+}
+
+/// A signing key of the provider's (ES256), and its public JWK under `kid`.
+fn signing_key(kid: &str) -> (jsonwebtoken::EncodingKey, Value) {
+    let rng = ring::rand::SystemRandom::new();
+    let pkcs8 = ring::signature::EcdsaKeyPair::generate_pkcs8(
+        &ring::signature::ECDSA_P256_SHA256_FIXED_SIGNING,
+        &rng,
+    )
+    .expect("key");
+    let key = jsonwebtoken::EncodingKey::from_ec_der(pkcs8.as_ref());
+    let mut jwk = jsonwebtoken::jwk::Jwk::from_encoding_key(&key, jsonwebtoken::Algorithm::ES256)
+        .expect("jwk");
+    jwk.common.key_id = Some(kid.to_owned());
+    (key, serde_json::to_value(jwk).expect("json"))
+}
+
+fn now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs() as i64
+}
+
+fn token(key: &jsonwebtoken::EncodingKey, kid: &str, claims: Value) -> String {
+    let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::ES256);
+    header.kid = Some(kid.to_owned());
+    jsonwebtoken::encode(&header, &claims, key).expect("signed")
+}
+
+#[tokio::test]
+async fn a_jwt_of_the_operators_identity_provider_gets_in_and_no_other_does() {
+    let (key, jwk) = signing_key("k1");
+    let provider = Provider::start(json!({"keys": [jwk]})).await;
+    let gw = Gateway::builder()
+        .args(&[
+            "--access-jwks-url",
+            &provider.url,
+            "--access-jwt-audience",
+            "claude-gateway",
+            "--access-jwt-issuer",
+            "https://id.example.test",
+            "--admin-token",
+            "operator-secret-token",
+        ])
+        .start()
+        .await;
+    let claims = |sub: &str, aud: &str, exp: i64| json!({"sub": sub, "aud": aud, "iss": "https://id.example.test", "exp": exp, "iat": now()});
+    let valid = token(
+        &key,
+        "k1",
+        claims("alice@example.test", "claude-gateway", now() + 600),
+    );
+
+    let res = keyed(&gw, &valid, "marker-jwt-valid").await;
+    assert_eq!(res.status(), 200);
+    // Its usage is counted under its subject, for the operator to see.
+    let view: Value = gw
+        .get("/v1/admin/usage?name=jwt:alice@example.test")
+        .bearer_auth("operator-secret-token")
+        .send()
+        .await
+        .expect("sent")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(
+        view["keys"]["jwt:alice@example.test"]["today"]["requests"], 1,
+        "{view}"
+    );
+    let (_, security) = gw
+        .get_json_as("operator-secret-token", "/v1/security")
+        .await;
+    assert_eq!(
+        security["access_control"],
+        "identity provider JWTs (X-Gateway-Key)"
+    );
+
+    // Expired, meant for another audience, signed by another key under the same id, with
+    // `none`, the wrong type of `nbf`, or no JWT at all: 401, and nothing runs.
+    let (stranger, _) = signing_key("k1");
+    // `{"alg":"none","typ":"JWT","kid":"k1"}` over a valid token's claims, unsigned.
+    let unsigned = {
+        let claims_part = valid.split('.').nth(1).expect("claims");
+        format!("eyJhbGciOiJub25lIiwidHlwIjoiSldUIiwia2lkIjoiazEifQ.{claims_part}.")
+    };
+    let mut future_nbf = claims("alice@example.test", "claude-gateway", now() + 600);
+    future_nbf["nbf"] = json!((now() + 86_400).to_string());
+    for (what, presented) in [
+        (
+            "expired",
+            token(
+                &key,
+                "k1",
+                claims("alice@example.test", "claude-gateway", now() - 600),
+            ),
+        ),
+        (
+            "audience",
+            token(
+                &key,
+                "k1",
+                claims("alice@example.test", "another-app", now() + 600),
+            ),
+        ),
+        (
+            "signature",
+            token(
+                &stranger,
+                "k1",
+                claims("mallory", "claude-gateway", now() + 600),
+            ),
+        ),
+        ("none", unsigned),
+        ("nbf as text", token(&key, "k1", future_nbf)),
+        ("no jwt", "cgk_whatever".to_owned()),
+    ] {
+        let res = keyed(&gw, &presented, "marker-jwt-refused").await;
+        assert_eq!(res.status(), 401, "{what}");
+        let error: Value = res.json().await.expect("json");
+        assert_eq!(
+            error["error"]["type"], "authentication_error",
+            "{what}: {error}"
+        );
+    }
+    assert!(gw.upstream_with("marker-jwt-refused").is_empty());
+
+    // The provider rotates its key: a token under the new id is taken once the set is
+    // fetched again, and made-up ids do not make the gateway fetch it again and again.
+    let (rotated, rotated_jwk) = signing_key("k2");
+    *provider.jwks.lock().unwrap_or_else(|e| e.into_inner()) = json!({"keys": [rotated_jwk]});
+    let before = provider.fetches.load(std::sync::atomic::Ordering::SeqCst);
+    let fresh = token(
+        &rotated,
+        "k2",
+        claims("bob@example.test", "claude-gateway", now() + 600),
+    );
+    assert_eq!(keyed(&gw, &fresh, "marker-jwt-rotated").await.status(), 200);
+    for i in 0..5 {
+        let made_up = token(
+            &rotated,
+            &format!("made-up-{i}"),
+            claims("x", "claude-gateway", now() + 600),
+        );
+        assert_eq!(
+            keyed(&gw, &made_up, "marker-jwt-made-up").await.status(),
+            401
+        );
+    }
+    let after = provider.fetches.load(std::sync::atomic::Ordering::SeqCst);
+    assert_eq!(
+        after - before,
+        1,
+        "one fetch for the rotation, none for made-up ids"
+    );
+
+    let logs = gw.stop().await;
+    assert!(
+        logs.contains("\"access_key\":\"jwt:alice@example.test\""),
+        "the subject is logged"
+    );
+    assert!(!logs.contains(&valid), "the token itself never is");
+}

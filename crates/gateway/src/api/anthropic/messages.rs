@@ -130,6 +130,7 @@ pub async fn create(
     State(state): State<SharedState>,
     headers: HeaderMap,
     audit: Option<axum::Extension<crate::telemetry::audit::AuditHandle>>,
+    grant: Option<axum::Extension<crate::access::Grant>>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let header_credential = Credential::from_request(&headers, None);
@@ -200,6 +201,7 @@ pub async fn create(
             mcp: ctx.mcp,
             lean: ctx.lean,
             audit: audit.map(|axum::Extension(a)| a),
+            grant: grant.map(|axum::Extension(g)| g),
             call,
             client_tools,
             deferred,

@@ -33,9 +33,10 @@ pub async fn create(
     State(state): State<SharedState>,
     headers: HeaderMap,
     audit: Option<axum::Extension<crate::telemetry::audit::AuditHandle>>,
+    grant: Option<axum::Extension<crate::access::Grant>>,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    match handle(state, headers, audit, body).await {
+    match handle(state, headers, audit, grant, body).await {
         Ok(response) => response,
         Err(e) => openai_error_response(e),
     }
@@ -55,6 +56,7 @@ async fn handle(
     state: SharedState,
     headers: HeaderMap,
     audit: Option<axum::Extension<crate::telemetry::audit::AuditHandle>>,
+    grant: Option<axum::Extension<crate::access::Grant>>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let credential = Credential::from_request(&headers, None)?;
@@ -170,6 +172,7 @@ async fn handle(
             mcp: ctx.mcp,
             lean: ctx.lean,
             audit: audit.map(|axum::Extension(a)| a),
+            grant: grant.map(|axum::Extension(g)| g),
             call,
             client_tools,
             deferred,
