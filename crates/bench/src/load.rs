@@ -705,52 +705,98 @@ pub async fn concurrency(
     ])
 }
 
+/// How a session's turns grow in latency and memory with its length (turns 1, 10, 100, 500):
+/// resumed cold each turn, kept live, and kept live after a first turn that began warm. The
+/// live process's memory is read at each mark.
 pub async fn growth(bin: &Path, claude: &Path, turns: usize) -> anyhow::Result<Vec<Block>> {
-    let marks: Vec<usize> = [1, 10, 50].into_iter().filter(|n| *n <= turns).collect();
-    let mut body = String::new();
-    body.push_str(&format!(
-        "| path | {} |\n",
-        marks
-            .iter()
-            .map(|n| format!("turn {n} ms"))
-            .collect::<Vec<_>>()
-            .join(" | ")
-    ));
-    body.push_str(&format!(
-        "|---|{}|\n",
-        marks.iter().map(|_| "---").collect::<Vec<_>>().join("|")
-    ));
-    for (name, args) in [
+    let marks: Vec<usize> = [1, 10, 100, 500]
+        .into_iter()
+        .filter(|n| *n <= turns)
+        .collect();
+    let header = |what: &str| {
+        format!(
+            "| {what} | {} |\n|---|{}|\n",
+            marks
+                .iter()
+                .map(|n| format!("turn {n}"))
+                .collect::<Vec<_>>()
+                .join(" | "),
+            marks.iter().map(|_| "---").collect::<Vec<_>>().join("|")
+        )
+    };
+    let mut latency = header("latency ms");
+    let mut memory = header("the session's CLI process, RSS MiB");
+    for (name, args, warm) in [
+        (
+            "cold (resumed each turn)",
+            vec!["--live-sessions-max", "0", "--rate-limit-per-tenant", "0"],
+            false,
+        ),
         (
             "live",
             vec!["--live-sessions-max", "4", "--rate-limit-per-tenant", "0"],
+            false,
         ),
         (
-            "cold",
-            vec!["--live-sessions-max", "0", "--rate-limit-per-tenant", "0"],
+            "live, first turn warm",
+            vec![
+                "--live-sessions-max",
+                "4",
+                "--warm-processes-max",
+                "2",
+                "--rate-limit-per-tenant",
+                "0",
+            ],
+            true,
         ),
     ] {
         let gw = Gateway::start(bin, claude, &args).await?;
         let client = reqwest::Client::new();
-        let mut at = Vec::new();
+        let token = "sk-ant-oat01-bench.growth";
+        if warm {
+            // A conversation a moment earlier leaves a warm process for the tenant's next.
+            crate::streamed_turn(&client, &gw.url, token, "growth-prime", "hello").await?;
+            let deadline = std::time::Instant::now() + Duration::from_secs(30);
+            while gw.metric("gateway_warm_processes").await != Some(1.0) {
+                anyhow::ensure!(std::time::Instant::now() < deadline, "no warm process");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+        let own_and_waiting = gw.pid().map_or(0, |pid| {
+            let (own, below) = crate::gateway::rss_split(pid);
+            own + below
+        });
+        let (mut at, mut rss) = (Vec::new(), Vec::new());
         for n in 1..=turns {
             let (_, total) = crate::streamed_turn(
                 &client,
                 &gw.url,
-                "sk-ant-oat01-bench.growth",
+                token,
                 "growth",
                 &format!("turn {n} of a long conversation"),
             )
             .await?;
             if marks.contains(&n) {
                 at.push(format!("{:.0}", ms(total)));
+                // What the gateway's tree holds now beyond what it held before the session:
+                // the session's live process (nothing, resumed cold).
+                // (With warm processes another one is made ready beside the session: its
+                // memory is the warm benchmark's, not counted here.)
+                let now = gw.tree_rss_kib();
+                rss.push(if warm {
+                    "as live".to_owned()
+                } else {
+                    format!("{:.0}", now.saturating_sub(own_and_waiting) as f64 / 1024.0)
+                });
             }
         }
-        body.push_str(&format!("| {name} | {} |\n", at.join(" | ")));
+        latency.push_str(&format!("| {name} | {} |\n", at.join(" | ")));
+        memory.push_str(&format!("| {name} | {} |\n", rss.join(" | ")));
     }
+    let body = format!("{latency}\n{memory}");
     Ok(vec![Block::new(
         "growth",
-        "Cost growth: latency of turn N of one session",
+        "Cost growth: latency and memory of turn N of one session",
         &format!("{BENCH} growth --turns {turns}"),
         &body,
     )])

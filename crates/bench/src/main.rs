@@ -31,6 +31,9 @@ struct Args {
     /// The pinned CLI.
     #[arg(long, default_value = "node_modules/.bin/claude")]
     claude: std::path::PathBuf,
+    /// Where `crates/bench/peers/install.sh` installed the peers `peers` compares with.
+    #[arg(long, global = true, default_value = "target/peers")]
+    peers_dir: std::path::PathBuf,
     /// Also write each result into this Markdown file (BENCHMARKS.md), replacing only what lies
     /// between its `<!-- bench:NAME:start -->` / `<!-- bench:NAME:end -->` markers.
     #[arg(long, global = true, value_name = "FILE")]
@@ -77,9 +80,10 @@ enum Bench {
         #[arg(long, default_value_t = 3)]
         live: usize,
     },
-    /// Latency of turn N of one session (N = 1, 10, 50), live and cold.
+    /// Latency and memory of turn N of one session (N = 1, 10, 100, 500): cold, live, and
+    /// live after a warm first turn.
     Growth {
-        #[arg(long, default_value_t = 50)]
+        #[arg(long, default_value_t = 500)]
         turns: usize,
     },
     /// What the syscall filter adds to starting a sandbox: `true` in one, with and without it.
@@ -87,8 +91,8 @@ enum Bench {
         #[arg(long, default_value_t = 40)]
         runs: usize,
     },
-    /// The gateway beside the simplest wrapper users would write instead: latency at 1 and 10
-    /// clients, requests per second, peak memory.
+    /// The gateway beside what users would run instead (the simplest wrapper, ccproxy-api,
+    /// claude-max-api-proxy): latency at 1 and 10 clients, requests per second, peak memory.
     Peers {
         #[arg(long, default_value_t = 20)]
         requests: usize,
@@ -416,11 +420,13 @@ async fn run(args: &Args, bench: Bench) -> anyhow::Result<Vec<Block>> {
         Bench::Sessions { turns, live } => {
             sessions(args, turns.clamp(2, 1000), live.clamp(1, 64)).await
         }
-        Bench::Growth { turns } => load::growth(gw, claude, turns.clamp(1, 100)).await,
+        Bench::Growth { turns } => load::growth(gw, claude, turns.clamp(1, 500)).await,
         Bench::Sandbox { runs } => sandbox_setup(gw, claude, runs.clamp(1, 1000)).await,
         Bench::Warm { conversations } => warm::warm(gw, claude, conversations.clamp(1, 200)).await,
         Bench::Lean { runs } => lean::lean(gw, claude, runs.clamp(1, 100)).await,
-        Bench::Peers { requests } => peers::peers(gw, claude, requests.clamp(1, 500)).await,
+        Bench::Peers { requests } => {
+            peers::peers(gw, claude, requests.clamp(1, 500), &args.peers_dir).await
+        }
         Bench::Tenants { timed, max } => {
             let max = max.clamp(1, 500);
             let mut counts: Vec<usize> = [1, 10, 100].into_iter().filter(|n| *n <= max).collect();

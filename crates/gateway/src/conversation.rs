@@ -46,8 +46,9 @@ pub struct TurnRequest {
     pub deferred: Option<transcript::Deferred>,
     /// The JSON schema the answer must match (`output_format`, OpenAI `response_format`).
     pub output_schema: Option<Value>,
-    /// None of the CLI's own tools, and no agent prompt of the CLI's ([`RunSpec::lean`]).
-    pub lean: bool,
+    /// None of the CLI's own tools, and no agent prompt of the CLI's ([`RunSpec::lean`]), as
+    /// the request (or the operator's default) asked; `None`: chosen here ([`auto_lean`]).
+    pub lean: Option<bool>,
     /// The request's audit record, when the audit log is on.
     pub audit: Option<crate::telemetry::audit::AuditHandle>,
     /// What admitted the request, when access control is on: its usage is counted under the
@@ -155,7 +156,7 @@ fn warm_key(state: &AppState, req: &TurnRequest) -> (uuid::Uuid, String) {
             req.system_prompt.as_ref().map(|(text, mode)| (text, mode)),
             req.level.as_str(),
             req.max_output_tokens,
-            req.lean,
+            req.lean == Some(true),
             // Which variable the CLI reads its credential from.
             format!("{:?}", req.credential.kind()),
         ])
@@ -206,7 +207,16 @@ pub struct StartedTurn {
 /// resumes the conversation with its roles and content blocks intact. For an existing session
 /// the history in the request is ignored: the session already holds it, and only the new turn
 /// is sent.
-pub async fn start(state: &Arc<AppState>, req: TurnRequest) -> Result<StartedTurn, ApiError> {
+/// Whether a request that did not say is run lean: when it cannot use the CLI's own tools.
+/// A request that brings its own tools (an agent framework, or the CLI as a client) is
+/// answered as the API would, with its tools alone; a PARANOID request offers the model only
+/// reading tools, and over an empty workspace there is nothing to read.
+fn auto_lean(req: &TurnRequest, workspace: &std::path::Path) -> bool {
+    let empty = || std::fs::read_dir(workspace).is_ok_and(|mut d| d.next().is_none());
+    req.client_tools.is_some() || (req.level == crate::sandbox::SecurityLevel::Paranoid && empty())
+}
+
+pub async fn start(state: &Arc<AppState>, mut req: TurnRequest) -> Result<StartedTurn, ApiError> {
     if req.max_output_tokens == Some(0) {
         // The API refuses it; the CLI would silently take its own default instead.
         return Err(ApiError::InvalidRequest(
@@ -226,6 +236,9 @@ pub async fn start(state: &Arc<AppState>, req: TurnRequest) -> Result<StartedTur
     }
     let sessions = &state.sessions;
     let workspace = state.workspace(&req.tenant)?;
+    if req.lean.is_none() {
+        req.lean = Some(auto_lean(&req, &workspace));
+    }
     let version = state.claude.version.as_ref().map_err(|_| {
         ApiError::BadGateway("the Claude Code CLI is not installed on this gateway".into())
     })?;
@@ -262,7 +275,7 @@ pub async fn start(state: &Arc<AppState>, req: TurnRequest) -> Result<StartedTur
             mcp.identity(),
             req.call,
             req.output_schema,
-            req.lean,
+            req.lean == Some(true),
             req.credential.secret().expose_secret(),
         ])
         .to_string()
@@ -327,7 +340,7 @@ pub async fn start(state: &Arc<AppState>, req: TurnRequest) -> Result<StartedTur
             client_tools: None,
             output_schema: None,
             max_budget_usd: budget_left,
-            lean: req.lean,
+            lean: req.lean == Some(true),
         };
         (slot, settings, spec, req.tenant.clone())
     });
@@ -378,7 +391,7 @@ pub async fn start(state: &Arc<AppState>, req: TurnRequest) -> Result<StartedTur
                 client_tools: req.client_tools.clone(),
                 output_schema: req.output_schema.clone(),
                 max_budget_usd: budget_left,
-                lean: req.lean,
+                lean: req.lean == Some(true),
             };
             let mut process = state.runner.start(&spec).await?;
             for (_, route) in offered {

@@ -148,7 +148,8 @@ pub struct TurnContext {
     pub session: Option<crate::sessions::ClientSessionId>,
     pub level: crate::sandbox::SecurityLevel,
     pub mcp: std::collections::BTreeMap<String, crate::mcp::ServerConfig>,
-    pub lean: bool,
+    /// As asked (or the operator's `--lean-by-default`); `None`: the gateway chooses.
+    pub lean: Option<bool>,
 }
 
 impl TurnContext {
@@ -173,7 +174,7 @@ impl TurnContext {
             session,
             level,
             mcp,
-            lean: ext.lean.unwrap_or(state.config.lean_by_default),
+            lean: ext.lean.or(state.config.lean_by_default.then_some(true)),
         })
     }
 }

@@ -102,21 +102,15 @@ async fn lean_by_default_holds_for_both_dialects_and_a_request_may_opt_out() {
 }
 
 #[tokio::test]
-async fn a_lean_request_with_client_tools_offers_the_model_those_and_no_cli_tool() {
+async fn a_request_with_client_tools_runs_lean_offering_the_model_those_and_no_cli_tool() {
     let gw = Gateway::start().await;
-    let mut req = crate::client_tools::asks_for_weather("marker-lean-tools");
-    req["lean"] = json!(true);
+    // It does not say: bringing its own tools, it runs lean.
+    let req = crate::client_tools::asks_for_weather("marker-lean-tools");
     let res = gw.messages(TENANT, req).await;
     assert_eq!(res.status(), 200);
     let message: Value = res.json().await.expect("json");
     assert_eq!(message["stop_reason"], "tool_use", "{message}");
-    let offered: Vec<String> = call_with(&gw, "marker-lean-tools")["tools"]
-        .as_array()
-        .cloned()
-        .unwrap_or_default()
-        .iter()
-        .filter_map(|t| t["name"].as_str().map(str::to_owned))
-        .collect();
+    let offered = offered(&gw, "marker-lean-tools");
     assert!(
         offered.iter().any(|t| t.ends_with("get_weather")),
         "{offered:?}"
@@ -129,4 +123,56 @@ async fn a_lean_request_with_client_tools_offers_the_model_those_and_no_cli_tool
         assert!(!offered.iter().any(|t| t == builtin), "{offered:?}");
     }
     assert!(offered.len() <= 2, "{offered:?}");
+}
+
+/// The names of the tools the model call that carried `marker` offered.
+fn offered(gw: &Gateway, marker: &str) -> Vec<String> {
+    call_with(gw, marker)["tools"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .iter()
+        .filter_map(|t| t["name"].as_str().map(str::to_owned))
+        .collect()
+}
+
+#[tokio::test]
+async fn a_request_that_could_not_use_the_clis_tools_runs_lean_unless_it_says_otherwise() {
+    let gw = Gateway::start().await;
+    // With its own tools but `"lean": false`: the CLI's tools too.
+    let mut req = crate::client_tools::asks_for_weather("marker-auto-optout");
+    req["lean"] = json!(false);
+    assert_eq!(gw.messages(TENANT, req).await.status(), 200);
+    let tools = offered(&gw, "marker-auto-optout");
+    assert!(tools.iter().any(|t| t == "Bash"), "{tools:?}");
+
+    // PARANOID offers only reading tools: over an empty workspace, nothing to read.
+    let paranoid = |marker: &str| {
+        let mut req = body(marker);
+        req["security_level"] = json!("PARANOID");
+        req
+    };
+    let tenant = "sk-ant-oat01-lean-paranoid.tenant";
+    assert_eq!(
+        gw.messages(tenant, paranoid("marker-auto-empty"))
+            .await
+            .status(),
+        200
+    );
+    let tools = offered(&gw, "marker-auto-empty");
+    assert!(!tools.iter().any(|t| t == "Read"), "{tools:?}");
+    // Once the workspace holds a file (written at BALANCED), PARANOID reads it as before.
+    let write = crate::common::scripted(
+        "marker-auto-write",
+        json!({"tools": [crate::common::bash("echo notes > notes.txt")]}),
+    );
+    assert_eq!(gw.messages(tenant, body(&write)).await.status(), 200);
+    assert_eq!(
+        gw.messages(tenant, paranoid("marker-auto-full"))
+            .await
+            .status(),
+        200
+    );
+    let tools = offered(&gw, "marker-auto-full");
+    assert!(tools.iter().any(|t| t == "Read"), "{tools:?}");
 }

@@ -24,7 +24,7 @@ fn scripted(marker: &str, headers: Value, error: Option<Value>) -> Value {
     if let Some(error) = error {
         script["error"] = error;
     }
-    body(&format!("{marker}\nFAKE-SCRIPT: {script}"))
+    body(&crate::common::scripted(marker, script))
 }
 
 #[tokio::test]
@@ -138,7 +138,7 @@ async fn a_spent_third_party_allowance_is_a_429_that_says_so_and_when_it_resets(
         .post("/v1/chat/completions")
         .bearer_auth(ALICE)
         .json(&json!({"model": "sonnet", "messages": [{"role": "user", "content":
-            format!("marker-allowance-openai\nFAKE-SCRIPT: {}", json!({"headers": spent, "error": refusal}))}]}))
+            crate::common::scripted("marker-allowance-openai", json!({"headers": spent, "error": refusal}))}]}))
         .send()
         .await
         .expect("sent");
