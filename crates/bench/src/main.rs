@@ -478,6 +478,9 @@ async fn main() -> anyhow::Result<()> {
         .map_err(|e| anyhow::anyhow!("{}: {e}", args.gateway.display()))?;
     args.claude = std::fs::canonicalize(&args.claude)
         .map_err(|e| anyhow::anyhow!("{}: {e}", args.claude.display()))?;
+    // Made absolute without resolving: peers not installed are reported as not run, not an
+    // error here.
+    args.peers_dir = std::path::absolute(&args.peers_dir)?;
     // Every marker must be there before minutes are spent measuring.
     if let Some(path) = &args.write {
         report::check_markers(path, &args.bench.blocks())?;

@@ -270,9 +270,6 @@ pub async fn peers(
         route: Route::Anthropic("/v1/messages", "sonnet"),
         _held: vec![Box::new(gateway)],
     };
-    // Each peer starts in a scratch directory of its own, so a relative `--peers-dir` (the
-    // default) must be made absolute first.
-    let peers_dir = &std::path::absolute(peers_dir)?;
     let mut servers = vec![gateway, Server::wrapper(claude).await?];
     let mut missing = Vec::new();
     for (name, started) in [
