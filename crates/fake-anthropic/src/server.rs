@@ -256,11 +256,41 @@ async fn count_tokens(headers: HeaderMap, body: Bytes) -> Response {
     if check_auth(&headers).is_none() {
         return unauthorized();
     }
-    Json(json!({"input_tokens": estimate_tokens(body.len())})).into_response()
+    let request: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+    Json(json!({"input_tokens": billed_tokens(&request)})).into_response()
 }
 
 fn estimate_tokens(bytes: usize) -> u64 {
     (bytes as u64 / 4).max(1)
+}
+
+/// The input tokens a request is billed, as the API bills them: what its system prompt,
+/// messages and tool definitions say (a token per four bytes of their text and values), not
+/// the request's envelope (`metadata`, `max_tokens`, `stream`, block types, cache markers), so
+/// the same conversation counts the same whoever sends it and however it is dressed.
+fn billed_tokens(request: &Value) -> u64 {
+    fn walk(value: &Value, total: &mut usize) {
+        match value {
+            Value::String(text) => *total += text.len(),
+            Value::Object(map) => {
+                for (key, inner) in map {
+                    if !matches!(key.as_str(), "type" | "cache_control" | "source") {
+                        walk(inner, total);
+                    }
+                }
+            }
+            Value::Array(items) => items.iter().for_each(|i| walk(i, total)),
+            Value::Number(n) => *total += n.to_string().len(),
+            Value::Bool(_) | Value::Null => *total += 4,
+        }
+    }
+    let mut total = 0;
+    for key in ["system", "messages", "tools"] {
+        if let Some(part) = request.get(key) {
+            walk(part, &mut total);
+        }
+    }
+    estimate_tokens(total)
 }
 
 /// The model's context window, in tokens, as the fake counts them.
@@ -358,7 +388,7 @@ async fn messages(headers: HeaderMap, body: Bytes) -> Response {
             .unwrap_or_else(|| format!("scripted upstream error {}", e.status));
         error_response(status, e.error_type(), &message, e.retry_after)
     } else {
-        let input_tokens = estimate_tokens(body.len());
+        let input_tokens = billed_tokens(&request);
         // Extended thinking asked for: the reply starts with a thinking block, as the API's does.
         let thoughts = (request.pointer("/thinking/type").and_then(Value::as_str)
             == Some("enabled"))

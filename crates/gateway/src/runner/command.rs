@@ -59,7 +59,8 @@ pub struct RunSpec {
     pub max_budget_usd: Option<f64>,
     /// A lean run: none of the CLI's built-in tools, and the request's system prompt (or an
     /// empty one) in place of the CLI's agent prompt, so the upstream sees about what the
-    /// request holds (the CLI still adds a line of its own and its environment notes).
+    /// request holds (the CLI still adds a line of its own, and with a subscription token or
+    /// client tools its environment notes; see [`build`]).
     pub lean: bool,
 }
 
@@ -235,6 +236,20 @@ pub fn build(
         env.push(("CLAUDE_CODE_DISABLE_THINKING", "1".into()));
     }
 
+    if spec.lean {
+        // What the CLI adds of its own that a lean request did not ask for. A budget countdown
+        // on every user turn goes for every credential. With an API key the CLI's minimal
+        // mode (`--bare`) also drops its environment notes (working directory, platform, model,
+        // date) and the attribution header, leaving one line of agent identity. It reads no
+        // OAuth token and runs no settings hooks, so a subscription's lean run, and one with
+        // client tools (whose calls a hook defers), keep those notes.
+        env.push(("CLAUDE_CODE_TOTAL_TOKENS_REMINDER", "off".into()));
+        if spec.credential.kind() == CredentialKind::ApiKey && spec.client_tools.is_none() {
+            args.push("--bare".into());
+            env.push(("CLAUDE_CODE_ATTRIBUTION_HEADER", "0".into()));
+        }
+    }
+
     let secret_var = match spec.credential.kind() {
         CredentialKind::OAuthToken => "CLAUDE_CODE_OAUTH_TOKEN",
         CredentialKind::ApiKey => "ANTHROPIC_API_KEY",
@@ -342,6 +357,41 @@ mod tests {
         assert!(args.contains(&"--system-prompt-file=/run/x/system.txt".to_owned()));
         assert!(!args.iter().any(|a| a.starts_with("--allowedTools")));
         assert!(!args.iter().any(|a| a.starts_with("--append-system-prompt")));
+    }
+
+    #[test]
+    fn only_a_lean_run_with_an_api_key_and_no_client_tools_is_bare() {
+        let bare = |token: &str, client_tools: bool| {
+            let spec = RunSpec {
+                lean: true,
+                client_tools: client_tools.then(Default::default),
+                ..spec(token)
+            };
+            let cmd = build(
+                &settings(),
+                &spec,
+                None,
+                &paths(),
+                &secrecy::SecretString::from(token),
+            );
+            assert!(cmd
+                .env
+                .iter()
+                .any(|(k, v)| *k == "CLAUDE_CODE_TOTAL_TOKENS_REMINDER" && v == "off"));
+            cmd.args.iter().any(|a| a == "--bare")
+        };
+        assert!(bare("sk-ant-api03-a", false));
+        // The CLI's minimal mode reads no OAuth token and runs no hooks.
+        assert!(!bare("sk-ant-oat01-a", false));
+        assert!(!bare("sk-ant-api03-a", true));
+        let full = build(
+            &settings(),
+            &spec("sk-ant-api03-a"),
+            None,
+            &paths(),
+            &secrecy::SecretString::from("sk-ant-api03-a"),
+        );
+        assert!(!full.args.iter().any(|a| a == "--bare"));
     }
 
     #[test]

@@ -176,3 +176,89 @@ async fn a_request_that_could_not_use_the_clis_tools_runs_lean_unless_it_says_ot
     let tools = offered(&gw, "marker-auto-full");
     assert!(tools.iter().any(|t| t == "Read"), "{tools:?}");
 }
+
+/// The texts of the user turns the model call that carried `marker` held.
+fn user_texts(call: &Value) -> Vec<String> {
+    call["messages"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .iter()
+        .filter(|m| m["role"] == "user")
+        .flat_map(|m| match &m["content"] {
+            Value::String(s) => vec![s.clone()],
+            Value::Array(blocks) => blocks
+                .iter()
+                .filter_map(|b| b["text"].as_str().map(str::to_owned))
+                .collect(),
+            _ => Vec::new(),
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn a_lean_request_with_an_api_key_carries_nothing_of_the_clis_environment() {
+    let gw = Gateway::start().await;
+    let key = "sk-ant-api03-lean.api-key-tenant";
+    let mut lean = body("marker-lean-bare hi");
+    lean["system"] = json!("Answer tersely.");
+    lean["lean"] = json!(true);
+    let res = gw.messages(key, lean).await;
+    assert_eq!(res.status(), 200);
+    let call = call_with(&gw, "marker-lean-bare");
+    // The user's turn is the request's text alone: no working directory, platform, model,
+    // date or token countdown of the CLI's.
+    assert_eq!(user_texts(&call), vec!["marker-lean-bare hi".to_owned()]);
+    // The system prompt is the request's, after one line of the CLI's identity; no
+    // attribution header.
+    let system = system_text(&call);
+    assert!(system.ends_with("Answer tersely."), "{system}");
+    assert!(!system.contains("billing"), "{system}");
+    assert!(system.len() < 120, "{system}");
+
+    // In that minimal mode a session still continues, and client tools are still offered
+    // and called.
+    let mut first = body("marker-bare-s1 my name is Zed");
+    first["lean"] = json!(true);
+    first["session_id"] = json!("bare-conv-1");
+    assert_eq!(gw.messages(key, first).await.status(), 200);
+    let mut second = body("marker-bare-s2 what is my name");
+    second["lean"] = json!(true);
+    second["session_id"] = json!("bare-conv-1");
+    assert_eq!(gw.messages(key, second).await.status(), 200);
+    let texts = user_texts(&call_with(&gw, "marker-bare-s2"));
+    assert_eq!(
+        texts,
+        vec![
+            "marker-bare-s1 my name is Zed".to_owned(),
+            "marker-bare-s2 what is my name".to_owned()
+        ]
+    );
+    let res = gw
+        .messages(
+            key,
+            crate::client_tools::asks_for_weather("marker-bare-tools"),
+        )
+        .await;
+    assert_eq!(res.status(), 200);
+    let message: Value = res.json().await.expect("json");
+    assert_eq!(
+        crate::client_tools::the_call(&message)["name"],
+        "get_weather"
+    );
+
+    // A subscription's lean run still gets no token countdown (the CLI reads no OAuth token
+    // in its minimal mode, so its environment notes stay).
+    let mut lean = body("marker-lean-oauth hi");
+    lean["lean"] = json!(true);
+    assert_eq!(gw.messages(TENANT, lean).await.status(), 200);
+    let texts = user_texts(&call_with(&gw, "marker-lean-oauth"));
+    assert!(
+        !texts.iter().any(|t| t.contains("total_tokens")),
+        "{texts:?}"
+    );
+    assert_eq!(
+        texts.last().map(String::as_str),
+        Some("marker-lean-oauth hi")
+    );
+}
