@@ -841,7 +841,10 @@ pub async fn growth(bin: &Path, claude: &Path, turns: usize) -> anyhow::Result<V
                 rss.push(if warm {
                     "as live".to_owned()
                 } else {
-                    format!("{:.0}", held.saturating_sub(own_and_waiting) as f64 / 1024.0)
+                    format!(
+                        "{:.0}",
+                        held.saturating_sub(own_and_waiting) as f64 / 1024.0
+                    )
                 });
             }
         }
