@@ -143,6 +143,25 @@ async fn within_budget(
     Ok(left)
 }
 
+/// Counts a turn's usage for its tenant and, when an access key or token admitted it, for that
+/// grant (across every tenant that uses it).
+async fn record_spent(
+    state: &AppState,
+    tenant: &TenantId,
+    grant: Option<&str>,
+    model: &str,
+    counts: &crate::usage::Counts,
+) {
+    let day = crate::usage::day_of(now_secs());
+    let mut owners = vec![Owner::Tenant(tenant)];
+    owners.extend(grant.map(Owner::AccessKey));
+    for owner in owners {
+        if let Err(e) = state.usage.record(owner, day, model, counts).await {
+            tracing::warn!(error = %e, "could not record the turn's usage");
+        }
+    }
+}
+
 /// How long a warm process may take to start up.
 const WARM_START_LIMIT: std::time::Duration = std::time::Duration::from_secs(30);
 
@@ -159,6 +178,9 @@ fn warm_key(state: &AppState, req: &TurnRequest) -> (uuid::Uuid, String) {
             req.lean == Some(true),
             // Which variable the CLI reads its credential from.
             format!("{:?}", req.credential.kind()),
+            // Whose budget capped the process (`--max-budget-usd`): another grant's request
+            // must not run under it, nor under none.
+            req.grant.as_ref().map(|g| &g.name),
         ])
         .to_string()
         .as_bytes(),
@@ -277,6 +299,8 @@ pub async fn start(state: &Arc<AppState>, mut req: TurnRequest) -> Result<Starte
             req.output_schema,
             req.lean == Some(true),
             req.credential.secret().expose_secret(),
+            // The process's spending cap is its grant's budget: another grant starts anew.
+            req.grant.as_ref().map(|g| &g.name),
         ])
         .to_string()
         .as_bytes(),
@@ -505,14 +529,7 @@ pub async fn start(state: &Arc<AppState>, mut req: TurnRequest) -> Result<Starte
                 // session's own commit rather than before it.
                 let record_usage = async {
                     if let Some((model, counts)) = spent {
-                        let day = crate::usage::day_of(now_secs());
-                        let mut owners = vec![Owner::Tenant(&tenant)];
-                        owners.extend(grant.as_deref().map(Owner::AccessKey));
-                        for owner in owners {
-                            if let Err(e) = state.usage.record(owner, day, &model, &counts).await {
-                                tracing::warn!(error = %e, "could not record the turn's usage");
-                            }
-                        }
+                        record_spent(&state, &tenant, grant.as_deref(), &model, &counts).await;
                     }
                 };
                 let sessions = &state.sessions;
@@ -554,13 +571,26 @@ pub async fn start(state: &Arc<AppState>, mut req: TurnRequest) -> Result<Starte
     let on_failure = {
         let state = state.clone();
         let tenant = req.tenant.clone();
+        let grant = req.grant.as_ref().map(|g| g.name.clone());
+        let model = req.model.clone();
+        let label = crate::telemetry::metrics::model_label(&req.model, &state.config.models);
         let checkpoint =
             crate::sessions::Checkpoint::new(assigned, had_turns).at_length(continuation_length);
-        Box::new(move |prompt: &Value| {
-            if let Err(e) = state.sessions.roll_back(&tenant, checkpoint, prompt) {
-                tracing::error!(error = %e, "could not put the session back after a failed turn");
-            }
-        })
+        Box::new(
+            move |prompt: &Value, upstream: Option<crate::sandbox::usage::UpstreamUsage>| {
+                if let Err(e) = state.sessions.roll_back(&tenant, checkpoint, prompt) {
+                    tracing::error!(error = %e, "could not put the session back after a failed turn");
+                }
+                // The upstream was paid for the calls the run made, whatever became of it: a
+                // turn its client abandons (or that fails late) counts against the budgets.
+                if let Some(upstream) = upstream {
+                    let counts = crate::usage::Counts::of_unfinished_run(&model, &upstream);
+                    tokio::spawn(async move {
+                        record_spent(&state, &tenant, grant.as_deref(), &label, &counts).await;
+                    });
+                }
+            },
+        )
     };
     let hooks = turn::Hooks {
         on_result,

@@ -71,6 +71,44 @@ impl Counts {
     }
 }
 
+/// A model's list price, in dollars per million tokens (= millionths of a dollar per token):
+/// input and output; cache reads cost a tenth of input, cache writes a quarter more.
+fn list_price(model: &str) -> (u64, u64) {
+    let m = model.to_ascii_lowercase();
+    let older_opus = ["opus-4-0", "opus-4-1", "opus-4-2025", "3-opus"];
+    match () {
+        _ if m.contains("opus") && older_opus.iter().any(|o| m.contains(o)) => (15, 75),
+        _ if m.contains("opus") => (5, 25),
+        _ if m.contains("sonnet") => (3, 15),
+        _ if m.contains("3-haiku") => (1, 2),
+        _ if m.contains("haiku-3") => (1, 4),
+        _ if m.contains("haiku") => (1, 5),
+        // A model this table does not know is priced as the dearest: a budget errs on the
+        // side of stopping.
+        _ => (15, 75),
+    }
+}
+
+impl Counts {
+    /// A run that ended without the CLI's result (failed, timed out, its client gone): the
+    /// tokens the gateway's proxy saw the upstream report, at `model`'s list price, since the
+    /// CLI's own cost estimate never came.
+    pub fn of_unfinished_run(model: &str, usage: &crate::sandbox::usage::UpstreamUsage) -> Self {
+        let (input, output) = list_price(model);
+        Counts {
+            requests: 1,
+            input_tokens: usage.input_tokens,
+            output_tokens: usage.output_tokens,
+            cache_read_input_tokens: usage.cache_read_input_tokens,
+            cache_creation_input_tokens: usage.cache_creation_input_tokens,
+            cost_microdollars: usage.input_tokens * input
+                + usage.output_tokens * output
+                + usage.cache_read_input_tokens * input / 10
+                + usage.cache_creation_input_tokens * input * 5 / 4,
+        }
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum UsageError {
     #[error("usage storage failed: {0}")]
@@ -363,6 +401,25 @@ fn read_day(path: &std::path::Path) -> Result<BTreeMap<String, Counts>, UsageErr
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_unfinished_run_is_priced_at_its_models_list_price_and_the_unknown_dearest() {
+        let usage = crate::sandbox::usage::UpstreamUsage {
+            input_tokens: 1_000_000,
+            output_tokens: 100_000,
+            cache_read_input_tokens: 1_000_000,
+            cache_creation_input_tokens: 0,
+            calls: 2,
+        };
+        let cost = |model: &str| Counts::of_unfinished_run(model, &usage).cost_microdollars;
+        // $3 in, $1.50 out, $0.30 of cache reads.
+        assert_eq!(cost("sonnet"), 4_800_000);
+        assert_eq!(cost("claude-sonnet-4-5"), 4_800_000);
+        assert_eq!(cost("claude-opus-4-1-20250805"), 24_000_000);
+        assert!(cost("claude-haiku-4-5") < cost("sonnet"));
+        assert_eq!(cost("some-new-model"), cost("claude-opus-4-1"));
+        assert_eq!(Counts::of_unfinished_run("sonnet", &usage).requests, 1);
+    }
 
     #[tokio::test]
     async fn days_add_up_per_model_and_tenants_stay_apart() {

@@ -272,7 +272,8 @@ impl JwtAccess {
 /// The name a token's subject is counted and logged under: `jwt:` and the subject, or a hash
 /// of it when it is long or holds characters a log line or file name should not.
 pub fn grant_name(subject: &str) -> String {
-    let plain = subject.len() <= 128
+    // Short enough that the name in hex stays a valid file name (usage is kept under it).
+    let plain = subject.len() <= 96
         && subject
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'@' | b':'));
@@ -320,5 +321,10 @@ mod tests {
         let odd = grant_name("a b\nc");
         assert!(odd.starts_with("jwt:sha256-") && odd.len() == 43, "{odd}");
         assert!(!odd.contains(' '));
+        // A long subject is hashed too: its usage is kept under the name in hex, which must
+        // stay a valid file name (255 bytes).
+        let long = grant_name(&"u".repeat(127));
+        assert!(long.starts_with("jwt:sha256-"), "{long}");
+        assert!(hex::encode(grant_name(&"u".repeat(96))).len() <= 255);
     }
 }

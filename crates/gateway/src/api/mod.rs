@@ -309,7 +309,14 @@ pub async fn require_access_key(
             {
                 audit.update(|r| r.access_key = Some(grant.name.clone()));
             }
-            metrics::counter!("gateway_requests_by_access_key_total", "access_key" => grant.label.clone())
+            // Without an admin token `/metrics` is open to whoever reaches the port, and which
+            // keys exist is the operator's to know: the label then only says a key was used.
+            let label = if state.config.admin_token.is_some() || grant.label == "jwt" {
+                grant.label.clone()
+            } else {
+                "key".to_owned()
+            };
+            metrics::counter!("gateway_requests_by_access_key_total", "access_key" => label)
                 .increment(1);
             request.extensions_mut().insert(grant);
             next.run(request).await

@@ -129,7 +129,10 @@ pub async fn quota(
         .latest(&tenant)
         .await
         .map_err(|e| ApiError::Unavailable(e.to_string()))?;
-    let iso = |secs: u64| json!(crate::clock::iso8601(secs as i64 * 1000));
+    // A reset time is the upstream's word (or, without the sandbox's own network, the CLI's):
+    // any number, so it is bounded before it becomes milliseconds.
+    const LATEST: u64 = 253_402_300_799; // 9999-12-31T23:59:59Z
+    let iso = |secs: u64| json!(crate::clock::iso8601(secs.min(LATEST) as i64 * 1000));
     let mut body = json!({
         "object": "quota",
         "tenant": tenant.fingerprint(),

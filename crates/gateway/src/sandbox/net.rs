@@ -377,9 +377,10 @@ pub struct Observed {
 }
 
 impl Observed {
-    /// The usage the upstream reported for the run's model calls, if any were read.
-    pub fn usage(&self) -> Option<super::usage::UpstreamUsage> {
-        let usage = *self.usage.lock().unwrap_or_else(|e| e.into_inner());
+    /// The usage the upstream reported for the process's model calls since this was last
+    /// asked, if any were read: a live process serves several turns, and each counts its own.
+    pub fn take_usage(&self) -> Option<super::usage::UpstreamUsage> {
+        let usage = std::mem::take(&mut *self.usage.lock().unwrap_or_else(|e| e.into_inner()));
         (usage.calls > 0).then_some(usage)
     }
 

@@ -126,9 +126,17 @@ impl Scanner {
         totals.calls += 1;
     }
 
-    /// The response ended: a JSON message is read now.
+    /// The response ended: a JSON message is read now; a stream cut before its
+    /// `message_stop` (its run killed, its client gone) counts what it had reported, since the
+    /// upstream bills a call it began.
     pub fn finish(&mut self) {
-        if self.event_stream || self.committed || self.overflowed {
+        if self.event_stream {
+            if self.call != UpstreamUsage::default() {
+                self.commit();
+            }
+            return;
+        }
+        if self.committed || self.overflowed {
             return;
         }
         let Ok(message) = serde_json::from_slice::<Value>(&self.buffer) else {
@@ -154,6 +162,20 @@ impl Drop for Scanner {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_stream_cut_after_its_start_counts_what_it_reported() {
+        let totals = Arc::new(Mutex::new(UpstreamUsage::default()));
+        let mut scanner = Scanner::new(totals.clone(), true);
+        scanner.feed(b"data: {\"type\":\"message_start\",\"message\":{\"usage\":{\"input_tokens\":900,\"output_tokens\":1}}}\n\n");
+        scanner.feed(b"data: {\"type\":\"message_delta\",\"usage\":{\"output_tokens\":30}}\n");
+        drop(scanner);
+        let totals = *totals.lock().expect("lock");
+        assert_eq!(
+            (totals.input_tokens, totals.output_tokens, totals.calls),
+            (900, 30, 1)
+        );
+    }
 
     #[test]
     fn an_event_stream_split_anywhere_counts_once_per_message() {

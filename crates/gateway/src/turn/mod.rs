@@ -71,6 +71,10 @@ const KILL_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 pub type OnResult =
     Box<dyn FnOnce(&ResultLine, Option<crate::sandbox::usage::UpstreamUsage>) + Send>;
 
+/// Called with a turn's prompt when it ends without a result, and the usage the upstream
+/// reported of the calls its run made ([`Hooks::on_failure`]).
+pub type OnFailure = Box<dyn FnOnce(&Value, Option<crate::sandbox::usage::UpstreamUsage>) + Send>;
+
 /// Records the turn in its session once its result is in, before the client hears of it, so
 /// that the session is current when the client moves on; called with the transcript uuid of
 /// the last record the CLI printed (the transcript holds the turn once it holds that record).
@@ -91,8 +95,9 @@ pub struct Hooks {
     pub keep: Option<Box<dyn FnOnce(CliProcess) + Send>>,
     /// Called with the turn's prompt when the turn ends without a result (failed, timed out,
     /// or its client left), once its process is gone and before `hold` is dropped: puts the
-    /// session back.
-    pub on_failure: Box<dyn FnOnce(&Value) + Send>,
+    /// session back, and counts what the upstream reported of the calls the run made (they
+    /// were paid for all the same).
+    pub on_failure: OnFailure,
 }
 
 /// What the client asked its message to show.
@@ -136,7 +141,11 @@ pub fn start(
             .await
             {
                 process.put_down(KILL_WAIT).await;
-                on_failure(input.as_ref().map_or(&Value::Null, UserInput::content));
+                let usage = process.observed.as_ref().and_then(|o| o.take_usage());
+                on_failure(
+                    input.as_ref().map_or(&Value::Null, UserInput::content),
+                    usage,
+                );
             }
             drop(hold);
         },
@@ -218,7 +227,10 @@ async fn drive(
             }
             if let Item::Done(_, result) = &item {
                 // A result counts even if the client has gone: the transcript holds the turn.
-                on_result(result, process.observed.as_ref().and_then(|o| o.usage()));
+                on_result(
+                    result,
+                    process.observed.as_ref().and_then(|o| o.take_usage()),
+                );
                 if let Err(e) = commit(last_record).await {
                     tracing::error!(error = %e, "could not record the session's turn");
                     let _ = tx.send(Item::Failed(e)).await;

@@ -24,14 +24,21 @@ fn new_key(name: &str) -> (String, String) {
     (after("key"), after("line"))
 }
 
+/// An access-keys file holding `lines`, in a directory that lives as long as the guard.
+fn keys_file(lines: &str) -> (tempfile::TempDir, String) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("keys");
+    std::fs::write(&file, lines).expect("written");
+    let path = file.to_string_lossy().into_owned();
+    (dir, path)
+}
+
 #[tokio::test]
 async fn with_access_keys_only_a_known_key_gets_in_and_nothing_runs_for_the_rest() {
     let (key, line) = new_key("team-a");
-    let dir = tempfile::tempdir().expect("tempdir");
-    let file = dir.path().join("keys");
-    std::fs::write(&file, format!("# operator's keys\n{line}\n")).expect("written");
+    let (_dir, file) = keys_file(&format!("# operator's keys\n{line}\n"));
     let gw = Gateway::builder()
-        .args(&["--access-keys-file", &file.to_string_lossy()])
+        .args(&["--access-keys-file", &file])
         .start()
         .await;
 
@@ -88,6 +95,14 @@ async fn with_access_keys_only_a_known_key_gets_in_and_nothing_runs_for_the_rest
     assert_eq!(res.status(), 200);
     let (_, security) = gw.get_json("/v1/security").await;
     assert_eq!(security["access_control"], "access keys (X-Gateway-Key)");
+    // Without an admin token `/metrics` is open to anyone who reaches the port: it counts
+    // requests by key without naming which keys exist.
+    let metrics = gw.metrics().await;
+    assert!(
+        metrics.contains("gateway_requests_by_access_key_total{access_key=\"key\"}"),
+        "{metrics}"
+    );
+    assert!(!metrics.contains("team-a"));
     let logs = gw.stop().await;
     assert!(
         logs.contains("\"access_key\":\"team-a\""),
@@ -187,22 +202,11 @@ async fn keyed(gw: &Gateway, key: &str, prompt: &str) -> reqwest::Response {
 async fn an_access_keys_budget_holds_for_that_key_and_the_operator_sees_each_keys_usage() {
     let (capped, capped_line) = new_key("capped");
     let (free, free_line) = new_key("free");
-    let dir = tempfile::tempdir().expect("tempdir");
-    let file = dir.path().join("keys");
     // Each request costs about $0.015 (the CLI's estimate for the fake's counts).
-    std::fs::write(
-        &file,
-        format!("{capped_line} daily_usd=0.02\n{free_line}\n"),
-    )
-    .expect("written");
+    let (_dir, file) = keys_file(&format!("{capped_line} daily_usd=0.02\n{free_line}\n"));
     let admin = "operator-secret-token";
     let gw = Gateway::builder()
-        .args(&[
-            "--access-keys-file",
-            &file.to_string_lossy(),
-            "--admin-token",
-            admin,
-        ])
+        .args(&["--access-keys-file", &file, "--admin-token", admin])
         .start()
         .await;
     for prompt in ["marker-key-budget-1", "marker-key-budget-2"] {
@@ -255,11 +259,9 @@ async fn an_access_keys_budget_holds_for_that_key_and_the_operator_sees_each_key
 #[tokio::test]
 async fn the_operators_usage_route_is_closed_without_an_operators_token() {
     let (_, line) = new_key("team-a");
-    let dir = tempfile::tempdir().expect("tempdir");
-    let file = dir.path().join("keys");
-    std::fs::write(&file, format!("{line}\n")).expect("written");
+    let (_dir, file) = keys_file(&format!("{line}\n"));
     let gw = Gateway::builder()
-        .args(&["--access-keys-file", &file.to_string_lossy()])
+        .args(&["--access-keys-file", &file])
         .start()
         .await;
     let (status, error) = gw.get_json("/v1/admin/usage").await;
@@ -462,4 +464,41 @@ async fn a_jwt_of_the_operators_identity_provider_gets_in_and_no_other_does() {
         "the subject is logged"
     );
     assert!(!logs.contains(&valid), "the token itself never is");
+}
+
+#[tokio::test]
+async fn a_session_continued_under_another_key_does_not_run_in_the_process_the_first_kept() {
+    // A live process's spending cap is the budget of the key that started it: a key with a
+    // budget must not continue in a process started under one without.
+    let (free, free_line) = new_key("team-free");
+    let (capped, capped_line) = new_key("team-capped");
+    let (_dir, file) = keys_file(&format!("{free_line}\n{capped_line} daily_usd=5\n"));
+    let gw = Gateway::builder()
+        .args(&["--access-keys-file", &file])
+        .start()
+        .await;
+    let turn = |key: String, prompt: &'static str| {
+        let gw = &gw;
+        async move {
+            let mut req = body(prompt);
+            req["session_id"] = json!("shared-conv");
+            let res = gw
+                .post("/v1/messages")
+                .bearer_auth(TENANT)
+                .header("x-gateway-key", key)
+                .json(&req)
+                .send()
+                .await
+                .expect("sent");
+            assert_eq!(res.status(), 200);
+        }
+    };
+    turn(free.clone(), "marker-grant-1").await;
+    turn(capped.clone(), "marker-grant-2").await;
+    turn(capped, "marker-grant-3").await;
+    let starts = crate::sessions::cli_starts(&gw);
+    assert_eq!(
+        starts, 2,
+        "the capped key started its own process, then kept it"
+    );
 }

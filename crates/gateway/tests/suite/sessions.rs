@@ -314,7 +314,7 @@ async fn invalid_session_ids_are_400() {
 }
 
 /// How many turns started a new CLI process (the gateway logs each run, live or not).
-fn cli_starts(gw: &Gateway) -> usize {
+pub fn cli_starts(gw: &Gateway) -> usize {
     gw.logs()
         .lines()
         .filter(|l| l.contains("starting CLI run") && l.contains("\"live\":false"))

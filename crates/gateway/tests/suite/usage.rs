@@ -97,3 +97,41 @@ async fn a_tenant_at_its_budget_is_refused_before_anything_runs_until_it_resets(
         200
     );
 }
+
+#[tokio::test]
+async fn a_turn_its_client_abandons_still_counts_what_the_upstream_was_paid() {
+    // The attack: stream a costly turn, read what it produced, and hang up before its end,
+    // so that no result (and, before, no usage) is ever recorded against a budget.
+    let gw = Gateway::start().await;
+    let prompt = crate::common::scripted(
+        "marker-abandoned",
+        serde_json::json!({"tools": [crate::common::bash("echo worked")],
+            "reply": "a long answer", "chunks": 300, "chunk_delay_ms": 1000}),
+    );
+    let mut req = body(&prompt);
+    req["stream"] = serde_json::json!(true);
+    let mut res = gw.messages(ALICE, req).await;
+    assert_eq!(res.status(), 200);
+    let mut seen = String::new();
+    while !seen.contains("text_delta") {
+        let chunk = res
+            .chunk()
+            .await
+            .expect("stream")
+            .expect("more of the stream");
+        seen.push_str(&String::from_utf8_lossy(&chunk));
+    }
+    drop(res);
+
+    let usage = usage_with(&gw, ALICE, 1).await;
+    assert!(
+        usage["today"]["input_tokens"]
+            .as_u64()
+            .is_some_and(|n| n > 0),
+        "{usage}"
+    );
+    assert!(
+        usage["today"]["cost_usd"].as_f64().is_some_and(|c| c > 0.0),
+        "{usage}"
+    );
+}
