@@ -93,7 +93,19 @@ impl JwtAccess {
             issuer,
             client: crate::tls::client_builder()
                 .timeout(FETCH_TIMEOUT)
-                .redirect(reqwest::redirect::Policy::limited(3))
+                // The keys decide who gets in: a redirect may not lead from https to plain
+                // http, where anyone on the path could swap them.
+                .redirect(reqwest::redirect::Policy::custom(|attempt| {
+                    let downgrade = attempt.url().scheme() == "http"
+                        && attempt.previous().iter().any(|u| u.scheme() == "https");
+                    if downgrade {
+                        attempt.error("the identity provider's keys were redirected to plain http")
+                    } else if attempt.previous().len() > 3 {
+                        attempt.error("too many redirects")
+                    } else {
+                        attempt.follow()
+                    }
+                }))
                 .build()
                 .map_err(std::io::Error::other)?,
             keys: tokio::sync::RwLock::new(Keys {
