@@ -473,6 +473,16 @@ pub struct Config {
     #[arg(long, env = "CLAUDE_GATEWAY_ACCESS_JWT_ISSUER")]
     pub access_jwt_issuer: Option<String>,
 
+    /// Each JWT subject's own daily budget (UTC), in dollars, counted across every tenant it
+    /// uses, as an access key's `daily_usd=`: a subject of the identity provider is otherwise
+    /// bounded only by the tenants' budgets.
+    #[arg(long, env = "CLAUDE_GATEWAY_ACCESS_JWT_DAILY_BUDGET_USD")]
+    pub access_jwt_daily_budget_usd: Option<f64>,
+
+    /// The same for the calendar month (UTC).
+    #[arg(long, env = "CLAUDE_GATEWAY_ACCESS_JWT_MONTHLY_BUDGET_USD")]
+    pub access_jwt_monthly_budget_usd: Option<f64>,
+
     /// A tenant whose recorded cost today (UTC) reached this many dollars gets 429 until the
     /// next UTC midnight; a run is bounded by what remains (the CLI's `--max-budget-usd`).
     #[arg(long, env = "CLAUDE_GATEWAY_TENANT_DAILY_BUDGET_USD")]

@@ -113,7 +113,11 @@ async fn within_budget(
         owners.push((
             Owner::AccessKey(&grant.name),
             grant.budgets,
-            "this access key's",
+            if grant.label == "jwt" {
+                "this identity's"
+            } else {
+                "this access key's"
+            },
         ));
     }
     let mut left: Option<f64> = None;

@@ -282,7 +282,10 @@ pub async fn require_access_key(
                 Ok(subject) => Ok(crate::access::Grant {
                     name: crate::access::jwt::grant_name(&subject),
                     label: "jwt".into(),
-                    budgets: crate::usage::Budgets::default(),
+                    budgets: crate::usage::Budgets {
+                        daily_usd: state.config.access_jwt_daily_budget_usd,
+                        monthly_usd: state.config.access_jwt_monthly_budget_usd,
+                    },
                 }),
                 Err(e @ crate::access::jwt::JwtError::Unavailable(_)) => {
                     tracing::warn!(error = %e, "a JWT could not be checked");

@@ -332,23 +332,30 @@ fn token(key: &jsonwebtoken::EncodingKey, kid: &str, claims: Value) -> String {
     jsonwebtoken::encode(&header, &claims, key).expect("signed")
 }
 
-#[tokio::test]
-async fn a_jwt_of_the_operators_identity_provider_gets_in_and_no_other_does() {
+/// A gateway taking JWTs of a provider (key `k1`, audience `claude-gateway`), with `extra`.
+async fn jwt_gateway(extra: &[&str]) -> (jsonwebtoken::EncodingKey, Provider, Gateway) {
     let (key, jwk) = signing_key("k1");
     let provider = Provider::start(json!({"keys": [jwk]})).await;
-    let gw = Gateway::builder()
-        .args(&[
-            "--access-jwks-url",
-            &provider.url,
-            "--access-jwt-audience",
-            "claude-gateway",
-            "--access-jwt-issuer",
-            "https://id.example.test",
-            "--admin-token",
-            "operator-secret-token",
-        ])
-        .start()
-        .await;
+    let mut args = vec![
+        "--access-jwks-url",
+        provider.url.as_str(),
+        "--access-jwt-audience",
+        "claude-gateway",
+    ];
+    args.extend_from_slice(extra);
+    let gw = Gateway::builder().args(&args).start().await;
+    (key, provider, gw)
+}
+
+#[tokio::test]
+async fn a_jwt_of_the_operators_identity_provider_gets_in_and_no_other_does() {
+    let (key, provider, gw) = jwt_gateway(&[
+        "--access-jwt-issuer",
+        "https://id.example.test",
+        "--admin-token",
+        "operator-secret-token",
+    ])
+    .await;
     let claims = |sub: &str, aud: &str, exp: i64| json!({"sub": sub, "aud": aud, "iss": "https://id.example.test", "exp": exp, "iat": now()});
     let valid = token(
         &key,
@@ -501,4 +508,55 @@ async fn a_session_continued_under_another_key_does_not_run_in_the_process_the_f
         starts, 2,
         "the capped key started its own process, then kept it"
     );
+}
+
+#[tokio::test]
+async fn a_jwt_subject_has_its_own_budget_across_tenants_when_the_operator_sets_one() {
+    let (key, _provider, gw) = jwt_gateway(&["--access-jwt-daily-budget-usd", "0.02"]).await;
+    let jwt = |sub: &str| {
+        token(
+            &key,
+            "k1",
+            json!({"sub": sub, "aud": "claude-gateway", "exp": now() + 600, "iat": now()}),
+        )
+    };
+    let ask = |jwt: String, tenant: &'static str, prompt: &'static str| {
+        let gw = &gw;
+        async move {
+            gw.post("/v1/messages")
+                .bearer_auth(tenant)
+                .header("x-gateway-key", jwt)
+                .json(&body(prompt))
+                .send()
+                .await
+                .expect("sent")
+        }
+    };
+    // Each request costs about $0.019 (the CLI's estimate for the fake's counts): the second,
+    // from another tenant, crosses the subject's budget and is its last.
+    let alice = jwt("alice@example.test");
+    let first = ask(alice.clone(), TENANT, "marker-jwt-budget-1").await;
+    assert_eq!(first.status(), 200);
+    let second = ask(
+        alice.clone(),
+        "sk-ant-oat01-other.tenant",
+        "marker-jwt-budget-2",
+    )
+    .await;
+    assert_eq!(second.status(), 200);
+    let refused = ask(alice, TENANT, "marker-jwt-budget-3").await;
+    assert_eq!(refused.status(), 429);
+    let error: Value = refused.json().await.expect("json");
+    let message = error["error"]["message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains("this identity's daily budget"),
+        "{message}"
+    );
+    assert!(
+        gw.upstream_with("marker-jwt-budget-3").is_empty(),
+        "nothing ran"
+    );
+    // Another subject has a budget of its own.
+    let bob = ask(jwt("bob@example.test"), TENANT, "marker-jwt-budget-bob").await;
+    assert_eq!(bob.status(), 200);
 }
