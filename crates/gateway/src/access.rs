@@ -27,6 +27,16 @@ pub struct Grant {
     pub budgets: Budgets,
 }
 
+/// The metric label of every request a JWT admitted.
+pub const JWT_LABEL: &str = "jwt";
+
+impl Grant {
+    /// Whether a JWT of the operator's identity provider (not an access key) admitted it.
+    pub fn is_jwt(&self) -> bool {
+        self.label == JWT_LABEL
+    }
+}
+
 /// The header a request carries its gateway key in.
 pub const HEADER: &str = "x-gateway-key";
 

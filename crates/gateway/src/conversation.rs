@@ -113,7 +113,7 @@ async fn within_budget(
         owners.push((
             Owner::AccessKey(&grant.name),
             grant.budgets,
-            if grant.label == "jwt" {
+            if grant.is_jwt() {
                 "this identity's"
             } else {
                 "this access key's"
@@ -452,6 +452,7 @@ pub async fn start(state: &Arc<AppState>, mut req: TurnRequest) -> Result<Starte
     let spent: Arc<std::sync::Mutex<Option<(String, crate::usage::Counts)>>> = Arc::default();
     let spent_at_result = spent.clone();
     let model_label = crate::telemetry::metrics::model_label(&req.model, &state.config.models);
+    let failed_label = model_label.clone();
     let on_result = Box::new(
         move |result: &crate::runner::protocol::ResultLine,
               upstream: Option<crate::sandbox::usage::UpstreamUsage>| {
@@ -577,7 +578,6 @@ pub async fn start(state: &Arc<AppState>, mut req: TurnRequest) -> Result<Starte
         let tenant = req.tenant.clone();
         let grant = req.grant.as_ref().map(|g| g.name.clone());
         let model = req.model.clone();
-        let label = crate::telemetry::metrics::model_label(&req.model, &state.config.models);
         let checkpoint =
             crate::sessions::Checkpoint::new(assigned, had_turns).at_length(continuation_length);
         Box::new(
@@ -590,7 +590,8 @@ pub async fn start(state: &Arc<AppState>, mut req: TurnRequest) -> Result<Starte
                 if let Some(upstream) = upstream {
                     let counts = crate::usage::Counts::of_unfinished_run(&model, &upstream);
                     tokio::spawn(async move {
-                        record_spent(&state, &tenant, grant.as_deref(), &label, &counts).await;
+                        record_spent(&state, &tenant, grant.as_deref(), &failed_label, &counts)
+                            .await;
                     });
                 }
             },

@@ -71,22 +71,28 @@ impl Counts {
     }
 }
 
-/// A model's list price, in dollars per million tokens (= millionths of a dollar per token):
-/// input and output; cache reads cost a tenth of input, cache writes a quarter more.
+/// List prices in cents per million tokens (input, output), by the first name part a model's
+/// name holds; cache reads cost a tenth of input, cache writes a quarter more.
+const LIST_PRICES: [(&str, (u64, u64)); 9] = [
+    ("opus-4-0", (1500, 7500)),
+    ("opus-4-1", (1500, 7500)),
+    ("opus-4-2025", (1500, 7500)),
+    ("3-opus", (1500, 7500)),
+    ("opus", (500, 2500)),
+    ("sonnet", (300, 1500)),
+    ("3-haiku", (25, 125)),
+    ("3-5-haiku", (80, 400)),
+    ("haiku", (100, 500)),
+];
+
+/// A model's list price, in cents per million tokens (input, output); a model the table does
+/// not know is priced as the dearest: a budget errs on the side of stopping.
 fn list_price(model: &str) -> (u64, u64) {
-    let m = model.to_ascii_lowercase();
-    let older_opus = ["opus-4-0", "opus-4-1", "opus-4-2025", "3-opus"];
-    match () {
-        _ if m.contains("opus") && older_opus.iter().any(|o| m.contains(o)) => (15, 75),
-        _ if m.contains("opus") => (5, 25),
-        _ if m.contains("sonnet") => (3, 15),
-        _ if m.contains("3-haiku") => (1, 2),
-        _ if m.contains("haiku-3") => (1, 4),
-        _ if m.contains("haiku") => (1, 5),
-        // A model this table does not know is priced as the dearest: a budget errs on the
-        // side of stopping.
-        _ => (15, 75),
-    }
+    let model = model.to_ascii_lowercase();
+    LIST_PRICES
+        .iter()
+        .find(|(part, _)| model.contains(part))
+        .map_or((1500, 7500), |(_, price)| *price)
 }
 
 impl Counts {
@@ -101,10 +107,12 @@ impl Counts {
             output_tokens: usage.output_tokens,
             cache_read_input_tokens: usage.cache_read_input_tokens,
             cache_creation_input_tokens: usage.cache_creation_input_tokens,
-            cost_microdollars: usage.input_tokens * input
+            // A cent per million tokens is a hundredth of a microdollar per token.
+            cost_microdollars: (usage.input_tokens * input
                 + usage.output_tokens * output
                 + usage.cache_read_input_tokens * input / 10
-                + usage.cache_creation_input_tokens * input * 5 / 4,
+                + usage.cache_creation_input_tokens * input * 5 / 4)
+                / 100,
         }
     }
 }

@@ -281,7 +281,7 @@ pub async fn require_access_key(
             match jwt.verify(token).await {
                 Ok(subject) => Ok(crate::access::Grant {
                     name: crate::access::jwt::grant_name(&subject),
-                    label: "jwt".into(),
+                    label: crate::access::JWT_LABEL.into(),
                     budgets: crate::usage::Budgets {
                         daily_usd: state.config.access_jwt_daily_budget_usd,
                         monthly_usd: state.config.access_jwt_monthly_budget_usd,
@@ -314,7 +314,7 @@ pub async fn require_access_key(
             }
             // Without an admin token `/metrics` is open to whoever reaches the port, and which
             // keys exist is the operator's to know: the label then only says a key was used.
-            let label = if state.config.admin_token.is_some() || grant.label == "jwt" {
+            let label = if state.config.admin_token.is_some() || grant.is_jwt() {
                 grant.label.clone()
             } else {
                 "key".to_owned()
