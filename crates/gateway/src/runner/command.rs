@@ -298,6 +298,17 @@ mod tests {
         }
     }
 
+    /// The command line of `spec`'s run, its CLI given `placeholder` for a credential.
+    fn build_for(spec: &RunSpec, placeholder: &str) -> CommandLine {
+        build(
+            &settings(),
+            spec,
+            None,
+            &paths(),
+            &secrecy::SecretString::from(placeholder),
+        )
+    }
+
     fn paths() -> RunPaths<'static> {
         RunPaths {
             program: Path::new("/bin/claude"),
@@ -312,13 +323,7 @@ mod tests {
 
     #[test]
     fn request_values_cannot_become_flags() {
-        let cmd = build(
-            &settings(),
-            &spec("sk-ant-oat01-abc"),
-            None,
-            &paths(),
-            &secrecy::SecretString::from("sk-ant-oat01-abc"),
-        );
+        let cmd = build_for(&spec("sk-ant-oat01-abc"), "sk-ant-oat01-abc");
         assert!(cmd
             .args
             .iter()
@@ -341,13 +346,7 @@ mod tests {
             ..spec("sk-ant-oat01-abc")
         };
         assert_eq!(lean.system_prompt_text(), Some(""));
-        let cmd = build(
-            &settings(),
-            &lean,
-            None,
-            &paths(),
-            &secrecy::SecretString::from("sk-ant-oat01-abc"),
-        );
+        let cmd = build_for(&lean, "sk-ant-oat01-abc");
         let args: Vec<String> = cmd
             .args
             .iter()
@@ -367,13 +366,7 @@ mod tests {
                 client_tools: client_tools.then(Default::default),
                 ..spec(token)
             };
-            let cmd = build(
-                &settings(),
-                &spec,
-                None,
-                &paths(),
-                &secrecy::SecretString::from(token),
-            );
+            let cmd = build_for(&spec, token);
             assert!(cmd
                 .env
                 .iter()
@@ -384,24 +377,15 @@ mod tests {
         // The CLI's minimal mode reads no OAuth token and runs no hooks.
         assert!(!bare("sk-ant-oat01-a", false));
         assert!(!bare("sk-ant-api03-a", true));
-        let full = build(
-            &settings(),
-            &spec("sk-ant-api03-a"),
-            None,
-            &paths(),
-            &secrecy::SecretString::from("sk-ant-api03-a"),
-        );
+        let full = build_for(&spec("sk-ant-api03-a"), "sk-ant-api03-a");
         assert!(!full.args.iter().any(|a| a == "--bare"));
     }
 
     #[test]
     fn secrets_and_prompts_stay_out_of_argv() {
-        let cmd = build(
-            &settings(),
+        let cmd = build_for(
             &spec("sk-ant-oat01-secret-value"),
-            None,
-            &paths(),
-            &secrecy::SecretString::from("sk-ant-oat01-secret-value"),
+            "sk-ant-oat01-secret-value",
         );
         let argv = format!("{:?}", cmd.args);
         assert!(!argv.contains("secret-value"));
@@ -411,13 +395,7 @@ mod tests {
 
     #[test]
     fn only_the_gateways_settings_and_mcp_servers_are_loaded() {
-        let cmd = build(
-            &settings(),
-            &spec("sk-ant-oat01-a"),
-            None,
-            &paths(),
-            &secrecy::SecretString::from("sk-ant-oat01-a"),
-        );
+        let cmd = build_for(&spec("sk-ant-oat01-a"), "sk-ant-oat01-a");
         for flag in [
             "--settings=/run/x/settings.json",
             "--setting-sources=user",
@@ -439,38 +417,20 @@ mod tests {
             resume_text: Some("beside-the-result-3f2a".into()),
             ..Default::default()
         });
-        let cmd = build(
-            &settings(),
-            &spec,
-            None,
-            &paths(),
-            &secrecy::SecretString::from("sk-ant-oat01-a"),
-        );
+        let cmd = build_for(&spec, "sk-ant-oat01-a");
         let seen = format!("{:?} {:?}", cmd.args, cmd.env);
         assert!(!seen.contains("3f2a"), "{seen}");
     }
 
     #[test]
     fn oauth_tokens_and_api_keys_use_their_own_variables() {
-        let oauth = build(
-            &settings(),
-            &spec("sk-ant-oat01-a"),
-            None,
-            &paths(),
-            &secrecy::SecretString::from("sk-ant-oat01-a"),
-        );
+        let oauth = build_for(&spec("sk-ant-oat01-a"), "sk-ant-oat01-a");
         assert!(oauth
             .env
             .iter()
             .any(|(k, _)| *k == "CLAUDE_CODE_OAUTH_TOKEN"));
         assert!(!oauth.env.iter().any(|(k, _)| *k == "ANTHROPIC_API_KEY"));
-        let key = build(
-            &settings(),
-            &spec("sk-ant-api03-a"),
-            None,
-            &paths(),
-            &secrecy::SecretString::from("sk-ant-api03-a"),
-        );
+        let key = build_for(&spec("sk-ant-api03-a"), "sk-ant-api03-a");
         assert!(key.env.iter().any(|(k, _)| *k == "ANTHROPIC_API_KEY"));
         assert!(!key.env.iter().any(|(k, _)| *k == "CLAUDE_CODE_OAUTH_TOKEN"));
     }

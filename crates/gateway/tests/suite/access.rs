@@ -189,10 +189,15 @@ async fn only_the_allowed_accounts_and_organizations_are_served() {
 
 /// `POST /v1/messages` with a gateway key (or JWT) beside the tenant's credential.
 async fn keyed(gw: &Gateway, key: &str, prompt: &str) -> reqwest::Response {
+    keyed_as(gw, TENANT, key, &body(prompt)).await
+}
+
+/// `POST /v1/messages` of `req` with a gateway key (or JWT) beside `tenant`'s credential.
+async fn keyed_as(gw: &Gateway, tenant: &str, key: &str, req: &Value) -> reqwest::Response {
     gw.post("/v1/messages")
-        .bearer_auth(TENANT)
+        .bearer_auth(tenant)
         .header("x-gateway-key", key)
-        .json(&body(prompt))
+        .json(req)
         .send()
         .await
         .expect("sent")
@@ -484,25 +489,15 @@ async fn a_session_continued_under_another_key_does_not_run_in_the_process_the_f
         .args(&["--access-keys-file", &file])
         .start()
         .await;
-    let turn = |key: String, prompt: &'static str| {
-        let gw = &gw;
-        async move {
-            let mut req = body(prompt);
-            req["session_id"] = json!("shared-conv");
-            let res = gw
-                .post("/v1/messages")
-                .bearer_auth(TENANT)
-                .header("x-gateway-key", key)
-                .json(&req)
-                .send()
-                .await
-                .expect("sent");
-            assert_eq!(res.status(), 200);
-        }
-    };
-    turn(free.clone(), "marker-grant-1").await;
-    turn(capped.clone(), "marker-grant-2").await;
-    turn(capped, "marker-grant-3").await;
+    for (key, prompt) in [
+        (&free, "marker-grant-1"),
+        (&capped, "marker-grant-2"),
+        (&capped, "marker-grant-3"),
+    ] {
+        let mut req = body(prompt);
+        req["session_id"] = json!("shared-conv");
+        assert_eq!(keyed_as(&gw, TENANT, key, &req).await.status(), 200);
+    }
     let starts = crate::sessions::cli_starts(&gw);
     assert_eq!(
         starts, 2,
@@ -522,15 +517,7 @@ async fn a_jwt_subject_has_its_own_budget_across_tenants_when_the_operator_sets_
     };
     let ask = |jwt: String, tenant: &'static str, prompt: &'static str| {
         let gw = &gw;
-        async move {
-            gw.post("/v1/messages")
-                .bearer_auth(tenant)
-                .header("x-gateway-key", jwt)
-                .json(&body(prompt))
-                .send()
-                .await
-                .expect("sent")
-        }
+        async move { keyed_as(gw, tenant, &jwt, &body(prompt)).await }
     };
     // Each request costs about $0.019 (the CLI's estimate for the fake's counts): the second,
     // from another tenant, crosses the subject's budget and is its last.
