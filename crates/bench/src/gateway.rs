@@ -3,6 +3,9 @@
 
 use std::path::Path;
 use std::process::Stdio;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use fake_anthropic::{FakeAnthropic, FakeHandle};
 use tokio::io::{AsyncBufReadExt, BufReader};
@@ -128,4 +131,57 @@ pub async fn metric_at(url: &str, name: &str) -> Option<f64> {
         .find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))
         .and_then(|l| l.split_whitespace().nth(1))
         .and_then(|v| v.parse().ok())
+}
+
+/// The peak resident memory of a process tree (its root and every descendant), sampled in
+/// the background until stopped.
+pub struct PeakSampler {
+    peak: Arc<AtomicU64>,
+    last: Arc<AtomicU64>,
+    stop: Arc<AtomicBool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl PeakSampler {
+    /// Samples `pid`'s tree every `every` (nothing, without a pid).
+    pub fn start(pid: Option<u32>, every: Duration) -> Self {
+        let peak = Arc::new(AtomicU64::new(0));
+        let last = Arc::new(AtomicU64::new(u64::MAX));
+        let stop = Arc::new(AtomicBool::new(false));
+        let task = {
+            let (peak, last, stop) = (peak.clone(), last.clone(), stop.clone());
+            tokio::spawn(async move {
+                while !stop.load(Ordering::Relaxed) {
+                    if let Some(pid) = pid {
+                        let (own, below) = rss_split(pid);
+                        peak.fetch_max(own + below, Ordering::Relaxed);
+                        last.store(own + below, Ordering::Relaxed);
+                    }
+                    tokio::time::sleep(every).await;
+                }
+            })
+        };
+        Self {
+            peak,
+            last,
+            stop,
+            task,
+        }
+    }
+
+    /// The peak so far, in KiB, sampling no more.
+    pub async fn stop(self) -> u64 {
+        self.stop.store(true, Ordering::Relaxed);
+        let _ = self.task.await;
+        self.peak.load(Ordering::Relaxed)
+    }
+
+    /// The peak, once the tree is back within 8 MiB of `baseline` KiB (or after 5 s).
+    pub async fn until_back_to(self, baseline: u64) -> u64 {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while self.last.load(Ordering::Relaxed) > baseline + 8 * 1024 && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        self.stop().await
+    }
 }

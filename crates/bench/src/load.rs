@@ -705,54 +705,6 @@ pub async fn concurrency(
     ])
 }
 
-/// The peak resident memory of a gateway's process tree, sampled every 10 ms in the background.
-struct PeakSampler {
-    peak: Arc<AtomicU64>,
-    last: Arc<AtomicU64>,
-    stop: Arc<std::sync::atomic::AtomicBool>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl PeakSampler {
-    fn start(pid: Option<u32>) -> Self {
-        let peak = Arc::new(AtomicU64::new(0));
-        let last = Arc::new(AtomicU64::new(u64::MAX));
-        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let task = {
-            let (peak, last, stop) = (peak.clone(), last.clone(), stop.clone());
-            tokio::spawn(async move {
-                while !stop.load(Ordering::Relaxed) {
-                    if let Some(pid) = pid {
-                        let (own, below) = crate::gateway::rss_split(pid);
-                        peak.fetch_max(own + below, Ordering::Relaxed);
-                        last.store(own + below, Ordering::Relaxed);
-                    }
-                    tokio::time::sleep(Duration::from_millis(10)).await;
-                }
-            })
-        };
-        Self {
-            peak,
-            last,
-            stop,
-            task,
-        }
-    }
-
-    /// The peak, once the tree is back within 8 MiB of `baseline` KiB (or after 5 s).
-    async fn until_back_to(self, baseline: u64) -> u64 {
-        let deadline = std::time::Instant::now() + Duration::from_secs(5);
-        while self.last.load(Ordering::Relaxed) > baseline + 8 * 1024
-            && std::time::Instant::now() < deadline
-        {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        self.stop.store(true, Ordering::Relaxed);
-        let _ = self.task.await;
-        self.peak.load(Ordering::Relaxed)
-    }
-}
-
 /// How a session's turns grow in latency and memory with its length (turns 1, 10, 100, 500):
 /// resumed cold each turn, kept live, and kept live after a first turn that began warm. The
 /// live process's memory is read at each mark.
@@ -819,7 +771,8 @@ pub async fn growth(bin: &Path, claude: &Path, turns: usize) -> anyhow::Result<V
         for n in 1..=turns {
             // A cold turn's process lives only for its turn (and the moment after its answer
             // while it finishes its transcript): its memory is its peak, sampled throughout.
-            let sampler = (cold && marks.contains(&n)).then(|| PeakSampler::start(gw.pid()));
+            let sampler = (cold && marks.contains(&n))
+                .then(|| crate::gateway::PeakSampler::start(gw.pid(), Duration::from_millis(10)));
             let (_, total) = crate::streamed_turn(
                 &client,
                 &gw.url,

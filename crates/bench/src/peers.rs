@@ -8,8 +8,6 @@
 
 use std::path::Path;
 use std::process::Stdio;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use fake_anthropic::FakeAnthropic;
@@ -200,21 +198,7 @@ async fn load(
     each: usize,
 ) -> anyhow::Result<(Vec<Duration>, Duration, u64)> {
     let (url, pid, route) = (server.url.as_str(), server.pid, server.route);
-    let done = Arc::new(AtomicBool::new(false));
-    let peak = Arc::new(AtomicU64::new(0));
-    let sampler = {
-        let (done, peak) = (done.clone(), peak.clone());
-        tokio::spawn(async move {
-            while !done.load(Ordering::Relaxed) {
-                let rss: u64 = proctree::tree_of(pid)
-                    .into_iter()
-                    .map(proctree::rss_kib)
-                    .sum();
-                peak.fetch_max(rss, Ordering::Relaxed);
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-        })
-    };
+    let sampler = crate::gateway::PeakSampler::start(Some(pid), Duration::from_millis(50));
     let started = Instant::now();
     let mut tasks = Vec::new();
     for c in 0..clients {
@@ -249,9 +233,7 @@ async fn load(
         all.extend(t.await??);
     }
     let wall = started.elapsed();
-    done.store(true, Ordering::Relaxed);
-    let _ = sampler.await;
-    Ok((all, wall, peak.load(Ordering::Relaxed)))
+    Ok((all, wall, sampler.stop().await))
 }
 
 pub async fn peers(
